@@ -1,0 +1,112 @@
+"""Baselines x' for image inputs, built in pixel space and normalised like the input.
+
+Every kind returns ``samples`` baselines shaped like the input; random kinds draw from a
+generator seeded per input, so an input's baselines do not depend on which inputs came before.
+"""
+from __future__ import annotations
+
+import enum
+import math
+import zlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+class BaselineKind(str, enum.Enum):
+    black = "black"  # pixel value 0, then normalised
+    white = "white"  # pixel value 1, then normalised
+    zeros = "zeros"  # 0 in model space, after normalisation
+    constant = "constant"  # pixel value `value`, then normalised
+    uniform = "uniform"  # pixels drawn from U(0, 1)
+    gaussian = "gaussian"  # the input plus N(0, sigma) pixel noise, clipped to [0, 1]
+    blur = "blur"  # the input blurred by a Gaussian of `sigma` pixels
+    file = "file"  # an image (preprocessed like inputs) or a .npy in model space
+
+
+RANDOM_KINDS = {BaselineKind.uniform, BaselineKind.gaussian}
+
+
+@dataclass(frozen=True)
+class BaselinePlan:
+    """A resolved baseline choice; ``fixed`` holds the model-space tensor for ``file``."""
+
+    kind: BaselineKind
+    samples: int = 1
+    seed: int = 0
+    value: float = 0.5
+    sigma: float | None = None
+    fixed: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean and std that map pixels in [0, 1] to the model's input space."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def apply(self, pixels: Tensor) -> Tensor:
+        """Normalise [C, H, W] pixels; one mean/std value broadcasts over every channel."""
+        mean = torch.tensor(self.mean, dtype=pixels.dtype, device=pixels.device)
+        std = torch.tensor(self.std, dtype=pixels.dtype, device=pixels.device)
+        view = (-1, 1, 1)
+        return (pixels - mean.view(view)) / std.view(view)
+
+
+def make_baselines(plan: BaselinePlan, pixels: Tensor, norm: Normalization, key: str) -> Tensor:
+    """``plan.samples`` baselines for one input, shaped [samples, C, H, W] in model space.
+
+    ``pixels`` is the image the model saw, [C, H, W] in [0, 1]; ``key`` (the input's relative
+    path) seeds the random kinds together with ``plan.seed``.
+    """
+    count = plan.samples
+    if plan.kind is BaselineKind.zeros:
+        return torch.zeros((count,) + pixels.shape, dtype=pixels.dtype)
+    if plan.kind is BaselineKind.file:
+        if plan.fixed is None:
+            raise ValueError("baseline kind 'file' needs its tensor loaded")
+        return plan.fixed.to(pixels.dtype).expand((count,) + pixels.shape).clone()
+    return torch.stack([norm.apply(p) for p in _pixel_baselines(plan, pixels, key)])
+
+
+def _pixel_baselines(plan: BaselinePlan, pixels: Tensor, key: str) -> list[Tensor]:
+    kind, count = plan.kind, plan.samples
+    if kind is BaselineKind.black:
+        return [torch.zeros_like(pixels)] * count
+    if kind is BaselineKind.white:
+        return [torch.ones_like(pixels)] * count
+    if kind is BaselineKind.constant:
+        return [torch.full_like(pixels, plan.value)] * count
+    if kind is BaselineKind.blur:
+        sigma = plan.sigma if plan.sigma is not None else max(pixels.shape[-2:]) / 8
+        return [gaussian_blur(pixels, sigma)] * count
+    generator = torch.Generator().manual_seed(plan.seed * 1_000_003 + zlib.crc32(key.encode()))
+    if kind is BaselineKind.uniform:
+        return [torch.rand(pixels.shape, generator=generator, dtype=pixels.dtype) for _ in range(count)]
+    sigma = plan.sigma if plan.sigma is not None else 0.1
+    noise = [torch.randn(pixels.shape, generator=generator, dtype=pixels.dtype) for _ in range(count)]
+    return [(pixels + sigma * n).clamp(0.0, 1.0) for n in noise]
+
+
+def gaussian_blur(pixels: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of [C, H, W] with reflect padding; sigma in pixels."""
+    if sigma <= 0:
+        return pixels.clone()
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=pixels.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = pixels.shape[0]
+    image = pixels.unsqueeze(0)
+    for dim in (-1, -2):
+        size = image.shape[dim]
+        pad = min(radius, size - 1)
+        weight = kernel[radius - pad : radius + pad + 1]
+        shape = (channels, 1, 1, -1) if dim == -1 else (channels, 1, -1, 1)
+        padding = (pad, pad, 0, 0) if dim == -1 else (0, 0, pad, pad)
+        if pad > 0:
+            image = torch.nn.functional.pad(image, padding, mode="reflect")
+        image = torch.nn.functional.conv2d(image, (weight / weight.sum()).view(shape), groups=channels)
+    return image.squeeze(0)

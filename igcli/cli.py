@@ -1,0 +1,153 @@
+"""Command line: parse options, build a Config, call run. Nothing else lives here.
+
+Exit codes: 0 all inputs explained; 1 some inputs failed (the others are written);
+2 usage or config error (nothing ran); 3 the model could not be loaded or run.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import yaml
+
+from . import __version__
+from .errors import IgcliError
+from .quadrature import Rule
+
+EXIT_CODES = "Exit codes: 0 all inputs explained; 1 some inputs failed; 2 usage or config error; 3 model error."
+
+
+class CliError(click.ClickException):
+    """An IgcliError shown as one line, with its exit code."""
+
+    def __init__(self, error: IgcliError):
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"igcli: error: {self.format_message()}", err=True)
+
+
+def reporting_errors(command: Callable) -> Callable:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except IgcliError as error:
+            raise CliError(error) from None
+    return wrapper
+
+
+def config_options(command: Callable) -> Callable:
+    """--config and --set, shared by every command that reads a config."""
+    command = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                           help="Override a config key, e.g. --set steps=64 --set baseline.kind=blur.")(command)
+    return click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
+                        help="YAML config file (see configs/).")(command)
+
+
+def build_config(config_path: Path | None, sets: tuple[str, ...], flags: dict[str, Any]):
+    from .config import load_config
+
+    overrides: list[tuple[Any, str]] = [(text, "--set") for text in sets]
+    overrides += [((tuple(key.split(".")), value), f"--{key.split('.')[-1].replace('_', '-')}")
+                  for key, value in flags.items() if value is not None]
+    return load_config(config_path, overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+@click.version_option(__version__, prog_name="igcli")
+def main() -> None:
+    """Explain model predictions with Integrated Gradients (Sundararajan et al., 2017)."""
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("inputs", nargs=-1)
+@config_options
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--jsonl", metavar="PATH", help="Also stream records as JSON lines to PATH ('-' = stdout).")
+@click.option("--model", "model_path", help="Model file; overrides model.path.")
+@click.option("--device", help="auto | cpu | cuda | cuda:N; overrides device.")
+@click.option("--steps", help="Integer m, or 'auto'; overrides steps.")
+@click.option("--method", type=click.Choice([r.value for r in Rule]), help="Quadrature rule; overrides method.")
+@click.option("--batch-size", type=int, help="Path points per forward/backward; overrides batch_size.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar; errors only.")
+@click.option("-v", "--verbose", is_flag=True, help="Log more on stderr.")
+@reporting_errors
+def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, ...], out_dir: Path | None,
+            jsonl: str | None, model_path: str | None, device: str | None, steps: str | None,
+            method: str | None, batch_size: int | None, quiet: bool, verbose: bool) -> None:
+    """Explain INPUTS (image files, folders, globs) and write heatmaps and JSON records."""
+    from .run import explain_inputs
+
+    if not inputs:
+        raise click.UsageError("give at least one input file, folder or glob")
+    _setup_logging(quiet, verbose)
+    flags = {"model.path": model_path, "device": device, "method": method, "batch_size": batch_size,
+             "steps": _steps_value(steps)}
+    config = build_config(config_path, sets, flags)
+    summary = explain_inputs(config, inputs, out_dir, jsonl, progress=not quiet and sys.stderr.isatty())
+    if not quiet:
+        click.echo(_summary_line(summary), err=True)
+    if summary.failed:
+        sys.exit(1)
+
+
+@main.command("validate-config", epilog=EXIT_CODES)
+@click.argument("config_file", type=click.Path(path_type=Path), required=False)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+@reporting_errors
+def validate_config(config_file: Path | None, sets: tuple[str, ...]) -> None:
+    """Check a config and print it resolved, with every default filled in."""
+    from .config import resolved
+
+    config = build_config(config_file, sets, {})
+    click.echo(yaml.safe_dump(resolved(config), sort_keys=False), nl=False)
+
+
+@main.command()
+def env() -> None:
+    """Versions, devices and threads igcli would use."""
+    import torch
+
+    from .run import versions
+
+    for name, version in versions().items():
+        click.echo(f"{name}: {version}")
+    click.echo(f"torch threads: {torch.get_num_threads()}")
+    cuda = torch.cuda.is_available()
+    click.echo(f"cuda: {'available, ' + str(torch.cuda.device_count()) + ' device(s)' if cuda else 'not available'}")
+    for index in range(torch.cuda.device_count() if cuda else 0):
+        click.echo(f"cuda:{index}: {torch.cuda.get_device_name(index)}")
+    click.echo(f"device auto: {'cuda' if cuda else 'cpu'}")
+
+
+def _steps_value(steps: str | None) -> int | str | None:
+    if steps is None or steps == "auto":
+        return steps
+    try:
+        return int(steps)
+    except ValueError:
+        raise click.BadParameter("must be an integer or 'auto'", param_hint="--steps") from None
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("igcli: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("igcli")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def _summary_line(summary: Any) -> str:
+    totals = summary.to_json()
+    return (f"igcli: {totals['inputs']} inputs, {totals['records']} records, {totals['failed']} failed, "
+            f"{totals['not_converged']} not converged; steps mean {totals['mean_steps'] or 0:.1f} "
+            f"max {totals['max_steps'] or 0}; max relative completeness error {totals['max_rel_error']:.2e}; "
+            f"{totals['seconds']:.1f} s")

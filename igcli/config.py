@@ -1,0 +1,202 @@
+"""The typed, validated configuration of a run: defaults < YAML < --set < explicit flags.
+
+pydantic does the type checking; this module adds what users need from the messages: the key,
+where it stood (``file:line`` or ``--set``) and the nearest valid key.
+"""
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .baselines import BaselineKind
+from .config_source import ConfigSource, KeyPath, apply_override, parse_override, read_yaml
+from .errors import ConfigError
+from .models.base import ScoreKind
+from .quadrature import Rule
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class ModelSection(Section):
+    path: Path | None = None  # .pt (TorchScript or state_dict) | .pt2 (torch.export)
+    factory: str | None = None  # "package.module:function" or "file.py:function"
+    score: ScoreKind = ScoreKind.softmax
+    labels: Path | None = None  # one label per line, line i = class i
+    trust_pickle: bool = False  # allow a fully pickled nn.Module (runs code from the file)
+
+    @model_validator(mode="after")
+    def _needs_a_model(self) -> "ModelSection":
+        if self.path is None and self.factory is None:
+            raise ValueError("set model.path (a .pt/.pt2 file) or model.factory (module:function)")
+        return self
+
+
+Size = Union[int, tuple[int, int]]
+
+
+class InputSection(Section):
+    kind: Literal["image"] = "image"
+    mode: Literal["L", "RGB"] = "RGB"
+    resize: Size | None = None  # int: shorter side to N keeping aspect; [H, W]: exact size
+    crop: Size | None = None  # centre crop after resizing
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, std: tuple[float, ...]) -> tuple[float, ...]:
+        if any(s <= 0 for s in std):
+            raise ValueError("every std must be positive")
+        return std
+
+
+class BaselineSection(Section):
+    kind: BaselineKind = BaselineKind.black
+    samples: int = Field(1, ge=1)
+    seed: int = 0
+    value: float = Field(0.5, ge=0.0, le=1.0)  # pixel value for kind: constant
+    sigma: float | None = Field(None, gt=0)  # gaussian: noise std in [0,1] units; blur: pixels
+    path: Path | None = None  # kind: file — an image or a .npy in model space
+    warn_ratio: float = Field(0.25, ge=0)  # warn when F(x') > warn_ratio * F(x) for the target
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> "BaselineSection":
+        if self.kind is BaselineKind.file and self.path is None:
+            raise ValueError("baseline.kind 'file' needs baseline.path (an image or .npy)")
+        return self
+
+
+class TopK(Section):
+    top_k: int = Field(ge=1)
+
+
+class HeatmapSection(Section):
+    style: Literal["overlay", "bare", "both", "none"] = "overlay"
+    sign: Literal["positive", "negative", "absolute", "all"] = "all"
+    clip_percentile: float = Field(99.0, gt=0, le=100)
+    opacity: float = Field(0.6, ge=0, le=1)  # of the heatmap over the input, for overlays
+
+
+class OutputSection(Section):
+    heatmap: HeatmapSection = HeatmapSection()
+    attributions: Literal["none", "npy"] = "none"
+    records: bool = True  # one JSON file per record under records/
+
+
+class Config(Section):
+    model: ModelSection
+    input: InputSection = InputSection()
+    baseline: BaselineSection = BaselineSection()
+    target: Union[int, TopK, str] = "predicted"  # index | label | "predicted" | {top_k: k}
+    steps: Union[int, Literal["auto"]] = "auto"
+    method: Rule = Rule.riemann_trapezoid
+    tolerance: float = Field(0.01, gt=0)  # relative completeness error that stops refinement
+    min_steps: int = Field(8, ge=1)
+    max_steps: int = Field(512, ge=1)
+    batch_size: int = Field(256, ge=1)  # path points (inputs x baselines x steps) per backward
+    device: str = "auto"
+    output: OutputSection = OutputSection()
+
+    @field_validator("steps")
+    @classmethod
+    def _positive_steps(cls, steps: int | str) -> int | str:
+        if isinstance(steps, int) and steps < 1:
+            raise ValueError("steps must be a positive integer or 'auto'")
+        return steps
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        head, _, index = device.partition(":")
+        if head not in ("auto", "cpu", "cuda") or (index and (head != "cuda" or not index.isdigit())):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return device
+
+
+PATH_KEYS: tuple[KeyPath, ...] = (("model", "path"), ("model", "labels"), ("baseline", "path"))
+
+
+def load_config(path: Path | None, overrides: list[tuple[str, Any]] = ()) -> Config:
+    """Read ``path`` (optional), apply ``overrides`` in order, and validate.
+
+    Each override is ("a.b=value" text from --set, origin) or ((key, path), value) from a flag.
+    Relative paths in the file are taken from the file's folder, so a config works from any cwd.
+    """
+    source = read_yaml(path) if path is not None else ConfigSource()
+    if path is not None:
+        _anchor_paths(source, path.parent)
+    for item, origin in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        apply_override(source, key, value, origin)
+    return validate(source)
+
+
+def _anchor_paths(source: ConfigSource, folder: Path) -> None:
+    for key in PATH_KEYS:
+        section = source.data.get(key[0])
+        if isinstance(section, dict) and isinstance(section.get(key[1]), str):
+            section[key[1]] = str(_anchored(folder, section[key[1]]))
+    model = source.data.get("model")
+    factory = model.get("factory") if isinstance(model, dict) else None
+    if isinstance(factory, str) and ".py:" in factory:
+        file, _, function = factory.rpartition(":")
+        model["factory"] = f"{_anchored(folder, file)}:{function}"
+
+
+def _anchored(folder: Path, value: str) -> Path:
+    candidate = Path(value).expanduser()
+    return candidate if candidate.is_absolute() else folder / candidate
+
+
+def validate(source: ConfigSource) -> Config:
+    """Validate raw data into a Config; the first problem becomes one ConfigError line."""
+    try:
+        return Config.model_validate(source.data)
+    except ValidationError as error:
+        # Union fields report one error per member; the deepest location is the informative one.
+        details = error.errors()
+        worst = max(details, key=lambda d: (len(d["loc"]), d["type"] == "extra_forbidden"))
+        raise ConfigError(describe_error(worst, source)) from None
+
+
+def describe_error(detail: dict[str, Any], source: ConfigSource) -> str:
+    loc = tuple(str(part) for part in detail["loc"] if not _is_union_tag(part))
+    dotted = ".".join(loc) or "config"
+    where = source.origin(loc) or "config"
+    if detail["type"] == "extra_forbidden":
+        hint = _nearest_key(loc)
+        return f"{where}: unknown key '{dotted}'" + (f"; did you mean '{hint}'?" if hint else "")
+    if detail["type"] == "missing":
+        return f"{where}: missing required key '{dotted}'"
+    message = detail["msg"].removeprefix("Value error, ")
+    return f"{where}: '{dotted}': {message} (got {detail.get('input')!r})"
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic inserts the union member's name into locations ("int", "TopK", "literal[...]").
+    return isinstance(part, str) and (part in ("int", "str", "TopK", "tuple[int, int]") or part.startswith(("literal[", "function-")))
+
+
+def _nearest_key(loc: KeyPath) -> str | None:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        members = typing.get_args(field.annotation) or (field.annotation,) if field else ()
+        sections = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+        if not sections:
+            return None
+        model = sections[0]
+    matches = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.5)
+    return ".".join(loc[:-1] + (matches[0],)) if matches else None
+
+
+def resolved(config: Config) -> dict[str, Any]:
+    """The config as plain JSON-ready data, for manifests and `validate-config`."""
+    return config.model_dump(mode="json")

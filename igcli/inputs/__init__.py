@@ -1,0 +1,1 @@
+"""Readers that turn paths into Samples, one at a time."""

@@ -1,0 +1,58 @@
+"""Expand files, folders and globs into a stable, streamed sequence of inputs."""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """An input path and its name below the root it was found in (mirrored by outputs)."""
+
+    path: Path
+    relpath: str
+
+
+def discover_inputs(specs: Iterable[str], extensions: Iterable[str]) -> Iterator[InputRef]:
+    """Yield inputs in a stable order: specs as given; folders recursively, sorted by name.
+
+    Folders and globs keep only files with one of ``extensions``; a file named explicitly is
+    always kept, so a missing or misnamed file is reported rather than silently skipped.
+    """
+    suffixes = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+    for spec in specs:
+        path = Path(spec)
+        if GLOB_CHARS & set(spec) and not path.exists():
+            root = _static_prefix(spec)
+            for match in sorted(glob.glob(spec, recursive=True)):
+                if Path(match).is_file() and Path(match).suffix.lower() in suffixes:
+                    yield InputRef(Path(match), Path(os.path.relpath(match, root)).as_posix())
+        elif path.is_dir():
+            yield from _walk(path, suffixes)
+        else:
+            yield InputRef(path, path.name)
+
+
+def _walk(root: Path, suffixes: set[str]) -> Iterator[InputRef]:
+    # followlinks=False: a symlinked folder loop cannot make the walk endless.
+    for folder, subfolders, files in os.walk(root, followlinks=False):
+        subfolders.sort()
+        for name in sorted(files):
+            if Path(name).suffix.lower() in suffixes:
+                full = Path(folder) / name
+                yield InputRef(full, full.relative_to(root).as_posix())
+
+
+def _static_prefix(pattern: str) -> str:
+    parts = Path(pattern).parts
+    static = []
+    for part in parts:
+        if GLOB_CHARS & set(part):
+            break
+        static.append(part)
+    return str(Path(*static)) if static else "."

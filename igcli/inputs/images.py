@@ -1,0 +1,99 @@
+"""Decode and preprocess one image file into a Sample; any failure is one InputError line."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..baselines import Normalization
+from ..errors import InputError
+from ..records import Sample
+from .discover import InputRef
+
+Size = int | tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """Resize (int: shorter side, keeping aspect; [H, W]: exact), centre-crop, mode, normalise."""
+
+    mode: str = "RGB"
+    resize: Size = None
+    crop: Size = None
+    normalization: Normalization = Normalization((0.0,), (1.0,))
+
+
+def read_image(ref: InputRef, prep: ImagePreprocess) -> Sample:
+    """The image at ``ref`` as the model will see it."""
+    image, notes = open_image(ref, prep.mode)
+    try:
+        image = preprocess(image, prep)
+    except ValueError as error:
+        raise InputError(f"{ref.path}: {error}; adjust input.resize or input.crop") from None
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    pixels = torch.from_numpy(array.reshape(image.height, image.width, -1)).permute(2, 0, 1).contiguous()
+    return Sample(str(ref.path), ref.relpath, prep.normalization.apply(pixels), pixels, notes)
+
+
+def open_image(ref: InputRef, mode: str) -> tuple[Image.Image, list[str]]:
+    """Decode fully (so truncation shows here), apply EXIF orientation, convert to ``mode``."""
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(ref.path) as opened:
+                if getattr(opened, "n_frames", 1) > 1:
+                    notes.append(f"{opened.n_frames} frames; explained the first")
+                opened.load()
+                image = ImageOps.exif_transpose(opened) or opened
+                return _convert(image, mode), notes
+    except FileNotFoundError:
+        raise InputError(f"{ref.path}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{ref.path}: is a folder, not an image") from None
+    except PermissionError:
+        raise InputError(f"{ref.path}: permission denied; check the file's read permission") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{ref.path}: not an image Pillow can read (is it really {ref.path.suffix or 'an image'}?)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"{ref.path}: image exceeds Pillow's pixel limit (decompression bomb guard)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InputError(f"{ref.path}: corrupt or truncated image ({error})") from None
+
+
+def _convert(image: Image.Image, mode: str) -> Image.Image:
+    if image.mode == mode:
+        return image.copy()
+    if image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
+        # Composite transparency over black, the same black as the default baseline.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit: scale to 8 bits rather than let Pillow clip everything above 255.
+        array = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray((array / 257.0).round().clip(0, 255).astype(np.uint8))
+    return image.convert(mode)
+
+
+def preprocess(image: Image.Image, prep: ImagePreprocess) -> Image.Image:
+    if prep.resize is not None:
+        image = image.resize(_resize_target(image.size, prep.resize), Image.Resampling.BILINEAR)
+    if prep.crop is not None:
+        height, width = (prep.crop, prep.crop) if isinstance(prep.crop, int) else prep.crop
+        if height > image.height or width > image.width:
+            raise ValueError(f"crop {height}x{width} is larger than the resized image {image.height}x{image.width}")
+        left, top = (image.width - width) // 2, (image.height - height) // 2
+        image = image.crop((left, top, left + width, top + height))
+    return image
+
+
+def _resize_target(size: tuple[int, int], resize: int | tuple[int, int]) -> tuple[int, int]:
+    width, height = size
+    if isinstance(resize, int):
+        scale = resize / min(width, height)
+        return max(1, round(width * scale)), max(1, round(height * scale))
+    return resize[1], resize[0]

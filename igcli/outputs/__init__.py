@@ -1,0 +1,1 @@
+"""Writers that turn Attributions into files and records, one at a time."""

@@ -1,0 +1,96 @@
+"""What passes between stages: Samples from readers, Attributions and Failures to writers."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+
+def output_stem(relpath: str) -> str:
+    """``cats/a.png`` -> ``cats/a``: outputs mirror inputs, with their own extensions."""
+    head, _, name = relpath.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return f"{head}/{stem}" if head else stem
+
+
+@dataclass
+class Sample:
+    """One decoded input, ready for the model."""
+
+    source: str  # the path as discovered
+    relpath: str  # below its input root; output names mirror it
+    x: Tensor  # model-space input [C, H, W]
+    pixels: Tensor  # the image the model saw, [C, H, W] in [0, 1], before normalisation
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Failure:
+    """An input that could not be explained, and the one line that says why."""
+
+    source: str
+    relpath: str
+    error_type: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"input": self.source, "relpath": self.relpath,
+                "error": {"type": self.error_type, "message": self.message}}
+
+
+@dataclass
+class Attribution:
+    """IG for one (input, target) with everything needed to trust and reproduce it."""
+
+    sample: Sample
+    target: int
+    label: str | None
+    rank: int | None  # among F(x), for top_k targets
+    score: str  # what F is: softmax | logits | sigmoid
+    f_input: float
+    f_baseline: float
+    attribution_sum: float
+    abs_error: float
+    rel_error: float | None
+    tolerance: float
+    converged: bool
+    steps: int
+    gradient_evals: int
+    rule: str
+    baseline: dict[str, Any]
+    seconds: float
+    attributions: Tensor  # [C, H, W] on the CPU
+    warnings: list[str] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The relative output name: the input's relpath less its extension, plus the top-k rank."""
+        suffix = f".top{self.rank}" if self.rank is not None else ""
+        return output_stem(self.sample.relpath) + suffix
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "input": self.sample.source,
+            "relpath": self.sample.relpath,
+            "target": {"index": self.target, "label": self.label, "rank": self.rank},
+            "score": self.score,
+            "f_input": self.f_input,
+            "f_baseline": self.f_baseline,
+            "attribution_sum": self.attribution_sum,
+            "completeness": {
+                "abs_error": self.abs_error,
+                "rel_error": self.rel_error,
+                "tolerance": self.tolerance,
+                "converged": self.converged,
+            },
+            "steps": self.steps,
+            "gradient_evals": self.gradient_evals,
+            "rule": self.rule,
+            "baseline": self.baseline,
+            "seconds": round(self.seconds, 6),
+            "outputs": self.outputs,
+            "warnings": self.sample.warnings + self.warnings,
+            "error": None,
+        }
