@@ -74,6 +74,7 @@ class _Paths:
     target: Tensor
     f_input: Tensor  # float64
     f_baseline: Tensor  # float64
+    noise: Tensor  # completeness errors below this are rounding, not quadrature
 
 
 def explain(
@@ -108,7 +109,9 @@ def _make_paths(targets: list[list[int]], samples: int, f_inputs: Tensor, f_base
             groups.append((n, cls, rank if ranked else None, list(range(len(rows), len(rows) + samples))))
             rows.extend((n, n * samples + k, cls) for k in range(samples))
     n, b, t = torch.tensor(rows, dtype=torch.long, device=f_inputs.device).view(-1, 3).unbind(1)
-    return _Paths(n, b, t, f_inputs[n, t].double(), f_baselines[b, t].double()), groups
+    f_input, f_baseline = f_inputs[n, t].double(), f_baselines[b, t].double()
+    noise = 64 * torch.finfo(f_inputs.dtype).eps * (f_input.abs() + f_baseline.abs())
+    return _Paths(n, b, t, f_input, f_baseline, noise), groups
 
 
 class _PathIntegral:
@@ -169,8 +172,7 @@ class _PathIntegral:
 def _converged(sums: Tensor, paths: _Paths, tolerance: float) -> Tensor:
     """|sum - dF| within tolerance * |dF|, or within float noise when dF is ~0."""
     delta = paths.f_input - paths.f_baseline
-    noise = 64 * torch.finfo(torch.float32).eps * (paths.f_input.abs() + paths.f_baseline.abs())
-    return (sums - delta).abs() <= tolerance * delta.abs() + noise
+    return (sums - delta).abs() <= tolerance * delta.abs() + paths.noise
 
 
 def _combine(group, paths: _Paths, attributions: Tensor, steps: Tensor, evals: Tensor, tolerance: float) -> Explanation:
