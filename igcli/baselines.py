@@ -104,9 +104,10 @@ def gaussian_blur(pixels: Tensor, sigma: float) -> Tensor:
         size = image.shape[dim]
         pad = min(radius, size - 1)
         weight = kernel[radius - pad : radius + pad + 1]
-        shape = (channels, 1, 1, -1) if dim == -1 else (channels, 1, -1, 1)
+        shape = (1, 1, 1, -1) if dim == -1 else (1, 1, -1, 1)
         padding = (pad, pad, 0, 0) if dim == -1 else (0, 0, pad, pad)
         if pad > 0:
             image = torch.nn.functional.pad(image, padding, mode="reflect")
-        image = torch.nn.functional.conv2d(image, (weight / weight.sum()).view(shape), groups=channels)
+        weights = (weight / weight.sum()).view(shape).repeat(channels, 1, 1, 1)
+        image = torch.nn.functional.conv2d(image, weights, groups=channels)
     return image.squeeze(0)

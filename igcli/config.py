@@ -6,6 +6,7 @@ where it stood (``file:line`` or ``--set``) and the nearest valid key.
 from __future__ import annotations
 
 import difflib
+import os
 import typing
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -152,7 +153,7 @@ def _anchor_paths(source: ConfigSource, folder: Path) -> None:
 
 def _anchored(folder: Path, value: str) -> Path:
     candidate = Path(value).expanduser()
-    return candidate if candidate.is_absolute() else folder / candidate
+    return candidate if candidate.is_absolute() else Path(os.path.normpath(folder / candidate))
 
 
 def validate(source: ConfigSource) -> Config:
@@ -169,12 +170,13 @@ def validate(source: ConfigSource) -> Config:
 def describe_error(detail: dict[str, Any], source: ConfigSource) -> str:
     loc = tuple(str(part) for part in detail["loc"] if not _is_union_tag(part))
     dotted = ".".join(loc) or "config"
-    where = source.origin(loc) or "config"
+    where = source.origin(loc)
     if detail["type"] == "extra_forbidden":
         hint = _nearest_key(loc)
         return f"{where}: unknown key '{dotted}'" + (f"; did you mean '{hint}'?" if hint else "")
     if detail["type"] == "missing":
-        return f"{where}: missing required key '{dotted}'"
+        hint = "; set model.path (or --model) or model.factory" if loc == ("model",) else ""
+        return f"{where}: missing required key '{dotted}'{hint}"
     message = detail["msg"].removeprefix("Value error, ")
     return f"{where}: '{dotted}': {message} (got {detail.get('input')!r})"
 

@@ -22,13 +22,14 @@ class ConfigSource:
 
     data: dict[str, Any] = field(default_factory=dict)
     origins: dict[KeyPath, str] = field(default_factory=dict)
+    name: str = "config"  # the file, for problems with no line of their own
 
-    def origin(self, path: KeyPath) -> str | None:
+    def origin(self, path: KeyPath) -> str:
         """The nearest known origin of ``path`` or of one of its parents."""
         for end in range(len(path), 0, -1):
             if path[:end] in self.origins:
                 return self.origins[path[:end]]
-        return None
+        return self.name
 
 
 def read_yaml(path: Path) -> ConfigSource:
@@ -45,10 +46,10 @@ def read_yaml(path: Path) -> ConfigSource:
     except yaml.YAMLError as error:
         raise ConfigError(_describe_yaml_error(path, error, text)) from None
     if data is None:
-        return ConfigSource()
+        return ConfigSource(name=str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys, found {type(data).__name__}")
-    source = ConfigSource(data=data)
+    source = ConfigSource(data=data, name=str(path))
     _collect_origins(node, (), path, source.origins)
     return source
 

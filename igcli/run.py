@@ -30,6 +30,8 @@ from .records import Attribution, Failure, Sample, output_stem
 log = logging.getLogger("igcli")
 
 MAX_INPUTS_PER_CHUNK = 64
+# What a model's forward or backward raises on inputs it cannot take (exported programs assert).
+MODEL_FAILURES = (RuntimeError, ValueError, AssertionError, TypeError, IndexError)
 
 
 @dataclass
@@ -190,7 +192,7 @@ def _explain_chunk(chunk: list[Sample], plan: Plan, config: Config, writer: RunW
         clock = time.perf_counter()
         try:
             explanations = _explain_group(group, plan, config)
-        except (RuntimeError, ValueError) as error:
+        except MODEL_FAILURES as error:
             for sample in group:
                 message = f"{sample.source}: model failed on input shaped {list(sample.x.shape)} ({first_line(error)})"
                 _fail(writer, summary, Failure(sample.source, sample.relpath, "ModelError", message))
@@ -205,7 +207,7 @@ def check_model(plan: Plan, sample: Sample) -> None:
     x = sample.x.unsqueeze(0).to(plan.backend.device, plan.backend.dtype)
     try:
         classes = plan.backend.scores(x).shape[1]
-    except (RuntimeError, ValueError) as error:
+    except MODEL_FAILURES as error:
         raise ModelError(f"model rejected an input shaped {list(x.shape)} from {sample.source} "
                          f"({first_line(error)}); check input.mode, input.resize and input.crop") from None
     if plan.labels is not None and len(plan.labels) != classes:

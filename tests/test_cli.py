@@ -1,0 +1,155 @@
+"""End to end through the command line, on the committed sample model and images."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from igcli import __version__
+from igcli.cli import main
+
+from .conftest import DIGITS_CONFIG, SAMPLE_DATA
+
+SAMPLE_NAMES = sorted(p.stem for p in (SAMPLE_DATA / "images").glob("*.png"))
+
+
+def igcli(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_explain_sample_data_end_to_end(sample_tree, tmp_path):
+    out = tmp_path / "out"
+    result = igcli("explain", "--config", DIGITS_CONFIG, sample_tree, "-o", out)
+    assert result.exit_code == 0, result.output
+    rows = records(out)
+    assert [Path(r["relpath"]).stem for r in rows] == SAMPLE_NAMES
+    for row in rows:
+        stem = Path(row["relpath"]).stem
+        assert row["error"] is None and row["score"] == "softmax" and row["rule"] == "riemann_trapezoid"
+        assert row["completeness"]["converged"] and row["completeness"]["rel_error"] <= 0.01
+        assert row["attribution_sum"] == pytest.approx(row["f_input"] - row["f_baseline"], rel=0.011)
+        assert row["target"]["label"] == stem.split("_")[0]  # the sample model gets every one right
+        assert Image.open(out / "heatmaps" / f"{stem}.png").size == (256, 256)
+        saved = np.load(out / "attributions" / f"{stem}.npy")
+        assert saved.shape == (1, 32, 32) and saved.sum() == pytest.approx(row["attribution_sum"], rel=1e-4)
+        assert json.loads((out / "records" / f"{stem}.json").read_text())["outputs"] == row["outputs"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["totals"]["records"] == len(SAMPLE_NAMES) and manifest["totals"]["failed"] == 0
+    assert manifest["config"]["method"] == "riemann_trapezoid" and manifest["device"] == "cpu"
+    assert "max relative completeness error" in result.stderr
+
+
+def test_a_corrupt_image_fails_alone(sample_tree, tmp_path):
+    (sample_tree / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (sample_tree / "sub").mkdir()
+    (sample_tree / "sub" / "text.png").write_text("just text")
+    out = tmp_path / "out"
+    result = igcli("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", out, "--steps", 16)
+    assert result.exit_code == 1
+    rows = {r["relpath"]: r for r in records(out)}
+    assert rows["broken.png"]["error"]["type"] == "InputError"
+    assert "sub/text.png" in rows and "not an image" in rows["sub/text.png"]["error"]["message"]
+    assert "broken.png" in result.stderr
+    good = [r for r in rows.values() if r["error"] is None]
+    assert len(good) == len(SAMPLE_NAMES)
+    assert all((out / r["outputs"]["heatmap"]).exists() for r in good)
+    assert json.loads((out / "manifest.json").read_text())["totals"]["failed"] == 2
+
+
+def test_unknown_config_key_exits_2_naming_the_key(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(DIGITS_CONFIG.read_text().replace("tolerance:", "tolerence:"))
+    result = igcli("explain", "-c", config, SAMPLE_DATA / "images", "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "unknown key 'tolerence'; did you mean 'tolerance'?" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_jsonl_to_stdout_for_pipelines(tmp_path):
+    result = igcli("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images" / "three_1442.png", "--jsonl", "-",
+                   "--steps", 16, "--method", "gausslegendre", "-q")
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert row["target"] == {"index": 3, "label": "three", "rank": None}
+    assert row["steps"] == 16 and row["gradient_evals"] == 16 and row["rule"] == "gausslegendre"
+    assert result.stderr == ""
+
+
+def test_top_k_label_targets_and_several_baselines(tmp_path):
+    out = tmp_path / "out"
+    image = SAMPLE_DATA / "images" / "three_1442.png"
+    result = igcli("explain", "-c", DIGITS_CONFIG, image, "-o", out, "--set", "target.top_k=2",
+                   "--set", "baseline.kind=uniform", "--set", "baseline.samples=3", "--steps", 8)
+    assert result.exit_code == 0, result.output
+    first, second = records(out)
+    assert (first["target"]["rank"], second["target"]["rank"]) == (1, 2)
+    assert first["gradient_evals"] == 3 * 9 and first["baseline"]["samples"] == 3
+    assert (out / "heatmaps" / "three_1442.top1.png").exists() and (out / "heatmaps" / "three_1442.top2.png").exists()
+    result = igcli("explain", "-c", DIGITS_CONFIG, image, "-o", out, "--set", "target=eight", "--steps", 8)
+    assert records(out)[0]["target"]["index"] == 8
+
+
+def test_uninformative_baseline_warning(tmp_path):
+    result = igcli("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images" / "one_1449.png", "-o", tmp_path,
+                   "--set", "baseline.warn_ratio=0", "--steps", 8)
+    assert result.exit_code == 0
+    assert "not uninformative" in records(tmp_path)[0]["warnings"][0]
+
+
+def test_model_that_cannot_take_the_input_exits_3_before_any_work(tmp_path):
+    result = igcli("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", tmp_path / "out",
+                   "--set", "input.resize=[16, 16]")
+    assert result.exit_code == 3
+    assert "model rejected an input shaped [1, 1, 16, 16]" in result.stderr
+    assert not (tmp_path / "out" / "heatmaps").exists()
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["--device", "tpu"], 2, "device must be auto, cpu, cuda or cuda:N"),
+    (["--set", "target=seventeen"], 2, "not among the 10 labels"),
+    (["--set", "target=12"], 2, "classes 0..9"),
+    (["--model", "missing.pt2"], 3, "model file not found"),
+])
+def test_usage_errors(tmp_path, args, code, message):
+    result = igcli("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", tmp_path / "out", *args)
+    assert result.exit_code == code and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_output_folder_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = igcli("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", blocker / "out")
+    assert result.exit_code == 2 and "not writable" in result.stderr
+
+
+def test_no_inputs_found(tmp_path):
+    result = igcli("explain", "-c", DIGITS_CONFIG, tmp_path, "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "no inputs found" in result.stderr
+
+
+def test_validate_config_prints_the_resolved_config(tmp_path):
+    result = igcli("validate-config", DIGITS_CONFIG, "--set", "steps=32")
+    assert result.exit_code == 0 and "steps: 32" in result.stdout and "tolerance: 0.01" in result.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {path: x.pt2}\nbaseline: {kind: blak}\n")
+    result = igcli("validate-config", bad)
+    assert result.exit_code == 2 and f"{bad}:2: 'baseline.kind'" in result.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["explain"], ["validate-config"], ["env"]])
+def test_every_command_has_help(command):
+    result = igcli(*command, "--help")
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_version_and_env():
+    assert __version__ in igcli("--version").output
+    env = igcli("env").output
+    assert "torch:" in env and "device auto:" in env

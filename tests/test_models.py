@@ -1,0 +1,84 @@
+"""Every accepted model format loads to the same function; refused ones say how to proceed."""
+import pytest
+import torch
+
+from igcli.errors import ModelError
+from igcli.models.loading import load_model, resolve_device
+
+from .conftest import SAMPLE_DATA
+
+MODELS = SAMPLE_DATA / "models"
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits_batch():
+    return torch.randn(5, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("path,factory", [
+    (MODELS / "digits_cnn.ts", None),
+    (MODELS / "digits_cnn_state.pt", f"{MODELS / 'digits_cnn.py'}:build_model"),
+])
+def test_formats_compute_the_same_function_as_the_exported_program(path, factory, digits_batch):
+    reference = load_model(MODELS / "digits_cnn.pt2", None, "logits", CPU).scores(digits_batch)
+    other = load_model(path, factory, "logits", CPU).scores(digits_batch)
+    torch.testing.assert_close(other, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_exported_program_has_a_dynamic_batch(batch):
+    runner = load_model(MODELS / "digits_cnn.pt2", None, "softmax", CPU)
+    scores = runner.scores(torch.zeros(batch, 1, 32, 32))
+    assert scores.shape == (batch, 10)
+    torch.testing.assert_close(scores.sum(1), torch.ones(batch))
+
+
+def test_score_kinds(digits_batch):
+    logits = load_model(MODELS / "digits_cnn.pt2", None, "logits", CPU).scores(digits_batch)
+    softmax = load_model(MODELS / "digits_cnn.pt2", None, "softmax", CPU).scores(digits_batch)
+    sigmoid = load_model(MODELS / "digits_cnn.pt2", None, "sigmoid", CPU).scores(digits_batch)
+    torch.testing.assert_close(softmax, torch.softmax(logits, 1))
+    torch.testing.assert_close(sigmoid, torch.sigmoid(logits))
+
+
+def test_pickled_module_is_refused_unless_trusted(tmp_path):
+    path = tmp_path / "full.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)), path)
+    with pytest.raises(ModelError, match="trust_pickle: true"):
+        load_model(path, None, "logits", CPU)
+    runner = load_model(path, None, "logits", CPU, trust_pickle=True)
+    assert runner.scores(torch.zeros(3, 1, 2, 2)).shape == (3, 2)
+
+
+def test_state_dict_without_factory_says_what_to_set():
+    with pytest.raises(ModelError, match="set model.factory"):
+        load_model(MODELS / "digits_cnn_state.pt", None, "logits", CPU)
+
+
+@pytest.mark.parametrize("setup,message", [
+    (lambda d: d / "missing.pt2", "model file not found"),
+    (lambda d: (d / "junk.pt").write_bytes(b"not a model") and d / "junk.pt", "not a model file"),
+])
+def test_bad_model_files(tmp_path, setup, message):
+    with pytest.raises(ModelError, match=message):
+        load_model(setup(tmp_path), None, "logits", CPU)
+
+
+def test_bad_factories(tmp_path):
+    with pytest.raises(ModelError, match="cannot import"):
+        load_model(None, "no_such_package.mod:build", "logits", CPU)
+    with pytest.raises(ModelError, match="has no function 'nope'"):
+        load_model(None, f"{MODELS / 'digits_cnn.py'}:nope", "logits", CPU)
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text("import torch\ndef build():\n    return torch.nn.Linear(3, 2)\n")
+    with pytest.raises(ModelError, match="does not fit"):
+        load_model(MODELS / "digits_cnn_state.pt", f"{wrong}:build", "logits", CPU)
+
+
+def test_device_resolution():
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="no CUDA device"):
+            resolve_device("cuda:0")
