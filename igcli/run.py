@@ -7,7 +7,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -47,6 +47,20 @@ class RunSummary:
     baseline_warnings: int = 0
     seconds: float = 0.0
 
+    def add(self, result: Attribution | Failure) -> None:
+        """Count one result; an input's first result counts the input."""
+        if isinstance(result, Failure):
+            self.inputs += 1
+            self.failed += 1
+            return
+        self.inputs += result.rank in (None, 1)
+        self.records += 1
+        self.steps.append(result.steps)
+        self.not_converged += not result.converged
+        self.baseline_warnings += bool(result.warnings)
+        if result.rel_error is not None:
+            self.max_rel_error = max(self.max_rel_error, result.rel_error)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "inputs": self.inputs, "failed": self.failed, "records": self.records,
@@ -78,17 +92,26 @@ def explain_inputs(
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     plan = make_plan(config)
     refs = discover_inputs(specs, config.input.extensions)
+    first = next(refs, None)
+    if first is None:
+        raise UsageError(f"no inputs found in {', '.join(specs)} (extensions: {' '.join(config.input.extensions)})")
+    refs = chain([first], refs)
     writer = RunWriter(out_dir, config.output, jsonl)
     summary = RunSummary()
-    samples = _read_samples(refs, plan.preprocess, writer, summary)
+    items = _read_inputs(refs, plan.preprocess)
+    checked = False
     with tqdm(desc="explain", unit="input", disable=not progress) as bar:
-        for index, chunk in enumerate(_chunks(samples, _inputs_per_chunk(config))):
-            if index == 0:
-                check_model(plan, chunk[0])
-            _explain_chunk(chunk, plan, config, writer, summary)
+        for chunk in _chunks(items, _inputs_per_chunk(config)):
+            samples = [item for item in chunk if isinstance(item, Sample)]
+            if samples and not checked:
+                check_model(plan, samples[0])
+                checked = True
+            for result in _explain_chunk(chunk, plan, config):
+                _write(result, writer, summary)
             bar.update(len(chunk))
-    if summary.inputs == 0:
-        raise UsageError(f"no inputs found in {', '.join(specs)} (extensions: {' '.join(config.input.extensions)})")
+    if summary.baseline_warnings:
+        log.warning("%d record(s) have a baseline that is not uninformative; see their 'warnings'",
+                    summary.baseline_warnings)
     summary.seconds = time.perf_counter() - clock
     writer.finish(manifest(config, plan, summary, started))
     return summary
@@ -155,11 +178,10 @@ def _inputs_per_chunk(config: Config) -> int:
     return max(1, min(MAX_INPUTS_PER_CHUNK, math.ceil(config.batch_size / per_input)))
 
 
-def _read_samples(refs: Iterable[InputRef], prep: ImagePreprocess, writer: RunWriter, summary: RunSummary) -> Iterator[Sample]:
-    """Decoded samples; inputs that fail become error records here and are not yielded."""
+def _read_inputs(refs: Iterable[InputRef], prep: ImagePreprocess) -> Iterator[Sample | Failure]:
+    """Each input decoded, or the Failure that says why it could not be."""
     seen: dict[str, str] = {}
     for ref in refs:
-        summary.inputs += 1
         stem = output_stem(ref.relpath)
         try:
             if stem in seen:
@@ -168,38 +190,50 @@ def _read_samples(refs: Iterable[InputRef], prep: ImagePreprocess, writer: RunWr
             seen[stem] = str(ref.path)
             yield read_image(ref, prep)
         except InputError as error:
-            _fail(writer, summary, Failure(str(ref.path), ref.relpath, "InputError", str(error)))
+            yield Failure(str(ref.path), ref.relpath, "InputError", str(error))
 
 
-def _fail(writer: RunWriter, summary: RunSummary, failure: Failure) -> None:
-    summary.failed += 1
-    log.warning("%s", failure.message)
-    writer.write_failure(failure)
-
-
-def _chunks(items: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+def _chunks(items: Iterable[Sample | Failure], size: int) -> Iterator[list[Sample | Failure]]:
+    """Lists of ``size`` items, Failures riding along so that outputs keep the inputs' order."""
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
 
 
-def _explain_chunk(chunk: list[Sample], plan: Plan, config: Config, writer: RunWriter, summary: RunSummary) -> None:
+def _write(result: Attribution | Failure, writer: RunWriter, summary: RunSummary) -> None:
+    if isinstance(result, Failure):
+        log.warning("%s", result.message)
+        writer.write_failure(result)
+    else:
+        writer.write(result)
+    summary.add(result)
+
+
+def _explain_chunk(chunk: list[Sample | Failure], plan: Plan, config: Config) -> list[Attribution | Failure]:
+    """Results for a chunk in input order (top-k targets of one input stay together)."""
+    results: dict[int, list[Attribution | Failure]] = {}
     # Inputs of different sizes (no resize configured) cannot share a batch.
-    by_shape: dict[tuple[int, ...], list[Sample]] = {}
-    for sample in chunk:
-        by_shape.setdefault(tuple(sample.x.shape), []).append(sample)
-    for group in by_shape.values():
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for position, item in enumerate(chunk):
+        if isinstance(item, Failure):
+            results[position] = [item]
+        else:
+            by_shape.setdefault(tuple(item.x.shape), []).append(position)
+    for positions in by_shape.values():
+        group = [chunk[p] for p in positions]
         clock = time.perf_counter()
         try:
             explanations = _explain_group(group, plan, config)
         except MODEL_FAILURES as error:
-            for sample in group:
+            for p, sample in zip(positions, group):
                 message = f"{sample.source}: model failed on input shaped {list(sample.x.shape)} ({first_line(error)})"
-                _fail(writer, summary, Failure(sample.source, sample.relpath, "ModelError", message))
+                results[p] = [Failure(sample.source, sample.relpath, "ModelError", message)]
             continue
         seconds = (time.perf_counter() - clock) / max(1, len(explanations))
-        for explanation in explanations:
-            _record(group[explanation.input_index], explanation, plan, config, seconds, writer, summary)
+        for e in explanations:
+            results.setdefault(positions[e.input_index], []).append(
+                _attribution(group[e.input_index], e, plan, config, seconds))
+    return [result for position in sorted(results) for result in results[position]]
 
 
 def check_model(plan: Plan, sample: Sample) -> None:
@@ -225,30 +259,21 @@ def _explain_group(group: list[Sample], plan: Plan, config: Config) -> list[Expl
     return explain(plan.backend, inputs, baselines, plan.target, plan.quadrature, config.batch_size)
 
 
-def _record(sample: Sample, e: Explanation, plan: Plan, config: Config, seconds: float,
-            writer: RunWriter, summary: RunSummary) -> None:
+def _attribution(sample: Sample, e: Explanation, plan: Plan, config: Config, seconds: float) -> Attribution | Failure:
     numbers = (e.f_input, e.f_baseline, e.attribution_sum)
     if not all(math.isfinite(v) for v in numbers) or not torch.isfinite(e.attributions).all():
         message = f"{sample.source}: model output is NaN or Inf on this input or its path; no attribution"
-        _fail(writer, summary, Failure(sample.source, sample.relpath, "ModelError", message))
-        return
-    warnings = _baseline_warnings(e, config.baseline.warn_ratio)
-    summary.baseline_warnings += bool(warnings)
+        return Failure(sample.source, sample.relpath, "ModelError", message)
     section = config.baseline
-    attribution = Attribution(
+    return Attribution(
         sample=sample, target=e.target, label=plan.labels[e.target] if plan.labels else None, rank=e.rank,
         score=config.model.score.value, f_input=e.f_input, f_baseline=e.f_baseline,
         attribution_sum=e.attribution_sum, abs_error=e.abs_error, rel_error=e.rel_error,
         tolerance=config.tolerance, converged=e.converged, steps=e.steps, gradient_evals=e.gradient_evals,
-        rule=config.method.value, seconds=seconds, attributions=e.attributions, warnings=warnings,
+        rule=config.method.value, seconds=seconds, attributions=e.attributions,
+        warnings=_baseline_warnings(e, section.warn_ratio),
         baseline={"kind": section.kind.value, "samples": section.samples, "seed": section.seed},
     )
-    writer.write(attribution)
-    summary.records += 1
-    summary.steps.append(e.steps)
-    summary.not_converged += not e.converged
-    if e.rel_error is not None:
-        summary.max_rel_error = max(summary.max_rel_error, e.rel_error)
 
 
 def _baseline_warnings(e: Explanation, ratio: float) -> list[str]:

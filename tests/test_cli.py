@@ -53,6 +53,8 @@ def test_a_corrupt_image_fails_alone(sample_tree, tmp_path):
     result = igcli("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", out, "--steps", 16)
     assert result.exit_code == 1
     rows = {r["relpath"]: r for r in records(out)}
+    expected_order = sorted(["broken.png"] + [f"{name}.png" for name in SAMPLE_NAMES]) + ["sub/text.png"]
+    assert list(rows) == expected_order  # failures keep their place among the inputs
     assert rows["broken.png"]["error"]["type"] == "InputError"
     assert "sub/text.png" in rows and "not an image" in rows["sub/text.png"]["error"]["message"]
     assert "broken.png" in result.stderr
@@ -100,6 +102,7 @@ def test_uninformative_baseline_warning(tmp_path):
                    "--set", "baseline.warn_ratio=0", "--steps", 8)
     assert result.exit_code == 0
     assert "not uninformative" in records(tmp_path)[0]["warnings"][0]
+    assert "1 record(s) have a baseline that is not uninformative" in result.stderr
 
 
 def test_model_that_cannot_take_the_input_exits_3_before_any_work(tmp_path):
@@ -132,6 +135,7 @@ def test_output_folder_that_cannot_be_created(tmp_path):
 def test_no_inputs_found(tmp_path):
     result = igcli("explain", "-c", DIGITS_CONFIG, tmp_path, "-o", tmp_path / "out")
     assert result.exit_code == 2 and "no inputs found" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_validate_config_prints_the_resolved_config(tmp_path):
@@ -153,3 +157,40 @@ def test_version_and_env():
     assert __version__ in igcli("--version").output
     env = igcli("env").output
     assert "torch:" in env and "device auto:" in env
+
+
+NAN_MODEL = """
+import torch
+
+
+class NanWhenBright(torch.nn.Module):
+    '''Logits that turn NaN for very bright inputs, as a broken model might.'''
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(32 * 32, 10)
+
+    def forward(self, x):
+        logits = self.linear(x.flatten(1))
+        bright = x.flatten(1).mean(1, keepdim=True) > 0.9
+        return torch.where(bright, torch.full_like(logits, float("nan")), logits)
+
+
+def build():
+    return NanWhenBright()
+"""
+
+
+def test_a_model_output_of_nan_fails_that_input_alone(tmp_path):
+    (tmp_path / "nan_model.py").write_text(NAN_MODEL)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("L", (32, 32), 255).save(images / "white.png")
+    (images / "digit.png").write_bytes((SAMPLE_DATA / "images" / "three_1442.png").read_bytes())
+    result = igcli("explain", "-c", DIGITS_CONFIG, images, "-o", tmp_path / "out", "--steps", 8,
+                   "--set", "model.path=null", "--set", f"model.factory={tmp_path / 'nan_model.py'}:build")
+    assert result.exit_code == 1
+    digit, white = records(tmp_path / "out")
+    assert digit["error"] is None and digit["completeness"]["rel_error"] < 0.01
+    assert white["error"]["type"] == "ModelError" and "NaN" in white["error"]["message"]
