@@ -248,14 +248,16 @@ def check_model(plan: Plan, sample: Sample) -> None:
         raise ConfigError(f"model.labels has {len(plan.labels)} labels but the model outputs {classes} classes")
     if plan.target.kind == "index" and not 0 <= plan.target.value < classes:
         raise ConfigError(f"target {plan.target.value}: the model outputs classes 0..{classes - 1}")
+    fixed = plan.baseline.fixed
+    if fixed is not None and tuple(fixed.shape) != tuple(sample.x.shape):
+        raise ConfigError(f"baseline.path holds shape {list(fixed.shape)} but inputs are {list(sample.x.shape)}; "
+                          "save the baseline in the model's input shape, without a batch axis")
 
 
 def _explain_group(group: list[Sample], plan: Plan, config: Config) -> list[Explanation]:
     inputs = torch.stack([sample.x for sample in group])
     baselines = torch.stack([make_baselines(plan.baseline, s.pixels, plan.preprocess.normalization, s.relpath)
                              for s in group])
-    if baselines.shape[2:] != inputs.shape[1:]:
-        raise ValueError(f"baseline shaped {list(baselines.shape[2:])} does not match inputs {list(inputs.shape[1:])}")
     return explain(plan.backend, inputs, baselines, plan.target, plan.quadrature, config.batch_size)
 
 

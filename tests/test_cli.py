@@ -194,3 +194,33 @@ def test_a_model_output_of_nan_fails_that_input_alone(tmp_path):
     digit, white = records(tmp_path / "out")
     assert digit["error"] is None and digit["completeness"]["rel_error"] < 0.01
     assert white["error"]["type"] == "ModelError" and "NaN" in white["error"]["message"]
+
+
+def test_file_baselines_npy_and_image(tmp_path):
+    image = SAMPLE_DATA / "images" / "seven_1443.png"
+    black = tmp_path / "black.npy"
+    np.save(black, np.full((1, 32, 32), -1.0, dtype=np.float32))  # black, in model space
+    runs = {}
+    for name, extra in {"black": ["--set", "baseline.kind=black"],
+                        "npy": ["--set", "baseline.kind=file", "--set", f"baseline.path={black}"],
+                        "image": ["--set", "baseline.kind=file", "--set", f"baseline.path={image}"]}.items():
+        out = tmp_path / name
+        result = igcli("explain", "-c", DIGITS_CONFIG, image, "-o", out, "--steps", 16, *extra)
+        assert result.exit_code == 0, result.output
+        runs[name] = records(out)[0]
+    assert runs["npy"]["attribution_sum"] == pytest.approx(runs["black"]["attribution_sum"], rel=1e-6)
+    assert runs["image"]["attribution_sum"] == pytest.approx(0.0, abs=1e-9)  # the input as its own baseline
+    np.save(black, np.zeros((3, 8, 8), dtype=np.float32))
+    result = igcli("explain", "-c", DIGITS_CONFIG, image, "-o", tmp_path / "bad", "--set", "baseline.kind=file",
+                   "--set", f"baseline.path={black}")
+    assert result.exit_code == 2 and "baseline.path holds shape [3, 8, 8]" in result.stderr
+
+
+@pytest.mark.parametrize("style,files", [("both", {"seven_1443.png", "seven_1443.bare.png"}),
+                                         ("bare", {"seven_1443.png"}), ("none", set())])
+def test_heatmap_styles(tmp_path, style, files):
+    result = igcli("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images" / "seven_1443.png", "-o", tmp_path,
+                   "--steps", 8, "--set", f"output.heatmap.style={style}", "--set", "baseline.kind=blur")
+    assert result.exit_code == 0, result.output
+    heatmaps = tmp_path / "heatmaps"
+    assert {p.name for p in heatmaps.iterdir()} == files if files else not heatmaps.exists()
