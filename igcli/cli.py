@@ -15,7 +15,8 @@ import click
 import yaml
 
 from . import __version__
-from .errors import IgcliError
+from .errors import IgcliError, ModelError
+from .models.base import ScoreKind
 from .quadrature import Rule
 
 EXIT_CODES = "Exit codes: 0 all inputs explained; 1 some inputs failed; 2 usage or config error; 3 model error."
@@ -109,6 +110,49 @@ def validate_config(config_file: Path | None, sets: tuple[str, ...]) -> None:
     click.echo(yaml.safe_dump(resolved(config), sort_keys=False), nl=False)
 
 
+@main.command("export", epilog=EXIT_CODES)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), required=True,
+              help="Where to write the gradient graph (.onnx).")
+@click.option("--score", type=click.Choice([k.value for k in ScoreKind]), default="softmax", show_default=True,
+              help="What F is in the graph.")
+@click.option("--input-shape", help="C,H,W without the batch axis, when the model does not fix it.")
+@click.option("--factory", help="package.module:function (or file.py:function) building the model for a state_dict.")
+@click.option("--trust-pickle", is_flag=True, help="Allow a fully pickled module (runs code from the file).")
+@reporting_errors
+def export(model: Path, out_path: Path, score: str, input_shape: str | None, factory: str | None,
+           trust_pickle: bool) -> None:
+    """Export MODEL (.pt2, TorchScript, state_dict + factory, or plain .onnx) as an ONNX gradient graph.
+
+    The graph takes (input, target_weights) and returns (scores, input_grads) for a whole batch; it
+    is checked against torch autograd on onnxruntime before it is written.
+    """
+    from .atomic_files import write_bytes_atomic
+    from .models.loading import build_gradient_graph
+
+    graph, error = build_gradient_graph(model, factory, ScoreKind(score), trust_pickle, _shape(input_shape))
+    if error > 1e-3:
+        raise CliError(ModelError(f"the exported gradients differ from torch autograd by {error:.1e} (relative); "
+                                  "not written"))
+    write_bytes_atomic(out_path, graph.SerializeToString())
+    click.echo(f"igcli: wrote {out_path} (score {score}; gradients match torch autograd to {error:.1e} relative)",
+               err=True)
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
+@reporting_errors
+def inspect(model: Path, as_json: bool) -> None:
+    """Describe an ONNX model: inputs, outputs, opsets, producer, ops, gradient support."""
+    import json
+
+    from .models.onnx_source import describe, read_onnx
+
+    report = describe(read_onnx(model), model)
+    click.echo(json.dumps(report, indent=2) if as_json else yaml.safe_dump(report, sort_keys=False), nl=not as_json)
+
+
 @main.command()
 def env() -> None:
     """Versions, devices and threads igcli would use."""
@@ -124,6 +168,18 @@ def env() -> None:
     for index in range(torch.cuda.device_count() if cuda else 0):
         click.echo(f"cuda:{index}: {torch.cuda.get_device_name(index)}")
     click.echo(f"device auto: {'cuda' if cuda else 'cpu'}")
+
+
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise click.BadParameter("expected positive integers like 3,224,224", param_hint="--input-shape")
+    return shape
 
 
 def _steps_value(steps: str | None) -> int | str | None:

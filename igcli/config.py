@@ -30,6 +30,8 @@ class ModelSection(Section):
     score: ScoreKind = ScoreKind.softmax
     labels: Path | None = None  # one label per line, line i = class i
     trust_pickle: bool = False  # allow a fully pickled nn.Module (runs code from the file)
+    backend: Literal["auto", "torch", "onnxruntime"] = "auto"  # auto: onnxruntime for .onnx, else torch
+    threads: int = Field(0, ge=0)  # intra-op threads for torch / onnxruntime; 0 = their default
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> "ModelSection":
@@ -42,6 +44,8 @@ Size = Union[int, tuple[int, int]]
 
 
 class InputSection(Section):
+    """How image files become model inputs."""
+
     kind: Literal["image"] = "image"
     mode: Literal["L", "RGB"] = "RGB"
     resize: Size | None = None  # int: shorter side to N keeping aspect; [H, W]: exact size
@@ -49,6 +53,15 @@ class InputSection(Section):
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+    def model_shape(self) -> tuple[int, int, int] | None:
+        """[C, H, W] the model will see, when resize/crop fix it; None when it varies per image."""
+        channels = 1 if self.mode == "L" else 3
+        size = self.crop if self.crop is not None else self.resize
+        if size is None or isinstance(size, int) and self.crop is None:
+            return None
+        height, width = (size, size) if isinstance(size, int) else size
+        return channels, height, width
 
     @field_validator("std")
     @classmethod

@@ -120,7 +120,9 @@ def explain_inputs(
 def make_plan(config: Config) -> Plan:
     """Load the model and resolve targets, preprocessing and baselines; fails before any input."""
     device = resolve_device(config.device)
-    backend = load_model(config.model.path, config.model.factory, config.model.score, device, config.model.trust_pickle)
+    section = config.model
+    backend = load_model(section.path, section.factory, section.score, device, section.trust_pickle,
+                         backend=section.backend, threads=section.threads, input_shape=config.input.model_shape())
     labels = read_labels(config.model.labels) if config.model.labels else None
     norm = Normalization(tuple(config.input.mean), tuple(config.input.std))
     preprocess = ImagePreprocess(config.input.mode, config.input.resize, config.input.crop, norm)

@@ -4,6 +4,7 @@ Reproducible: seeded, deterministic algorithms, CPU. Writes into sample_data/:
   models/digits_cnn.pt2        torch.export program, dynamic batch  (model.path)
   models/digits_cnn.ts         TorchScript                          (model.path)
   models/digits_cnn_state.pt   state_dict for model.factory         (models/digits_cnn.py:build_model)
+  models/digits_cnn.onnx       plain forward-only ONNX (logits)     (model.path; gradients built by igcli)
   labels.txt, images/*.png     ten held-out digits, one per class, plus two more
 
 Usage: pip install -e ".[train]" && python sample_data/train_digits.py [--epochs N] [--out DIR]
@@ -80,6 +81,9 @@ def save(model: torch.nn.Module, images, x, y, split: int, out: Path) -> dict:
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     torch.export.save(program, str(out / "models" / "digits_cnn.pt2"))
     torch.jit.script(model).save(str(out / "models" / "digits_cnn.ts"))
+    onnx_program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=({0: batch},),
+                                     input_names=["image"], output_names=["logits"])
+    onnx_program.save(str(out / "models" / "digits_cnn.onnx"))
     torch.save(model.state_dict(), out / "models" / "digits_cnn_state.pt")
     (out / "labels.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
     chosen = _sample_indices(y, split)

@@ -5,8 +5,11 @@ Accepted: TorchScript (.pt/.ts), torch.export programs (.pt2), a factory ``pkg.m
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import logging
+import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -15,9 +18,16 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .. import __version__
 from ..errors import ModelError, first_line
+from ..atomic_files import write_bytes_atomic
 from .base import Backend, ScoreKind
+from .export import export_gradient_graph, read_info
+from .onnx_backend import OnnxRuntimeBackend
+from .onnx_source import TensorSpec, check_differentiable_input, file_sha256, onnx_to_torch, read_onnx
 from .torch_backend import TorchBackend
+
+log = logging.getLogger("igcli")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,25 +44,121 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_model(
-    path: Path | None, factory: str | None, score: ScoreKind, device: torch.device, trust_pickle: bool = False
+    path: Path | None, factory: str | None, score: ScoreKind, device: torch.device, trust_pickle: bool = False,
+    *, backend: str = "auto", threads: int = 0, input_shape: tuple[int, ...] | None = None,
 ) -> Backend:
-    """Load the model and wrap it in the backend that runs it."""
+    """Load the model and wrap it in the backend that runs it.
+
+    ``backend`` auto runs ONNX files on onnxruntime and torch models on torch; onnxruntime for a
+    torch model, or for a plain ONNX model, first builds an igcli gradient graph (cached by model
+    hash), which needs ``input_shape`` (without the batch axis) unless the model fixes it.
+    """
     if path is not None and not path.exists():
         raise ModelError(f"{path}: model file not found; check model.path or --model")
-    if factory is not None:
-        module = _build_from_factory(factory, path)
-    else:
-        module = _load_file(path, trust_pickle)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if path is not None and factory is None and path.suffix.lower() == ".onnx":
+        return _load_onnx(path, ScoreKind(score), device, backend, threads, input_shape)
+    module = _build_from_factory(factory, path) if factory is not None else _load_file(path, trust_pickle)
+    if backend == "onnxruntime":
+        shape = input_shape or _example_shape(module)
+        if shape is None:
+            raise ModelError("backend onnxruntime needs the input size to build a gradient graph: "
+                             "set input.resize: [H, W] or input.crop")
+        source = path if path is not None else Path(factory.rpartition(":")[0])
+        model = cached_gradient_graph(source, ScoreKind(score), shape, lambda: module, factory or "")
+        return OnnxRuntimeBackend(model.SerializeToString(), read_info(model), device, threads)
     return TorchBackend(module, score, device)
+
+
+def _load_onnx(path: Path, score: ScoreKind, device: torch.device, backend: str, threads: int,
+               input_shape: tuple[int, ...] | None) -> Backend:
+    model = read_onnx(path)
+    info = read_info(model)
+    if info is not None:
+        if backend == "torch":
+            raise ModelError(f"{path}: a gradient graph runs on onnxruntime; give its source model for backend torch")
+        if info.score is not score:
+            raise ModelError(f"{path}: exported with score '{info.score.value}' but model.score is "
+                             f"'{score.value}'; set model.score: {info.score.value} or export again with --score")
+        return OnnxRuntimeBackend(model.SerializeToString(), info, device, threads)
+    spec = check_differentiable_input(model, path)
+    _warn_double_softmax(model, path, score)
+    if backend == "torch":
+        return TorchBackend(onnx_to_torch(model, path), score, device)
+    shape, fixed_batch = resolve_input_shape(spec, input_shape, path)
+    graph = cached_gradient_graph(path, score, shape, lambda: onnx_to_torch(model, path), "", fixed_batch)
+    return OnnxRuntimeBackend(graph.SerializeToString(), read_info(graph), device, threads)
+
+
+def _warn_double_softmax(model, path: Path, score: ScoreKind) -> None:
+    producers = {output: node.op_type for node in model.graph.node for output in node.output}
+    if score is ScoreKind.softmax and producers.get(model.graph.output[0].name) in ("Softmax", "Sigmoid"):
+        log.warning("%s already ends in %s, and model.score softmax applies another; set model.score: logits "
+                    "to attribute the model's own probabilities", path, producers[model.graph.output[0].name])
+
+
+def resolve_input_shape(spec: TensorSpec, configured: tuple[int, ...] | None, path: Path):
+    """(input shape without batch, fixed batch size or None) from the ONNX input and the config."""
+    batch, dims = spec.shape[0] if spec.shape else None, tuple(spec.shape[1:])
+    fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+    if dims and all(isinstance(d, int) and d > 0 for d in dims):
+        if configured is not None and tuple(configured) != dims:
+            raise ModelError(f"{path}: the model takes inputs shaped {list(dims)} but the config gives "
+                             f"{list(configured)}; check input.mode, input.resize and input.crop")
+        return dims, fixed_batch
+    if configured is None:
+        raise ModelError(f"{path}: input '{spec.name}' has free dimensions {list(spec.shape)}; "
+                         "set input.resize: [H, W] (or input.crop) so igcli can build its gradient graph")
+    return tuple(configured), fixed_batch
+
+
+def cache_dir() -> Path:
+    """Where gradient graphs built on the fly are kept: $IGCLI_CACHE_DIR, else ~/.cache/igcli."""
+    return Path(os.environ.get("IGCLI_CACHE_DIR") or Path.home() / ".cache" / "igcli") / "gradient-graphs"
+
+
+def cached_gradient_graph(source: Path, score: ScoreKind, shape: tuple[int, ...], build_module: Callable,
+                          salt: str = "", fixed_batch: int | None = None):
+    """The gradient graph for ``source``, from the cache or exported now and cached atomically."""
+    import onnx
+
+    sha = file_sha256(source)
+    key = hashlib.sha256(f"{sha}|{salt}|{score.value}|{shape}|{fixed_batch}|{__version__}|{torch.__version__}"
+                         .encode()).hexdigest()[:20]
+    cached = cache_dir() / f"{source.stem}-{key}.grad.onnx"
+    if cached.exists():
+        try:
+            return onnx.load(str(cached))
+        except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt
+            log.warning("%s: damaged cache entry, rebuilding", cached)
+    log.info("building the gradient graph for %s (once; cached in %s)", source, cached.parent)
+    model = export_gradient_graph(build_module(), score, shape, sha, fixed_batch)
+    try:
+        write_bytes_atomic(cached, model.SerializeToString())
+    except OSError as error:
+        log.warning("cannot cache the gradient graph in %s (%s); it is rebuilt next time", cached.parent, error)
+    return model
+
+
+def _example_shape(module: nn.Module) -> tuple[int, ...] | None:
+    """The input shape (without batch) an exported program was traced with, if it kept one."""
+    example = getattr(module, "igcli_example_shape", None)
+    return tuple(example) if example else None
 
 
 def _load_file(path: Path, trust_pickle: bool) -> nn.Module:
     kind = _archive_kind(path)
     if kind == "export":
         try:
-            return torch.export.load(str(path)).module()
+            program = torch.export.load(str(path))
+            module = program.module()
         except Exception as error:  # noqa: BLE001 - any load failure is reported the same way
             raise ModelError(f"{path}: cannot load torch.export program ({first_line(error)})") from None
+        args = (program.example_inputs or ((), {}))[0]
+        if args and isinstance(args[0], torch.Tensor):
+            module.igcli_example_shape = tuple(args[0].shape[1:])
+        return module
     if kind == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -133,3 +239,43 @@ def _resolve_factory(factory: str) -> Callable[[], object]:
     if not callable(function):
         raise ModelError(f"model.factory '{factory}': {location} has no function '{name}'")
     return function
+
+
+def build_gradient_graph(path: Path, factory: str | None, score: ScoreKind, trust_pickle: bool = False,
+                         input_shape: tuple[int, ...] | None = None):
+    """`igcli export`: the gradient graph of a torch model or a plain ONNX model, checked.
+
+    Returns (ModelProto, max relative difference of its gradients from torch autograd on the same
+    random batch); the check runs the exported graph on onnxruntime.
+    """
+    fixed_batch = None
+    if factory is None and path.suffix.lower() == ".onnx":
+        model = read_onnx(path)
+        if read_info(model) is not None:
+            raise ModelError(f"{path}: already an igcli gradient graph")
+        spec = check_differentiable_input(model, path)
+        input_shape, fixed_batch = resolve_input_shape(spec, input_shape, path)
+        module = onnx_to_torch(model, path)
+    else:
+        if not path.exists():
+            raise ModelError(f"{path}: model file not found")
+        module = _build_from_factory(factory, path) if factory else _load_file(path, trust_pickle)
+        input_shape = input_shape or _example_shape(module)
+        if input_shape is None:
+            raise ModelError(f"{path}: give --input-shape C,H,W (the model's input without the batch axis)")
+    graph = export_gradient_graph(module, score, tuple(input_shape), file_sha256(path), fixed_batch)
+    return graph, gradient_graph_error(graph, module, score)
+
+
+def gradient_graph_error(graph, module: nn.Module, score: ScoreKind, batch: int = 3) -> float:
+    """Max |grad_onnx - grad_torch| / max |grad_torch| on a seeded random batch."""
+    info = read_info(graph)
+    runtime = OnnxRuntimeBackend(graph.SerializeToString(), info, torch.device("cpu"))
+    reference = TorchBackend(module, score, "cpu")
+    size = info.fixed_batch or batch
+    x = torch.randn((size,) + info.input_shape, generator=torch.Generator().manual_seed(0)).to(reference.dtype)
+    weights = torch.softmax(torch.randn(size, runtime.num_classes, generator=torch.Generator().manual_seed(1)), 1)
+    _, expected = reference.scores_and_grads(x, weights.to(reference.dtype))
+    _, actual = runtime.scores_and_grads(x, weights)
+    scale = float(expected.abs().max()) or 1.0
+    return float((actual.double() - expected.double()).abs().max()) / scale

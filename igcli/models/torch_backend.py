@@ -16,7 +16,7 @@ class TorchBackend:
     def __init__(self, module: nn.Module, score_kind: ScoreKind, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.module = module.to(self.device)
-        _set_eval(self.module)
+        set_eval(self.module)
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)
         self.dtype = _floating_dtype(self.module)
@@ -44,7 +44,8 @@ class TorchBackend:
         return scores.detach(), grads
 
 
-def _set_eval(module: nn.Module) -> None:
+def set_eval(module: nn.Module) -> None:
+    """Eval mode (dropout off, batch-norm statistics frozen) for any module kind."""
     # Exported programs' modules refuse .eval(); they were exported in eval mode already.
     try:
         module.eval()

@@ -16,7 +16,7 @@ import numpy as np
 from ..config import OutputSection
 from ..errors import IgcliError, UsageError
 from ..records import Attribution, Failure
-from .files import write_atomic, write_bytes_atomic
+from ..atomic_files import write_atomic, write_bytes_atomic
 from .heatmap import render_bare, render_overlay, signed_map
 
 

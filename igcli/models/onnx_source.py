@@ -1,0 +1,136 @@
+"""Plain (forward-only) ONNX models: read, describe, and convert to torch for differentiation.
+
+Conversion uses onnx2fx (ONNX -> torch.fx, no torchvision), which reads weights from initializers
+and from Constant nodes alike, at any opset it knows.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ModelError, first_line
+
+FLOAT_TYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}
+INTEGER_TYPES = {2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 12: "uint32", 13: "uint64"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...]  # ints fixed, strings named symbols, None unknown
+
+
+def read_onnx(path: Path):
+    """The ModelProto at ``path``; unreadable files become one ModelError line."""
+    import onnx
+
+    try:
+        return onnx.load(str(path))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: model file not found; check model.path or --model") from None
+    except Exception as error:  # noqa: BLE001 - protobuf raises its own kinds
+        raise ModelError(f"{path}: not an ONNX model igcli can read ({first_line(error)})") from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def graph_inputs(model) -> list[TensorSpec]:
+    """The graph's real inputs (initializers listed as inputs by old exporters left out)."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [_spec(value) for value in model.graph.input if value.name not in initializers]
+
+
+def graph_outputs(model) -> list[TensorSpec]:
+    return [_spec(value) for value in model.graph.output]
+
+
+def _spec(value) -> TensorSpec:
+    tensor_type = value.type.tensor_type
+    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim)
+    kind = tensor_type.elem_type
+    return TensorSpec(value.name, FLOAT_TYPES.get(kind) or INTEGER_TYPES.get(kind) or f"type {kind}", dims)
+
+
+def check_differentiable_input(model, path: Path) -> TensorSpec:
+    """The one floating-point input IG can run on; token-id models are pointed to text support."""
+    inputs = graph_inputs(model)
+    if len(inputs) != 1:
+        names = ", ".join(spec.name for spec in inputs)
+        raise ModelError(f"{path}: the model has {len(inputs)} inputs ({names}); igcli explains one-input models")
+    (spec,) = inputs
+    if spec.dtype in INTEGER_TYPES.values():
+        raise ModelError(f"{path}: input '{spec.name}' is {spec.dtype} (token ids?); ids are not differentiable, "
+                         "so attribute at the embedding layer with igcli's text support instead")
+    return spec
+
+
+def require(module: str):
+    """Import an optional dependency of gradient-graph building, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ModelError(f"building gradient graphs needs {module}: pip install 'igcli[onnx]'") from None
+
+
+def unsupported_ops(model) -> list[tuple[str, list[str]]]:
+    """(op type, node names) for every op onnx2fx cannot convert."""
+    onnx2fx = require("onnx2fx")
+
+    missing = {(op, domain) for op, domain, *_ in onnx2fx.analyze_model(model).unsupported_ops}
+    by_op: dict[str, list[str]] = {}
+    for index, node in enumerate(model.graph.node):
+        if (node.op_type, node.domain) in missing:
+            by_op.setdefault(node.op_type, []).append(node.name or f"#{index}")
+    return sorted(by_op.items())
+
+
+def onnx_to_torch(model, path: Path) -> nn.Module:
+    """A torch module computing the same function as the ONNX graph."""
+    onnx2fx = require("onnx2fx")
+
+    missing = unsupported_ops(model)
+    if missing:
+        listed = "; ".join(f"{op} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" for op, names in missing)
+        raise ModelError(f"{path}: igcli cannot differentiate these ops: {listed}; run `igcli inspect {path}` for more")
+    try:
+        return onnx2fx.convert(model, base_dir=str(path.parent))
+    except Exception as error:  # noqa: BLE001 - converter errors come in many kinds
+        raise ModelError(f"{path}: cannot convert the ONNX graph to torch ({first_line(error)}); "
+                         f"run `igcli inspect {path}` for more") from None
+
+
+def describe(model, path: Path) -> dict[str, Any]:
+    """What `igcli inspect` prints: inputs, outputs, opsets, producer, ops, gradient support."""
+    from .export import read_info
+
+    info = read_info(model)
+    ops = Counter(node.op_type for node in model.graph.node)
+    report: dict[str, Any] = {
+        "file": str(path),
+        "producer": f"{model.producer_name} {model.producer_version}".strip() or None,
+        "ir_version": model.ir_version,
+        "opsets": {entry.domain or "ai.onnx": entry.version for entry in model.opset_import},
+        "inputs": [spec.__dict__ for spec in graph_inputs(model)],
+        "outputs": [spec.__dict__ for spec in graph_outputs(model)],
+        "ops": dict(sorted(ops.items())),
+        "igcli_gradient_graph": info is not None,
+    }
+    if info is not None:
+        report["gradient_graph"] = {"score": info.score.value, "source_sha256": info.source_sha256,
+                                    "igcli_version": info.version, "input_shape": list(info.input_shape)}
+    else:
+        report["unsupported_ops"] = {op: names for op, names in unsupported_ops(model)}
+    return report
