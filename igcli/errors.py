@@ -4,6 +4,8 @@ The CLI maps them to exit codes; everything below the CLI raises them and never 
 """
 from __future__ import annotations
 
+import re
+
 
 class IgcliError(Exception):
     """Base class; ``str(error)`` is the one line shown to the user."""
@@ -35,5 +37,5 @@ class InputError(IgcliError):
 
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message, for one-line reports of library errors."""
-    lines = str(error).strip().splitlines()
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
     return lines[0] if lines else type(error).__name__

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -76,13 +77,23 @@ def export_gradient_graph(module: nn.Module, score: ScoreKind, input_shape: tupl
             program = torch.onnx.export(traced, example, dynamo=True, dynamic_shapes=dynamic, verbose=False,
                                         input_names=[INPUT, WEIGHTS], output_names=[SCORES, GRADS])
     except Exception as error:  # noqa: BLE001 - the exporter raises many kinds
-        raise ModelError(f"cannot export the gradient graph to ONNX ({first_line(error)})") from None
+        raise ModelError(f"cannot export the gradient graph to ONNX ({first_line(error)}{_ops_named(error)})") from None
     model = program.model_proto
     metadata = {"igcli.kind": "gradient-graph", "igcli.version": __version__, "igcli.score": ScoreKind(score).value,
                 "igcli.source_sha256": source_sha256, "igcli.input_shape": ",".join(map(str, input_shape)),
                 "igcli.fixed_batch": str(fixed_batch or "")}
     onnx.helper.set_model_props(model, metadata)
     return model
+
+
+def _ops_named(error: BaseException) -> str:
+    """The ATen ops an exporter error chain mentions, which say what to decompose next."""
+    text, cause = "", error
+    while cause is not None:
+        text += str(cause)
+        cause = cause.__cause__ or cause.__context__
+    ops = sorted(set(re.findall(r"aten\.[A-Za-z0-9_]+", text)))
+    return f"; ops: {', '.join(ops[:5])}" if ops else ""
 
 
 @contextlib.contextmanager
