@@ -23,9 +23,17 @@ class BaselineKind(str, enum.Enum):
     gaussian = "gaussian"  # the input plus N(0, sigma) pixel noise, clipped to [0, 1]
     blur = "blur"  # the input blurred by a Gaussian of `sigma` pixels
     file = "file"  # an image (preprocessed like inputs) or a .npy in model space
+    pad = "pad"  # text: every token but the special ones ([CLS], [SEP]) replaced by PAD
+    token = "token"  # text: the same with a chosen token
 
 
 RANDOM_KINDS = {BaselineKind.uniform, BaselineKind.gaussian}
+TEXT_BASELINES = {BaselineKind.zeros, BaselineKind.pad, BaselineKind.token}  # zeros: the zero embedding
+
+
+def text_baseline_ids(ids: Tensor, special: Tensor, fill_id: int) -> Tensor:
+    """Baseline token ids: special tokens kept in place, every other token replaced by ``fill_id``."""
+    return torch.where(special, ids, torch.full_like(ids, fill_id))
 
 
 @dataclass(frozen=True)

@@ -76,22 +76,27 @@ def main() -> None:
 @click.option("--steps", help="Integer m, or 'auto'; overrides steps.")
 @click.option("--method", type=click.Choice([r.value for r in Rule]), help="Quadrature rule; overrides method.")
 @click.option("--batch-size", type=int, help="Path points per forward/backward; overrides batch_size.")
+@click.option("--show", is_flag=True,
+              help="Text: print each document's words coloured by attribution (plain when not a TTY or NO_COLOR).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; errors only.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more on stderr.")
 @reporting_errors
 def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, ...], out_dir: Path | None,
             jsonl: str | None, model_path: str | None, device: str | None, steps: str | None,
-            method: str | None, batch_size: int | None, quiet: bool, verbose: bool) -> None:
-    """Explain INPUTS (image files, folders, globs) and write heatmaps and JSON records."""
+            method: str | None, batch_size: int | None, show: bool, quiet: bool, verbose: bool) -> None:
+    """Explain INPUTS (image or text files, folders, globs): heatmaps or coloured text, and JSON records."""
     from .run import explain_inputs
 
     if not inputs:
         raise click.UsageError("give at least one input file, folder or glob")
+    if show and jsonl == "-":
+        raise click.UsageError("--show and --jsonl - both write to stdout; choose one")
     _setup_logging(quiet, verbose)
     flags = {"model.path": model_path, "device": device, "method": method, "batch_size": batch_size,
              "steps": _steps_value(steps)}
     config = build_config(config_path, sets, flags)
-    summary = explain_inputs(config, inputs, out_dir, jsonl, progress=not quiet and sys.stderr.isatty())
+    summary = explain_inputs(config, inputs, out_dir, jsonl, progress=not quiet and sys.stderr.isatty(),
+                             show=sys.stdout if show else None)
     if not quiet:
         click.echo(_summary_line(summary), err=True)
     if summary.failed:

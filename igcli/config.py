@@ -13,7 +13,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .baselines import BaselineKind
+from .baselines import TEXT_BASELINES, BaselineKind
 from .config_source import ConfigSource, KeyPath, apply_override, parse_override, read_yaml
 from .errors import ConfigError
 from .models.base import ScoreKind
@@ -31,10 +31,12 @@ class ModelSection(Section):
     labels: Path | None = None  # one label per line, line i = class i
     trust_pickle: bool = False  # allow a fully pickled nn.Module (runs code from the file)
     backend: Literal["auto", "torch", "onnxruntime"] = "auto"  # auto: onnxruntime for .onnx, else torch
+    tokenizer: Path | None = None  # text: tokenizer.json or vocab.txt (HF folders bring their own)
+    embedding_layer: str | None = None  # text, torch models: the embedding module's name, e.g. embed
     threads: int = Field(0, ge=0)  # intra-op threads for torch / onnxruntime; 0 = their default
 
     @model_validator(mode="after")
-    def _needs_a_model(self) -> "ModelSection":
+    def _needs_a_model(self) -> "ModelSection":  # noqa: D102
         if self.path is None and self.factory is None:
             raise ValueError("set model.path (a .pt/.pt2 file) or model.factory (module:function)")
         return self
@@ -43,16 +45,27 @@ class ModelSection(Section):
 Size = Union[int, tuple[int, int]]
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
 class InputSection(Section):
     """How image files become model inputs."""
 
-    kind: Literal["image"] = "image"
+    kind: Literal["image", "text"] = "image"
     mode: Literal["L", "RGB"] = "RGB"
     resize: Size | None = None  # int: shorter side to N keeping aspect; [H, W]: exact size
     crop: Size | None = None  # centre crop after resizing
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
-    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+    extensions: tuple[str, ...] | None = None  # default: by kind (IMAGE_SUFFIXES or .txt .jsonl)
+    text_field: str = "text"  # text: the field of each .jsonl line that holds the document
+    max_length: int | None = Field(None, ge=2)  # text: tokens kept (default: the model's limit)
+
+    def suffixes(self) -> tuple[str, ...]:
+        """What folders and globs pick up."""
+        if self.extensions is not None:
+            return self.extensions
+        return (".txt", ".jsonl") if self.kind == "text" else IMAGE_SUFFIXES
 
     def model_shape(self) -> tuple[int, int, int] | None:
         """[C, H, W] the model will see, when resize/crop fix it; None when it varies per image."""
@@ -78,12 +91,15 @@ class BaselineSection(Section):
     value: float = Field(0.5, ge=0.0, le=1.0)  # pixel value for kind: constant
     sigma: float | None = Field(None, gt=0)  # gaussian: noise std in [0,1] units; blur: pixels
     path: Path | None = None  # kind: file — an image or a .npy in model space
+    token: Union[int, str, None] = None  # kind: token (text) — the token id or string to fill with
     warn_ratio: float = Field(0.25, ge=0)  # warn when F(x') > warn_ratio * F(x) for the target
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> "BaselineSection":
         if self.kind is BaselineKind.file and self.path is None:
             raise ValueError("baseline.kind 'file' needs baseline.path (an image or .npy)")
+        if self.kind is BaselineKind.token and self.token is None:
+            raise ValueError("baseline.kind 'token' needs baseline.token (a token id or string)")
         return self
 
 
@@ -102,6 +118,7 @@ class OutputSection(Section):
     heatmap: HeatmapSection = HeatmapSection()
     attributions: Literal["none", "npy"] = "none"
     records: bool = True  # one JSON file per record under records/
+    top_tokens: int = Field(5, ge=0)  # text: the highest-scoring tokens listed in each record
 
 
 class Config(Section):
@@ -117,6 +134,26 @@ class Config(Section):
     batch_size: int = Field(256, ge=1)  # path points (inputs x baselines x steps) per backward
     device: str = "auto"
     output: OutputSection = OutputSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_default_baseline(cls, data: Any) -> Any:
+        # The paper's text baseline is the zero embedding; black only means something for images.
+        if isinstance(data, dict) and isinstance(data.get("input"), dict) and data["input"].get("kind") == "text":
+            baseline = data.get("baseline")
+            if baseline is None or isinstance(baseline, dict) and "kind" not in baseline:
+                data = data | {"baseline": (baseline or {}) | {"kind": "zeros"}}
+        return data
+
+    @model_validator(mode="after")
+    def _baseline_fits_input(self) -> "Config":
+        image_kinds = set(BaselineKind) - TEXT_BASELINES | {BaselineKind.zeros}
+        allowed = TEXT_BASELINES if self.input.kind == "text" else image_kinds
+        if self.baseline.kind not in allowed:
+            names = ", ".join(sorted(kind.value for kind in allowed))
+            raise ValueError(f"baseline.kind '{self.baseline.kind.value}' does not apply to {self.input.kind} "
+                             f"inputs; use one of: {names}")
+        return self
 
     @field_validator("steps")
     @classmethod
@@ -134,7 +171,8 @@ class Config(Section):
         return device
 
 
-PATH_KEYS: tuple[KeyPath, ...] = (("model", "path"), ("model", "labels"), ("baseline", "path"))
+PATH_KEYS: tuple[KeyPath, ...] = (("model", "path"), ("model", "labels"), ("model", "tokenizer"),
+                                  ("baseline", "path"))
 
 
 def load_config(path: Path | None, overrides: list[tuple[str, Any]] = ()) -> Config:

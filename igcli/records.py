@@ -26,6 +26,22 @@ class Sample:
 
 
 @dataclass
+class TextSample:
+    """One tokenized document; IG runs on the embeddings of ``ids``."""
+
+    source: str
+    relpath: str
+    text: str
+    ids: Tensor  # [L] token ids
+    mask: Tensor  # [L] attention mask
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    word_ids: list[int | None]
+    special: list[bool]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Failure:
     """An input that could not be explained, and the one line that says why."""
 
@@ -43,7 +59,7 @@ class Failure:
 class Attribution:
     """IG for one (input, target) with everything needed to trust and reproduce it."""
 
-    sample: Sample
+    sample: Sample | TextSample
     target: int
     label: str | None
     rank: int | None  # among F(x), for top_k targets
@@ -60,9 +76,10 @@ class Attribution:
     rule: str
     baseline: dict[str, Any]
     seconds: float
-    attributions: Tensor  # [C, H, W] on the CPU
+    attributions: Tensor  # shaped like the input ([C, H, W], or [L, D] for text), on the CPU
     warnings: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # kind-specific fields (tokens, words, ...)
 
     @property
     def name(self) -> str:
@@ -93,4 +110,4 @@ class Attribution:
             "outputs": self.outputs,
             "warnings": self.sample.warnings + self.warnings,
             "error": None,
-        }
+        } | self.details

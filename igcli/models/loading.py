@@ -59,7 +59,7 @@ def load_model(
         torch.set_num_threads(threads)
     if path is not None and factory is None and path.suffix.lower() == ".onnx":
         return _load_onnx(path, ScoreKind(score), device, backend, threads, input_shape)
-    module = _build_from_factory(factory, path) if factory is not None else _load_file(path, trust_pickle)
+    module = load_module(path, factory, trust_pickle)
     if backend == "onnxruntime":
         shape = input_shape or _example_shape(module)
         if shape is None:
@@ -69,6 +69,13 @@ def load_model(
         model = cached_gradient_graph(source, ScoreKind(score), shape, lambda: module, factory or "")
         return OnnxRuntimeBackend(model.SerializeToString(), read_info(model), device, threads)
     return TorchBackend(module, score, device)
+
+
+def load_module(path: Path | None, factory: str | None, trust_pickle: bool = False) -> nn.Module:
+    """The torch module from a factory (with an optional state_dict) or a model file."""
+    if path is not None and not path.exists():
+        raise ModelError(f"{path}: model file not found; check model.path or --model")
+    return _build_from_factory(factory, path) if factory is not None else _load_file(path, trust_pickle)
 
 
 def _load_onnx(path: Path, score: ScoreKind, device: torch.device, backend: str, threads: int,
@@ -257,9 +264,7 @@ def build_gradient_graph(path: Path, factory: str | None, score: ScoreKind, trus
         input_shape, fixed_batch = resolve_input_shape(spec, input_shape, path)
         module = onnx_to_torch(model, path)
     else:
-        if not path.exists():
-            raise ModelError(f"{path}: model file not found")
-        module = _build_from_factory(factory, path) if factory else _load_file(path, trust_pickle)
+        module = load_module(path, factory, trust_pickle)
         input_shape = input_shape or _example_shape(module)
         if input_shape is None:
             raise ModelError(f"{path}: give --input-shape C,H,W (the model's input without the batch axis)")

@@ -1,23 +1,25 @@
 """Write each Attribution as it arrives: heatmaps, arrays, JSON records, the JSONL stream.
 
-Output names mirror the inputs' relative paths: ``heatmaps/<relpath>.png`` and so on, with
-``.top<k>`` before the extension for top-k targets.
+Output names mirror the inputs' relative paths: ``heatmaps/<relpath>.png`` (``html/<relpath>.html``
+for text) and so on, with ``.top<k>`` before the extension for top-k targets.
 """
 from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
+from ..atomic_files import write_atomic, write_bytes_atomic
 from ..config import OutputSection
 from ..errors import IgcliError, UsageError
-from ..records import Attribution, Failure
-from ..atomic_files import write_atomic, write_bytes_atomic
+from ..records import Attribution, Failure, TextSample
 from .heatmap import render_bare, render_overlay, signed_map
+from .text_view import render_ansi, render_html
 
 
 class OutputError(IgcliError):
@@ -27,8 +29,9 @@ class OutputError(IgcliError):
 class RunWriter:
     """All outputs of one run. ``out_dir`` None writes only the JSONL stream."""
 
-    def __init__(self, out_dir: Path | None, options: OutputSection, jsonl: str | None = None):
-        self.out_dir, self.options = out_dir, options
+    def __init__(self, out_dir: Path | None, options: OutputSection, jsonl: str | None = None,
+                 show: TextIO | None = None):
+        self.out_dir, self.options, self.show = out_dir, options, show
         self.streams: list[TextIO] = []
         self._owned: list[TextIO] = []
         if out_dir is not None:
@@ -56,7 +59,12 @@ class RunWriter:
             except OSError as error:
                 raise OutputError(f"{self.out_dir}: cannot write outputs for {attribution.sample.source} "
                                   f"({error.strerror or error})") from None
-        self._emit(attribution.to_json())
+        record = attribution.to_json()
+        self._emit(record)
+        if self.show is not None and "words" in record:
+            color = self.show.isatty() and not os.environ.get("NO_COLOR")
+            self.show.write(render_ansi(record, color) + "\n")
+            self.show.flush()
 
     def write_failure(self, failure: Failure) -> None:
         self._emit(failure.to_json())
@@ -65,7 +73,12 @@ class RunWriter:
         written: dict[str, str] = {}
         attributions = attribution.attributions.numpy()
         heatmap = self.options.heatmap
-        if heatmap.style != "none":
+        if isinstance(attribution.sample, TextSample):
+            relative = f"html/{attribution.name}.html"
+            page = render_html(attribution.to_json())
+            write_bytes_atomic(self.out_dir / relative, page.encode("utf-8"))
+            written["html"] = relative
+        elif heatmap.style != "none":
             values = signed_map(attributions, heatmap.sign, heatmap.clip_percentile)
             images = {
                 "heatmap": render_overlay(attribution.sample.pixels.numpy(), values, heatmap.opacity)

@@ -1,0 +1,118 @@
+"""Images: decode, preprocess, baselines in pixel space, IG batched across images."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from ..baselines import BaselineKind, BaselinePlan, Normalization, make_baselines
+from ..config import Config, TopK
+from ..engine import Quadrature, explain
+from ..errors import ConfigError, InputError, ModelError, first_line
+from ..inputs.discover import InputRef
+from ..inputs.images import ImagePreprocess, read_image
+from ..models.loading import load_model, resolve_device
+from ..records import Attribution, Failure, Sample, output_stem
+from .common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
+
+MAX_INPUTS_PER_CHUNK = 64
+
+
+class ImageJob:
+    def __init__(self, config: Config):
+        self.config = config
+        section = config.model
+        self.device = resolve_device(config.device)
+        self.backend = load_model(section.path, section.factory, section.score, self.device, section.trust_pickle,
+                                  backend=section.backend, threads=section.threads,
+                                  input_shape=config.input.model_shape())
+        self.labels = read_labels(section.labels) if section.labels else None
+        self.target = resolve_target(config.target, self.labels)
+        norm = Normalization(tuple(config.input.mean), tuple(config.input.std))
+        self.preprocess = ImagePreprocess(config.input.mode, config.input.resize, config.input.crop, norm)
+        self.baseline = _baseline_plan(config, self.preprocess)
+        steps = None if config.steps == "auto" else config.steps
+        self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps)
+        self.chunk_size = _inputs_per_chunk(config)
+
+    def read(self, refs: Iterable[InputRef]) -> Iterator[Sample | Failure]:
+        seen: dict[str, str] = {}
+        for ref in refs:
+            stem = output_stem(ref.relpath)
+            try:
+                if stem in seen:
+                    raise InputError(f"{ref.path}: would write the same outputs as {seen[stem]} ({stem}.*); "
+                                     "rename one, or pass their parent folders instead of the files")
+                seen[stem] = str(ref.path)
+                yield read_image(ref, self.preprocess)
+            except InputError as error:
+                yield Failure(str(ref.path), ref.relpath, "InputError", str(error))
+
+    def check(self, sample: Sample) -> None:
+        x = sample.x.unsqueeze(0).to(self.backend.device, self.backend.dtype)
+        try:
+            classes = self.backend.scores(x).shape[1]
+        except MODEL_FAILURES as error:
+            raise ModelError(f"model rejected an input shaped {list(x.shape)} from {sample.source} "
+                             f"({first_line(error)}); check input.mode, input.resize and input.crop") from None
+        check_classes(classes, self.labels, self.target)
+        fixed = self.baseline.fixed
+        if fixed is not None and tuple(fixed.shape) != tuple(sample.x.shape):
+            raise ConfigError(f"baseline.path holds shape {list(fixed.shape)} but inputs are "
+                              f"{list(sample.x.shape)}; save the baseline in the model's input shape, without a "
+                              "batch axis")
+
+    def explain(self, samples: list[Sample]) -> list[list[Attribution | Failure]]:
+        results: list[list[Attribution | Failure]] = [[] for _ in samples]
+        # Images of different sizes (no resize configured) cannot share a batch.
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, sample in enumerate(samples):
+            by_shape.setdefault(tuple(sample.x.shape), []).append(index)
+        for indices in by_shape.values():
+            group = [samples[i] for i in indices]
+            clock = time.perf_counter()
+            try:
+                explanations = self._explain_group(group)
+            except MODEL_FAILURES as error:
+                for i, sample in zip(indices, group):
+                    results[i].append(model_failure(sample, error))
+                continue
+            seconds = (time.perf_counter() - clock) / max(1, len(explanations))
+            for e in explanations:
+                sample = group[e.input_index]
+                results[indices[e.input_index]].append(to_record(sample, e, self.config, self.labels, seconds))
+        return results
+
+    def _explain_group(self, group: list[Sample]):
+        inputs = torch.stack([sample.x for sample in group])
+        baselines = torch.stack([make_baselines(self.baseline, s.pixels, self.preprocess.normalization, s.relpath)
+                                 for s in group])
+        return explain(self.backend, inputs, baselines, self.target, self.quadrature, self.config.batch_size)
+
+
+def _baseline_plan(config: Config, preprocess: ImagePreprocess) -> BaselinePlan:
+    section = config.baseline
+    fixed = _load_baseline_file(section.path, preprocess) if section.kind is BaselineKind.file else None
+    return BaselinePlan(section.kind, section.samples, section.seed, section.value, section.sigma, fixed)
+
+
+def _load_baseline_file(path: Path, preprocess: ImagePreprocess) -> torch.Tensor:
+    if path.suffix.lower() == ".npy":
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False)).float()
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"{path}: cannot read baseline.path as .npy ({error})") from None
+    try:
+        return read_image(InputRef(path, path.name), preprocess).x
+    except InputError as error:
+        raise ConfigError(f"baseline.path: {error}") from None
+
+
+def _inputs_per_chunk(config: Config) -> int:
+    first_level = (config.steps if config.steps != "auto" else config.min_steps) + 1
+    per_input = first_level * config.baseline.samples * (config.target.top_k if isinstance(config.target, TopK) else 1)
+    return max(1, min(MAX_INPUTS_PER_CHUNK, math.ceil(config.batch_size / per_input)))

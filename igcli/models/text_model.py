@@ -1,0 +1,102 @@
+"""Text classifiers attributed at their embedding layer.
+
+Token ids are not differentiable, so IG runs on the embedding output: a forward hook on the
+embedding module replaces its output with the interpolated embeddings (captum's
+LayerIntegratedGradients does the same), while the real ids and mask still reach the model.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, ModelError, first_line
+from .base import Backend, ScoreKind
+from .tokenizer import TextTokenizer
+from .torch_backend import TorchBackend
+
+Call = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+class TextModel:
+    """A module over token ids, its embedding layer, its tokenizer and how to call it."""
+
+    def __init__(self, module: nn.Module, embedding: nn.Module, tokenizer: TextTokenizer, call: Call,
+                 score: ScoreKind, device: torch.device, max_length: int, labels: list[str] | None = None):
+        self.module, self.embedding, self.tokenizer, self.call = module.to(device), embedding, tokenizer, call
+        self.score, self.device, self.max_length, self.labels = ScoreKind(score), device, max_length, labels
+        self._override: Tensor | None = None
+        embedding.register_forward_hook(self._substitute)
+
+    def _substitute(self, module: nn.Module, inputs, output: Tensor):
+        return output if self._override is None else self._override
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """[L] ids -> [L, D] embeddings, as the model computes them."""
+        with torch.no_grad():
+            return self.embedding(ids.to(self.device)[None])[0].detach()
+
+    def backend_for(self, ids: Tensor, mask: Tensor) -> Backend:
+        """A Backend whose inputs are [B, L, D] embeddings of this one document."""
+        return TorchBackend(_WithEmbeddings(self, ids.to(self.device), mask.to(self.device)), self.score, self.device)
+
+
+class _WithEmbeddings(nn.Module):
+    def __init__(self, model: TextModel, ids: Tensor, mask: Tensor):
+        super().__init__()
+        self.inner, self.text_model, self.ids, self.mask = model.module, model, ids, mask
+
+    def forward(self, embeddings: Tensor) -> Tensor:
+        batch = len(embeddings)
+        self.text_model._override = embeddings
+        try:
+            return self.text_model.call(self.inner, self.ids.expand(batch, -1), self.mask.expand(batch, -1))
+        finally:
+            self.text_model._override = None
+
+
+def torch_text_model(module: nn.Module, embedding_layer: str | None, tokenizer: TextTokenizer, score: ScoreKind,
+                     device: torch.device, max_length: int | None) -> TextModel:
+    """A torch module whose forward takes (ids) or (ids, mask), attributed at ``embedding_layer``."""
+    if not embedding_layer:
+        raise ConfigError("text models need model.embedding_layer: the name of the embedding module (e.g. embed)")
+    try:
+        embedding = module.get_submodule(embedding_layer)
+    except AttributeError:
+        names = ", ".join(name for name, m in module.named_modules() if isinstance(m, nn.Embedding)) or "none"
+        raise ConfigError(f"model.embedding_layer '{embedding_layer}' is not a submodule; embedding modules: "
+                          f"{names}") from None
+    takes_mask = len(inspect.signature(module.forward).parameters) >= 2
+
+    def call(inner: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
+        return inner(ids, mask) if takes_mask else inner(ids)
+
+    return TextModel(module, embedding, tokenizer, call, score, device, max_length or 512)
+
+
+def huggingface_text_model(folder: Path, score: ScoreKind, device: torch.device, max_length: int | None,
+                           tokenizer_path: Path | None) -> TextModel:
+    """A transformers sequence classifier from a local folder; never touches the network."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from transformers import AutoModelForSequenceClassification
+    except ImportError:
+        raise ModelError(f"{folder}: Hugging Face models need transformers: pip install 'igcli[hf]'") from None
+    try:
+        module = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True)
+    except Exception as error:  # noqa: BLE001 - transformers raises many kinds
+        raise ModelError(f"{folder}: cannot load a sequence classifier ({first_line(error)})") from None
+    tokenizer = TextTokenizer.from_path(tokenizer_path or folder)
+
+    def call(inner: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
+        return inner(input_ids=ids, attention_mask=mask).logits
+
+    limit = getattr(module.config, "max_position_embeddings", None) or 512
+    config_labels = getattr(module.config, "id2label", None) or {}
+    labels = [config_labels[i] for i in range(len(config_labels))] if config_labels else None
+    return TextModel(module, module.get_input_embeddings(), tokenizer, call, score, device,
+                     min(max_length or limit, limit), labels)

@@ -1,0 +1,160 @@
+"""Text: token attributions through the embedding layer, on the sample model and a tiny HF BERT."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from captum.attr import LayerIntegratedGradients
+from click.testing import CliRunner
+
+from igcli.baselines import text_baseline_ids
+from igcli.cli import main
+from igcli.config import load_config
+from igcli.engine import Quadrature, TargetSpec, explain
+from igcli.jobs.text_job import load_text_model
+from igcli.quadrature import Rule
+
+from .conftest import REPO, SAMPLE_DATA
+
+QUESTIONS_CONFIG = REPO / "configs" / "questions.yaml"
+CPU = torch.device("cpu")
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("rule", [Rule.gausslegendre, Rule.riemann_middle, Rule.riemann_left])
+def test_parity_with_captum_layer_integrated_gradients(rule):
+    model = load_text_model(load_config(QUESTIONS_CONFIG), CPU)
+    encoded = model.tokenizer.encode("how many people live near the moon ?", 64)
+    ids, mask = torch.tensor(encoded.ids), torch.ones(len(encoded.ids), dtype=torch.long)
+    base_ids = text_baseline_ids(ids, torch.tensor(encoded.special), model.tokenizer.pad_id)
+
+    def forward(batch_ids, batch_mask):
+        return torch.softmax(model.module(batch_ids, batch_mask), dim=1)
+
+    target = int(forward(ids[None], mask[None]).argmax())
+    method = {Rule.gausslegendre: "gausslegendre", Rule.riemann_middle: "riemann_middle",
+              Rule.riemann_left: "riemann_left"}[rule]
+    theirs = LayerIntegratedGradients(forward, model.module.embed).attribute(
+        ids[None], baselines=base_ids[None], additional_forward_args=(mask[None],), target=target,
+        n_steps=50, method=method)[0]
+    (ours,) = explain(model.backend_for(ids, mask), model.embed(ids)[None], model.embed(base_ids)[None, None],
+                      TargetSpec("index", target), Quadrature(rule, 50), batch_size=64)
+    assert float((ours.attributions - theirs).abs().max() / theirs.abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("baseline", ["pad", "zeros", "token"])
+def test_sample_texts_end_to_end(tmp_path, baseline):
+    extra = ["--set", 'baseline.token="[MASK]"'] if baseline == "token" else []  # quoted: YAML values
+    result = run("explain", "-c", QUESTIONS_CONFIG, SAMPLE_DATA / "texts", "-o", tmp_path, "--set",
+                 f"baseline.kind={baseline}", *extra)
+    assert result.exit_code == 0, result.output
+    rows = records(tmp_path)
+    assert len(rows) == 11 and all(r["error"] is None for r in rows)
+    for row in rows:
+        assert row["completeness"]["converged"] and row["completeness"]["rel_error"] <= 0.01
+        assert sum(t["score"] for t in row["tokens"]) == pytest.approx(row["attribution_sum"], rel=1e-9)
+        assert sum(w["score"] for w in row["words"]) == pytest.approx(row["attribution_sum"], rel=1e-9)
+        assert row["tokens"][0]["token"] == "[CLS]" and row["tokens"][0]["special"]
+        assert all(not t["token"].startswith("[") for t in row["top_tokens"])  # specials listed, never ranked
+        if baseline != "zeros":  # kept in place in the baseline, so they cannot be credited
+            assert row["tokens"][0]["score"] == 0.0
+        assert (tmp_path / row["outputs"]["html"]).exists()
+        expected = Path(row["relpath"]).name.split("_")[-1].removesuffix(".txt")
+        if row["relpath"].endswith(".txt"):
+            assert row["target"]["label"] == expected
+    assert rows[-1]["relpath"] == "more/line-00003" and rows[-1]["input"].endswith("more.jsonl:3")
+
+
+def test_bad_documents_fail_alone_and_html_escapes(tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a_script.txt").write_text("who wrote <script>alert(1)</script> ?", encoding="utf-8")
+    (texts / "b_latin1.txt").write_bytes("où est la lune ?".encode("latin-1"))
+    (texts / "c_empty.txt").write_text("   \n", encoding="utf-8")
+    (texts / "d_binary.txt").write_bytes(b"\x00\x01\x02binary")
+    (texts / "e_bom.txt").write_bytes("\ufeffwhen was paris built ?".encode("utf-8"))
+    (texts / "f_lines.jsonl").write_text('{"text": "who was mozart ?"}\nnot json\n{"body": "x"}\n', encoding="utf-8")
+    out = tmp_path / "out"
+    result = run("explain", "-c", QUESTIONS_CONFIG, texts, "-o", out)
+    assert result.exit_code == 1
+    rows = {r["relpath"]: r for r in records(out)}
+    assert "not UTF-8" in rows["b_latin1.txt"]["error"]["message"]
+    assert "empty document" in rows["c_empty.txt"]["error"]["message"]
+    assert "binary" in rows["d_binary.txt"]["error"]["message"]
+    assert "invalid JSON" in rows["f_lines/line-00002"]["error"]["message"]
+    assert "input.text_field" in rows["f_lines/line-00003"]["error"]["message"]
+    assert rows["e_bom.txt"]["error"] is None and rows["e_bom.txt"]["target"]["label"] == "datetime"
+    assert rows["f_lines/line-00001"]["error"] is None
+    page = (out / rows["a_script.txt"]["outputs"]["html"]).read_text(encoding="utf-8")
+    assert "<script>" not in page and "&lt;" in page
+
+
+def test_truncation_is_recorded(tmp_path):
+    text = tmp_path / "long.txt"
+    text.write_text("how many " + "people " * 100 + "?", encoding="utf-8")
+    result = run("explain", "-c", QUESTIONS_CONFIG, text, "--jsonl", "-", "-q", "--set", "input.max_length=12")
+    (row,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(row["tokens"]) == 12 and row["warnings"] == ["truncated to 12 tokens"]
+
+
+def test_show_prints_plain_words_when_not_a_terminal(tmp_path):
+    result = run("explain", "-c", QUESTIONS_CONFIG, SAMPLE_DATA / "texts" / "06_string.txt", "-o", tmp_path,
+                 "--show", "-q")
+    assert result.exit_code == 0
+    line = result.stdout.strip()
+    assert line.startswith(str(SAMPLE_DATA / "texts" / "06_string.txt") + ": string") and "who[+" in line
+    assert "\x1b[" not in line
+
+
+def test_image_baselines_are_refused_for_text(tmp_path):
+    result = run("explain", "-c", QUESTIONS_CONFIG, SAMPLE_DATA / "texts", "-o", tmp_path, "--set", "baseline.kind=blur")
+    assert result.exit_code == 2 and "does not apply to text inputs" in result.stderr
+
+
+def tiny_bert(folder: Path) -> None:
+    """A 2-layer BERT with random (seeded) weights and a locally built WordPiece tokenizer."""
+    from tokenizers.implementations import BertWordPieceTokenizer
+    from transformers import BertConfig, BertForSequenceClassification
+
+    words = "the a cat dog sat on mat was good bad movie film great awful not very ##s ##ing".split()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", "!", "."] + words
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=True).save(str(folder / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=24, max_position_embeddings=32, num_labels=2, initializer_range=0.5,
+                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+
+
+def test_hugging_face_model_from_a_local_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tiny_bert(tmp_path / "bert")
+    texts = tmp_path / "reviews"
+    texts.mkdir()
+    (texts / "one.txt").write_text("the movie was not very good !", encoding="utf-8")
+    (texts / "two.txt").write_text("a great film , the cats sat on the mat .", encoding="utf-8")
+    config = tmp_path / "hf.yaml"
+    config.write_text("model: {path: bert, score: softmax}\ninput: {kind: text}\nbaseline: {kind: pad}\n"
+                      "target: {top_k: 2}\ntolerance: 0.005\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = run("explain", "-c", config, texts, "-o", out)
+    assert result.exit_code == 0, result.output
+    rows = records(out)
+    assert [(r["relpath"], r["target"]["rank"]) for r in rows] == [("one.txt", 1), ("one.txt", 2),
+                                                                    ("two.txt", 1), ("two.txt", 2)]
+    assert {r["target"]["label"] for r in rows} == {"negative", "positive"}  # labels from the model's config
+    for row in rows:
+        assert row["completeness"]["rel_error"] <= 0.005
+        assert [t["token"] for t in row["tokens"]][:2] == ["[CLS]", "the" if row["relpath"] == "one.txt" else "a"]
+        assert row["tokens"][-1]["token"] == "[SEP]"
+    words = [w["word"] for w in rows[2]["words"]]
+    assert "cats" in words  # "cat" + "##s" merged back into the word
