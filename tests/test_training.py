@@ -30,3 +30,15 @@ def test_training_is_reproducible_and_formats_agree(tmp_path):
     torch.testing.assert_close(scripted, exported)
     torch.testing.assert_close(factory, exported)
     assert len(list((tmp_path / "a" / "images").glob("*.png"))) == 12
+
+
+def test_question_model_training_is_reproducible(tmp_path):
+    def train_questions(out):
+        subprocess.run([sys.executable, str(SAMPLE_DATA / "train_questions.py"), "--epochs", "1", "--out", str(out)],
+                       check=True, capture_output=True)
+        return torch.load(out / "models" / "questions_state.pt", weights_only=True)
+
+    first, second = train_questions(tmp_path / "a"), train_questions(tmp_path / "b")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert (tmp_path / "a" / "text" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "text" / "tokenizer.json").read_bytes()
+    assert len(list((tmp_path / "a" / "texts").glob("*.txt"))) == 8
