@@ -2,7 +2,7 @@
 
 No real question-type corpus ships offline on PyPI or Debian, so the questions are generated from
 documented templates (TEMPLATES below) with a seeded generator: classes numeric, datetime, yesno,
-string. A WordPiece tokenizer is trained on them with Hugging Face `tokenizers`.
+string. The WordPiece tokenizer (Hugging Face `tokenizers`) covers the training questions' words.
 
 Writes into sample_data/: text/tokenizer.json, text/labels.txt, models/questions_state.pt (for the
 factory models/questions_model.py:build_model), texts/*.txt and texts/more.jsonl (held-out questions).
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
-from tokenizers.processors import BertProcessing
 
 HERE = Path(__file__).resolve().parent
 LABELS = ["numeric", "datetime", "yesno", "string"]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SEED = 0
 MAX_LENGTH = 32
 
@@ -63,15 +63,17 @@ def generate(count: int, rng: random.Random) -> list[tuple[str, int]]:
     return rows
 
 
-def train_tokenizer(texts: list[str]) -> Tokenizer:
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(texts, vocab_size=600, min_frequency=1,
-                                  special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    tokenizer = wordpiece._tokenizer
-    # [CLS] question [SEP], as BERT-style classifiers see text (and as the PAD baseline keeps).
-    tokenizer.post_processor = BertProcessing(("[SEP]", tokenizer.token_to_id("[SEP]")),
-                                              ("[CLS]", tokenizer.token_to_id("[CLS]")))
-    return tokenizer
+def build_tokenizer(texts: list[str]) -> Tokenizer:
+    """A WordPiece tokenizer over the corpus's words, plus single letters and ##letters for the rest.
+
+    Built from a sorted vocabulary rather than trained: the `tokenizers` trainer orders (and on
+    ties, picks) pieces differently from run to run, and the model must be reproducible.
+    """
+    words = sorted({word for text in texts for word in text.lower().split()})
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = SPECIALS + [w for w in words if w not in letters] + letters + [f"##{c}" for c in letters]
+    wordpiece = BertWordPieceTokenizer({token: i for i, token in enumerate(vocab)}, lowercase=True)
+    return wordpiece._tokenizer  # carries [CLS] ... [SEP] post-processing, as BERT-style models see text
 
 
 def encode(tokenizer: Tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +118,7 @@ def main() -> None:
     rows = generate(2400, random.Random(SEED))
     split = int(0.8 * len(rows))
     texts, labels = [t for t, _ in rows], torch.tensor([label for _, label in rows])
-    tokenizer = train_tokenizer(texts[:split])
+    tokenizer = build_tokenizer(texts[:split])
     ids, mask = encode(tokenizer, texts)
     model = train(ids[:split], mask[:split], labels[:split], args.epochs)
     assert tokenizer.get_vocab_size() <= model.embed.num_embeddings
