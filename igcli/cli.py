@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +17,7 @@ import yaml
 
 from . import __version__
 from .errors import IgcliError, ModelError
+from .inputs.discover import read_path_list
 from .models.base import ScoreKind
 from .quadrature import Rule
 
@@ -76,6 +78,11 @@ def main() -> None:
 @click.option("--steps", help="Integer m, or 'auto'; overrides steps.")
 @click.option("--method", type=click.Choice([r.value for r in Rule]), help="Quadrature rule; overrides method.")
 @click.option("--batch-size", type=int, help="Path points per forward/backward; overrides batch_size.")
+@click.option("--files-from", type=click.File("r", encoding="utf-8"), metavar="FILE",
+              help="Read more input paths from FILE, one per line ('-' for stdin). An input '-' does the same.")
+@click.option("--shard", metavar="I/N", help="Explain only shard I of N (0-based): a stable slice by input name.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first input that fails.")
+@click.option("--max-errors", type=click.IntRange(min=0), metavar="N", help="Stop once more than N inputs failed.")
 @click.option("--show", is_flag=True,
               help="Text: print each document's words coloured by attribution (plain when not a TTY or NO_COLOR).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; errors only.")
@@ -83,12 +90,15 @@ def main() -> None:
 @reporting_errors
 def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, ...], out_dir: Path | None,
             jsonl: str | None, model_path: str | None, device: str | None, steps: str | None,
-            method: str | None, batch_size: int | None, show: bool, quiet: bool, verbose: bool) -> None:
+            method: str | None, batch_size: int | None, files_from, shard: str | None, fail_fast: bool,
+            max_errors: int | None, show: bool, quiet: bool, verbose: bool) -> None:
     """Explain INPUTS (image or text files, folders, globs): heatmaps or coloured text, and JSON records."""
     from .run import explain_inputs
 
+    if files_from is not None:
+        inputs = inputs + tuple(read_path_list(files_from))
     if not inputs:
-        raise click.UsageError("give at least one input file, folder or glob")
+        raise click.UsageError("give at least one input file, folder or glob (or --files-from, or - for stdin)")
     if show and jsonl == "-":
         raise click.UsageError("--show and --jsonl - both write to stdout; choose one")
     _setup_logging(quiet, verbose)
@@ -96,7 +106,8 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
              "steps": _steps_value(steps)}
     config = build_config(config_path, sets, flags)
     summary = explain_inputs(config, inputs, out_dir, jsonl, progress=not quiet and sys.stderr.isatty(),
-                             show=sys.stdout if show else None)
+                             show=sys.stdout if show else None, shard=_shard(shard),
+                             max_errors=0 if fail_fast else max_errors)
     if not quiet:
         click.echo(_summary_line(summary), err=True)
     if summary.failed:
@@ -175,6 +186,15 @@ def env() -> None:
     click.echo(f"device auto: {'cuda' if cuda else 'cpu'}")
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise click.BadParameter("expected I/N with 0 <= I < N, e.g. 0/4", param_hint="--shard")
+    return int(index), int(count)
+
+
 def _shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -198,6 +218,10 @@ def _steps_value(steps: str | None) -> int | str | None:
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:
     level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
+    if not quiet and not verbose and os.environ.get("IGCLI_LOG_LEVEL"):
+        level = logging.getLevelName(os.environ["IGCLI_LOG_LEVEL"].upper())
+        if not isinstance(level, int):
+            raise click.BadParameter("IGCLI_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("igcli: %(levelname)s: %(message)s"))
     logger = logging.getLogger("igcli")

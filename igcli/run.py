@@ -17,7 +17,7 @@ from tqdm import tqdm
 from . import __version__
 from .config import Config, resolved
 from .errors import UsageError
-from .inputs.discover import discover_inputs
+from .inputs.discover import discover_inputs, in_shard
 from .jobs import make_job
 from .jobs.common import AnySample, Job
 from .outputs.writer import RunWriter
@@ -38,6 +38,7 @@ class RunSummary:
     steps: list[int] = field(default_factory=list)
     baseline_warnings: int = 0
     seconds: float = 0.0
+    stopped: str | None = None  # why the run ended before its last input
 
     def add(self, result: Attribution | Failure) -> None:
         """Count one result; an input's first result counts the input."""
@@ -60,20 +61,27 @@ class RunSummary:
             "mean_steps": float(np.mean(self.steps)) if self.steps else None,
             "max_steps": max(self.steps) if self.steps else None,
             "baseline_warnings": self.baseline_warnings, "seconds": round(self.seconds, 3),
+            "stopped": self.stopped,
         }
 
 
 def explain_inputs(
     config: Config, specs: Sequence[str], out_dir: Path | None, jsonl: str | None = None, progress: bool = False,
-    show=None,
+    show=None, shard: tuple[int, int] | None = None, max_errors: int | None = None,
 ) -> RunSummary:
-    """Explain every input found from ``specs`` and write the outputs; returns the totals."""
+    """Explain every input found from ``specs`` and write the outputs; returns the totals.
+
+    ``shard`` (index, count) keeps a stable slice of the inputs; ``max_errors`` stops the run once
+    more inputs than that have failed (0: at the first), keeping everything written so far.
+    """
     if out_dir is None and jsonl is None:
         raise UsageError("nowhere to write: give -o OUT_DIR and/or --jsonl PATH (or - for stdout)")
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     job = make_job(config)
     suffixes = config.input.suffixes()
     refs = discover_inputs(specs, suffixes)
+    if shard is not None:
+        refs = (ref for ref in refs if in_shard(ref, *shard))
     first = next(refs, None)
     if first is None:
         raise UsageError(f"no inputs found in {', '.join(specs)} (extensions: {' '.join(suffixes)})")
@@ -89,6 +97,10 @@ def explain_inputs(
             for result in _explain_chunk(chunk, job):
                 _write(result, writer, summary)
             bar.update(len(chunk))
+            if max_errors is not None and summary.failed > max_errors:
+                summary.stopped = f"stopped after {summary.failed} failed input(s) (--max-errors {max_errors})"
+                log.error("%s", summary.stopped)
+                break
     if summary.baseline_warnings:
         log.warning("%d record(s) have a baseline that is not uninformative; see their 'warnings'",
                     summary.baseline_warnings)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, TextIO
 
 GLOB_CHARS = set("*?[")
 
@@ -26,6 +28,9 @@ def discover_inputs(specs: Iterable[str], extensions: Iterable[str]) -> Iterator
     """
     suffixes = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
     for spec in specs:
+        if spec == "-":  # newline-separated paths on stdin, for pipelines
+            yield from discover_inputs(read_path_list(sys.stdin), extensions)
+            continue
         path = Path(spec)
         if GLOB_CHARS & set(spec) and not path.exists():
             root = _static_prefix(spec)
@@ -56,3 +61,19 @@ def _static_prefix(pattern: str) -> str:
             break
         static.append(part)
     return str(Path(*static)) if static else "."
+
+
+def read_path_list(stream: TextIO) -> Iterator[str]:
+    """Paths, one per line; blank lines are skipped, surrounding whitespace kept out."""
+    for line in stream:
+        if line.strip():
+            yield line.rstrip("\r\n").strip()
+
+
+def in_shard(ref: InputRef, index: int, count: int) -> bool:
+    """Whether ``ref`` belongs to shard ``index`` of ``count``: a stable hash of its output name.
+
+    Every input lands in exactly one shard, whatever the order or number of inputs, so a shard
+    of a growing folder keeps the inputs it had.
+    """
+    return zlib.crc32(ref.relpath.encode("utf-8")) % count == index

@@ -1,0 +1,79 @@
+"""Inputs for pipelines and batch jobs: stdin, --files-from, --shard, --fail-fast / --max-errors."""
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from igcli.cli import main
+from igcli.inputs.discover import InputRef, in_shard
+
+from .conftest import DIGITS_CONFIG, SAMPLE_DATA
+
+IMAGES = sorted((SAMPLE_DATA / "images").glob("*.png"))
+
+
+def run(*args, input=None, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input, env=env, catch_exceptions=False)
+
+
+def relpaths(stdout: str) -> list[str]:
+    return [json.loads(line)["relpath"] for line in stdout.splitlines()]
+
+
+def test_paths_from_stdin_and_from_a_file(tmp_path):
+    listing = "\n".join(str(p) for p in IMAGES[:3]) + "\n\n"
+    from_stdin = run("explain", "-c", DIGITS_CONFIG, "-", "--jsonl", "-", "-q", "--steps", 4, input=listing)
+    assert from_stdin.exit_code == 0 and relpaths(from_stdin.stdout) == [p.name for p in IMAGES[:3]]
+    (tmp_path / "list.txt").write_text(listing, encoding="utf-8")
+    from_file = run("explain", "-c", DIGITS_CONFIG, "--files-from", tmp_path / "list.txt", IMAGES[5], "--jsonl", "-",
+                    "-q", "--steps", 4)
+    assert relpaths(from_file.stdout) == [IMAGES[5].name] + [p.name for p in IMAGES[:3]]
+
+
+def test_shards_partition_the_inputs():
+    seen = []
+    for index in range(3):
+        result = run("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "--jsonl", "-", "-q", "--steps", 4,
+                     "--shard", f"{index}/3")
+        assert result.exit_code == 0
+        seen += relpaths(result.stdout)
+    assert sorted(seen) == [p.name for p in IMAGES]
+    assert run("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "--jsonl", "-", "--shard", "3/3").exit_code == 2
+
+
+@settings(max_examples=100, deadline=None)
+@given(names=st.lists(st.text(min_size=1, max_size=12), unique=True, max_size=40), count=st.integers(1, 9))
+def test_shard_membership_is_a_partition(names, count):
+    refs = [InputRef(Path("x"), name) for name in names]
+    shards = [[ref.relpath for ref in refs if in_shard(ref, index, count)] for index in range(count)]
+    assert sorted(name for shard in shards for name in shard) == sorted(names)
+
+
+def test_max_errors_and_fail_fast_stop_early_keeping_what_was_written(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a_bad.png", "b_bad.png", "c_bad.png"):
+        (folder / name).write_text("not an image")
+    (folder / "d_good.png").write_bytes(IMAGES[0].read_bytes())
+    out = tmp_path / "out"
+    result = run("explain", "-c", DIGITS_CONFIG, folder, "-o", out, "--max-errors", 1, "--steps", 4)
+    assert result.exit_code == 1 and "--max-errors 1" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["totals"]["failed"] >= 2 and manifest["totals"]["stopped"]
+    result = run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "fast", "--fail-fast", "--steps", 4)
+    assert result.exit_code == 1 and json.loads((tmp_path / "fast" / "manifest.json").read_text())["totals"]["stopped"]
+    result = run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "all", "--steps", 4)
+    assert json.loads((tmp_path / "all" / "manifest.json").read_text())["totals"]["records"] == 1
+
+
+def test_log_level_from_the_environment(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "bad.png").write_text("not an image")
+    (folder / "good.png").write_bytes(IMAGES[0].read_bytes())
+    loud = run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "a", "--steps", 4)
+    quiet = run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "b", "--steps", 4,
+                env={"IGCLI_LOG_LEVEL": "error"})
+    assert "WARNING" in loud.stderr and "WARNING" not in quiet.stderr
