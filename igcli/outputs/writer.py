@@ -89,7 +89,9 @@ class RunWriter:
             for key, image in images.items():
                 suffix = ".bare.png" if key == "heatmap_bare" else ".png"
                 relative = f"heatmaps/{attribution.name}{suffix}"
-                write_atomic(self.out_dir / relative, lambda stream, img=image: img.save(stream, format="PNG"))
+                # Level 1: several times faster to encode than the default, for a slightly larger file.
+                write_atomic(self.out_dir / relative,
+                             lambda stream, img=image: img.save(stream, format="PNG", compress_level=1))
                 written[key] = relative
         if self.options.attributions == "npy":
             relative = f"attributions/{attribution.name}.npy"
