@@ -127,7 +127,7 @@ class Config(Section):
     baseline: BaselineSection = BaselineSection()
     target: Union[int, TopK, str] = "predicted"  # index | label | "predicted" | {top_k: k}
     steps: Union[int, Literal["auto"]] = "auto"
-    method: Rule = Rule.riemann_trapezoid
+    method: Rule = Rule.adaptive
     tolerance: float = Field(0.01, gt=0)  # relative completeness error that stops refinement
     min_steps: int = Field(8, ge=1)
     max_steps: int = Field(512, ge=1)

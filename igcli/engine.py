@@ -6,11 +6,12 @@ batched across inputs, baselines and path points together, ``batch_size`` points
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterator, Literal
 
 import torch
 from torch import Tensor
 
+from .adaptive import integrate_locally
 from .models.base import Backend
 from .quadrature import Rule, nodes, refine
 
@@ -125,6 +126,10 @@ class _PathIntegral:
 
     def run(self, quad: Quadrature) -> tuple[Tensor, Tensor]:
         """Integrate every path; returns the steps and gradient evaluations each one used."""
+        if quad.rule is Rule.adaptive:
+            delta = self.paths.f_input - self.paths.f_baseline
+            self.integral, steps, evals = integrate_locally(self.evaluate, self.deltas, delta, self.paths.noise, quad)
+            return steps, evals
         count = len(self.paths.target)
         steps = torch.zeros(count, dtype=torch.long)
         evals = torch.zeros(count, dtype=torch.long)
@@ -150,17 +155,30 @@ class _PathIntegral:
         like = self.integral
         alphas = torch.as_tensor(alphas, dtype=like.dtype, device=like.device)
         weights = torch.as_tensor(weights, dtype=like.dtype, device=like.device)
-        per_path, total = len(alphas), len(active) * len(alphas)
+        path = active.repeat_interleave(len(alphas))
+        point_weights = weights.repeat(len(active))
         broadcast = (-1,) + (1,) * (like.dim() - 1)
-        for start in range(0, total, self.batch_size):
-            point = torch.arange(start, min(start + self.batch_size, total), device=like.device)
-            path = active[point // per_path]
-            alpha, weight = alphas[point % per_path], weights[point % per_path]
-            points = self.starts[path] + alpha.view(broadcast) * self.deltas[path]
-            selector = torch.zeros(len(point), self.classes, dtype=like.dtype, device=like.device)
-            selector[torch.arange(len(point), device=like.device), self.paths.target[path]] = 1
-            _, grads = self.backend.scores_and_grads(points, selector)
-            like.index_add_(0, path, grads * weight.view(broadcast))
+        for batch, _, grads in self.evaluate_batches(path, alphas.repeat(len(active))):
+            like.index_add_(0, path[batch], grads * point_weights[batch].view(broadcast))
+
+    def evaluate_batches(self, path: Tensor, alpha: Tensor) -> Iterator[tuple[slice, Tensor, Tensor]]:
+        """For points (path[i], alpha[i]), ``batch_size`` at a time: (slice, F_target, dF_target/dx)."""
+        like = self.integral
+        broadcast = (-1,) + (1,) * (like.dim() - 1)
+        for start in range(0, len(path), self.batch_size):
+            batch = slice(start, min(start + self.batch_size, len(path)))
+            p, a = path[batch], alpha[batch].to(like.dtype)
+            points = self.starts[p] + a.view(broadcast) * self.deltas[p]
+            rows = torch.arange(len(p), device=like.device)
+            selector = torch.zeros(len(p), self.classes, dtype=like.dtype, device=like.device)
+            selector[rows, self.paths.target[p]] = 1
+            scores, grads = self.backend.scores_and_grads(points, selector)
+            yield batch, scores[rows, self.paths.target[p]], grads
+
+    def evaluate(self, path: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        """F_target and its input gradient at every point (path[i], alpha[i])."""
+        parts = list(self.evaluate_batches(path, alpha))
+        return torch.cat([s for _, s, _ in parts]), torch.cat([g for _, _, g in parts])
 
     def attributions(self) -> Tensor:
         return self.deltas * self.integral

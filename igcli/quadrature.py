@@ -20,6 +20,9 @@ class Rule(str, enum.Enum):
     riemann_middle = "riemann_middle"
     riemann_trapezoid = "riemann_trapezoid"
     gausslegendre = "gausslegendre"
+    # Not one table: the engine starts from the trapezoid grid and bisects only the intervals
+    # whose own completeness is off (see adaptive.py). As a table it is the trapezoid.
+    adaptive = "adaptive"
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ def nodes(rule: Rule, steps: int) -> Nodes:
         return Nodes((k + 1) / steps, uniform, steps)
     if rule is Rule.riemann_middle:
         return Nodes((k + 0.5) / steps, uniform, steps)
-    if rule is Rule.riemann_trapezoid:
+    if rule in (Rule.riemann_trapezoid, Rule.adaptive):
         alphas = np.arange(steps + 1, dtype=np.float64) / steps
         weights = np.full(steps + 1, 1.0 / steps)
         weights[[0, -1]] = 0.5 / steps

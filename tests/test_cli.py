@@ -31,9 +31,9 @@ def test_explain_sample_data_end_to_end(sample_tree, tmp_path):
     assert [Path(r["relpath"]).stem for r in rows] == SAMPLE_NAMES
     for row in rows:
         stem = Path(row["relpath"]).stem
-        assert row["error"] is None and row["score"] == "softmax" and row["rule"] == "riemann_trapezoid"
-        assert row["completeness"]["converged"] and row["completeness"]["rel_error"] <= 0.01
-        assert row["attribution_sum"] == pytest.approx(row["f_input"] - row["f_baseline"], rel=0.011)
+        assert row["error"] is None and row["score"] == "softmax" and row["rule"] == "adaptive"
+        assert row["completeness"]["converged"] and row["completeness"]["rel_error"] <= 0.03
+        assert row["attribution_sum"] == pytest.approx(row["f_input"] - row["f_baseline"], rel=0.031)
         assert row["target"]["label"] == stem.split("_")[0]  # the sample model gets every one right
         assert Image.open(out / "heatmaps" / f"{stem}.png").size == (256, 256)
         saved = np.load(out / "attributions" / f"{stem}.npy")
@@ -41,7 +41,7 @@ def test_explain_sample_data_end_to_end(sample_tree, tmp_path):
         assert json.loads((out / "records" / f"{stem}.json").read_text())["outputs"] == row["outputs"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["totals"]["records"] == len(SAMPLE_NAMES) and manifest["totals"]["failed"] == 0
-    assert manifest["config"]["method"] == "riemann_trapezoid" and manifest["device"] == "cpu"
+    assert manifest["config"]["method"] == "adaptive" and manifest["device"] == "cpu"
     assert "max relative completeness error" in result.stderr
 
 
@@ -140,7 +140,7 @@ def test_no_inputs_found(tmp_path):
 
 def test_validate_config_prints_the_resolved_config(tmp_path):
     result = igcli("validate-config", DIGITS_CONFIG, "--set", "steps=32")
-    assert result.exit_code == 0 and "steps: 32" in result.stdout and "tolerance: 0.01" in result.stdout
+    assert result.exit_code == 0 and "steps: 32" in result.stdout and "tolerance: 0.03" in result.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {path: x.pt2}\nbaseline: {kind: blak}\n")
     result = igcli("validate-config", bad)

@@ -29,7 +29,7 @@ def test_sample_config_loads_with_paths_taken_from_its_folder():
     config = load_config(DIGITS_CONFIG)
     assert config.model.path.resolve() == (DIGITS_CONFIG.parent.parent / "sample_data/models/digits_cnn.pt2").resolve()
     assert config.model.path.exists() and config.model.labels.exists()
-    assert config.method is Rule.riemann_trapezoid and config.steps == "auto"
+    assert config.method is Rule.adaptive and config.steps == "auto"
 
 
 def test_unknown_key_names_key_line_and_nearest_valid_key(tmp_path):

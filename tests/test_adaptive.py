@@ -1,0 +1,112 @@
+"""The locally adaptive trapezoid (method: adaptive), checked against closed forms and fixed rules."""
+import pytest
+import torch
+from torch import nn
+
+from igcli.engine import Quadrature, TargetSpec, explain
+from igcli.quadrature import Rule
+
+from .nets import backend, integrated_gradients, small_cnn, smooth_mlp
+
+
+class ReluSum(nn.Module):
+    """F(x) = sum_j v_j relu(w_j . x + b_j): IG has a closed form on a straight path."""
+
+    def __init__(self, features: int = 5, units: int = 7, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(units, features, generator=g, dtype=torch.float64))
+        self.b = nn.Parameter(torch.randn(units, generator=g, dtype=torch.float64))
+        self.v = nn.Parameter(torch.randn(units, generator=g, dtype=torch.float64))
+
+    def forward(self, x):
+        return (torch.relu(x @ self.w.T + self.b) * self.v).sum(1, keepdim=True)
+
+    @torch.no_grad()
+    def exact_ig(self, x, baseline):
+        """Unit j's gradient is v_j w_j where its pre-activation is positive: a fraction of [0, 1]."""
+        delta = x - baseline
+        start, end = baseline @ self.w.T + self.b, x @ self.w.T + self.b
+        crossing = (-start / (end - start)).clamp(0, 1)  # where the pre-activation changes sign
+        active = torch.where(end > start, 1 - crossing, crossing)
+        active = torch.where(end == start, (start > 0).double(), active)
+        return delta * ((active * self.v) @ self.w)
+
+
+def inputs(shape, seed=3):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def adaptive(steps=None, tolerance=0.01, max_steps=512):
+    return Quadrature(Rule.adaptive, steps, tolerance=tolerance, max_steps=max_steps)
+
+
+def test_matches_the_closed_form_on_a_piecewise_linear_net():
+    model, x = ReluSum(), inputs((4, 5)) * 2
+    baseline = torch.zeros_like(x)
+    exact = model.exact_ig(x, baseline)
+    results = explain(backend(model), x, baseline.unsqueeze(1), TargetSpec("index", 0), adaptive(tolerance=1e-6, max_steps=4096))
+    for result, expected in zip(results, exact):
+        assert result.converged
+        torch.testing.assert_close(result.attributions, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_spends_fewer_evaluations_than_uniform_refinement_where_the_gradient_jumps():
+    model, x = ReluSum(units=3, seed=4), inputs((6, 5), seed=9) * 3
+    baseline = torch.zeros(6, 1, 5, dtype=torch.float64)
+    exact = model.exact_ig(x, baseline[:, 0])
+    uniform = Quadrature(Rule.riemann_trapezoid, None, tolerance=1e-3, min_steps=4, max_steps=4096)
+    local = explain(backend(model), x, baseline, TargetSpec("index", 0), adaptive(tolerance=1e-3, max_steps=4096))
+    even = explain(backend(model), x, baseline, TargetSpec("index", 0), uniform)
+    assert sum(r.gradient_evals for r in local) < 0.5 * sum(r.gradient_evals for r in even)
+    local_error = sum(float((r.attributions - e).abs().sum()) for r, e in zip(local, exact))
+    even_error = sum(float((r.attributions - e).abs().sum()) for r, e in zip(even, exact))
+    assert local_error <= 2 * even_error
+
+
+@pytest.mark.parametrize("score", ["logits", "softmax"])
+def test_stops_within_tolerance_on_a_cnn(score):
+    x = inputs((5, 1, 8, 8))
+    results = explain(backend(small_cnn(), score), x, torch.zeros(5, 1, 1, 8, 8, dtype=torch.float64),
+                      TargetSpec("predicted"), adaptive(tolerance=0.005))
+    for result in results:
+        assert result.converged and result.rel_error <= 0.005
+        assert result.gradient_evals == result.steps + 1  # every evaluation is a node of the final rule
+        assert result.attribution_sum == pytest.approx(result.f_input - result.f_baseline, rel=0.005)
+
+
+def test_converges_to_the_integral_on_a_smooth_net():
+    x = inputs((3, 6))
+    (reference,) = integrated_gradients(smooth_mlp(), x[:1], torch.zeros_like(x[:1]), rule=Rule.gausslegendre, steps=256)
+    errors = []
+    for tolerance in (1e-2, 1e-4, 1e-6):
+        (result,) = explain(backend(smooth_mlp()), x[:1], torch.zeros(1, 1, 6, dtype=torch.float64),
+                            TargetSpec("index", 0), adaptive(tolerance=tolerance, max_steps=4096))
+        errors.append(float((result.attributions - reference.attributions).abs().max()))
+    assert errors[2] < errors[1] < errors[0] and errors[2] < 1e-5
+
+
+def test_fixed_steps_spend_exactly_that_many_intervals():
+    x = inputs((2, 1, 8, 8))
+    for steps in (1, 3, 4, 25):
+        results = explain(backend(small_cnn()), x, torch.zeros(2, 1, 1, 8, 8, dtype=torch.float64),
+                          TargetSpec("index", 1), adaptive(steps=steps))
+        assert [(r.steps, r.gradient_evals) for r in results] == [(steps, steps + 1)] * 2
+
+
+def test_gives_up_at_max_steps_and_says_so():
+    x = inputs((1, 1, 8, 8)) * 3
+    (result,) = explain(backend(small_cnn()), x, torch.zeros(1, 1, 1, 8, 8, dtype=torch.float64),
+                        TargetSpec("index", 0), adaptive(tolerance=1e-14, max_steps=16))
+    assert result.steps == 16 and not result.converged
+
+
+def test_batch_size_changes_nothing():
+    x = inputs((3, 1, 8, 8))
+    base = torch.rand(3, 2, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    runner = backend(small_cnn())
+    one = explain(runner, x, base, TargetSpec("top_k", 2), adaptive(tolerance=1e-3), batch_size=1)
+    many = explain(runner, x, base, TargetSpec("top_k", 2), adaptive(tolerance=1e-3), batch_size=1000)
+    for a, b in zip(one, many):
+        torch.testing.assert_close(a.attributions, b.attributions, rtol=1e-12, atol=1e-15)
+        assert (a.steps, a.gradient_evals) == (b.steps, b.gradient_evals)
