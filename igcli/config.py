@@ -45,7 +45,7 @@ class ModelSection(Section):
 Size = Union[int, tuple[int, int]]
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
 class InputSection(Section):

@@ -79,7 +79,7 @@ def test_sixteen_bit_png_keeps_its_range(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    (b"", "not an image"),
+    (b"", "empty file"),
     (b"hello, I am text", "not an image"),
     (None, "file not found"),
 ])

@@ -1,6 +1,8 @@
 """Decode and preprocess one image file into a Sample; any failure is one InputError line."""
 from __future__ import annotations
 
+import hashlib
+import io
 import warnings
 from dataclasses import dataclass
 
@@ -28,34 +30,45 @@ class ImagePreprocess:
 
 def read_image(ref: InputRef, prep: ImagePreprocess) -> Sample:
     """The image at ``ref`` as the model will see it."""
-    image, notes = open_image(ref, prep.mode)
+    data = read_bytes(ref)
+    image, notes = open_image(ref, data, prep.mode)
     try:
         image = preprocess(image, prep)
     except ValueError as error:
         raise InputError(f"{ref.path}: {error}; adjust input.resize or input.crop") from None
     array = np.asarray(image, dtype=np.float32) / 255.0
     pixels = torch.from_numpy(array.reshape(image.height, image.width, -1)).permute(2, 0, 1).contiguous()
-    return Sample(str(ref.path), ref.relpath, prep.normalization.apply(pixels), pixels, notes)
+    return Sample(str(ref.path), ref.relpath, prep.normalization.apply(pixels), pixels, notes,
+                  hashlib.sha256(data).hexdigest())
 
 
-def open_image(ref: InputRef, mode: str) -> tuple[Image.Image, list[str]]:
-    """Decode fully (so truncation shows here), apply EXIF orientation, convert to ``mode``."""
-    notes: list[str] = []
+def read_bytes(ref: InputRef) -> bytes:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(ref.path) as opened:
-                if getattr(opened, "n_frames", 1) > 1:
-                    notes.append(f"{opened.n_frames} frames; explained the first")
-                opened.load()
-                image = ImageOps.exif_transpose(opened) or opened
-                return _convert(image, mode), notes
+        return ref.path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{ref.path}: file not found") from None
     except IsADirectoryError:
         raise InputError(f"{ref.path}: is a folder, not an image") from None
     except PermissionError:
         raise InputError(f"{ref.path}: permission denied; check the file's read permission") from None
+    except OSError as error:
+        raise InputError(f"{ref.path}: cannot read ({error.strerror or error})") from None
+
+
+def open_image(ref: InputRef, data: bytes, mode: str) -> tuple[Image.Image, list[str]]:
+    """Decode fully (so truncation shows here), apply EXIF orientation, convert to ``mode``."""
+    notes: list[str] = []
+    if not data:
+        raise InputError(f"{ref.path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as opened:
+                if getattr(opened, "n_frames", 1) > 1:
+                    notes.append(f"{opened.n_frames} frames; explained the first")
+                opened.load()
+                image = ImageOps.exif_transpose(opened) or opened
+                return _convert(image, mode), notes
     except UnidentifiedImageError:
         raise InputError(f"{ref.path}: not an image Pillow can read (is it really {ref.path.suffix or 'an image'}?)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
