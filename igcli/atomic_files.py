@@ -22,3 +22,13 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     write_atomic(path, lambda stream: stream.write(data))
+
+
+def remove_leftovers(folder: Path) -> int:
+    """Delete the temporary files that a killed run left under ``folder``; returns how many."""
+    removed = 0
+    for leftover in folder.rglob(".*.tmp"):
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed

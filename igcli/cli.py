@@ -1,7 +1,8 @@
 """Command line: parse options, build a Config, call run. Nothing else lives here.
 
 Exit codes: 0 all inputs explained; 1 some inputs failed (the others are written);
-2 usage or config error (nothing ran); 3 the model could not be loaded or run.
+2 usage or config error (nothing ran); 3 the model could not be loaded or run;
+128 + signal when SIGINT/SIGTERM stopped the run (130/143).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from .inputs.discover import read_path_list
 from .models.base import ScoreKind
 from .quadrature import Rule
 
-EXIT_CODES = "Exit codes: 0 all inputs explained; 1 some inputs failed; 2 usage or config error; 3 model error."
+EXIT_CODES = ("Exit codes: 0 all inputs explained; 1 some inputs failed (or an output could not be written); "
+              "2 usage or config error; 3 model error; 130/143 stopped by SIGINT/SIGTERM.")
 
 
 class CliError(click.ClickException):
@@ -83,6 +85,8 @@ def main() -> None:
 @click.option("--shard", metavar="I/N", help="Explain only shard I of N (0-based): a stable slice by input name.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first input that fails.")
 @click.option("--max-errors", type=click.IntRange(min=0), metavar="N", help="Stop once more than N inputs failed.")
+@click.option("--resume", is_flag=True,
+              help="Reuse the records already in OUT whose input, model and config are unchanged; do the rest.")
 @click.option("--show", is_flag=True,
               help="Text: print each document's words coloured by attribution (plain when not a TTY or NO_COLOR).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; errors only.")
@@ -91,8 +95,12 @@ def main() -> None:
 def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, ...], out_dir: Path | None,
             jsonl: str | None, model_path: str | None, device: str | None, steps: str | None,
             method: str | None, batch_size: int | None, files_from, shard: str | None, fail_fast: bool,
-            max_errors: int | None, show: bool, quiet: bool, verbose: bool) -> None:
-    """Explain INPUTS (image or text files, folders, globs): heatmaps or coloured text, and JSON records."""
+            max_errors: int | None, resume: bool, show: bool, quiet: bool, verbose: bool) -> None:
+    """Explain INPUTS (image or text files, folders, globs): heatmaps or coloured text, and JSON records.
+
+    SIGINT or SIGTERM finish the inputs in flight, write the manifest and exit 130 or 143; a second
+    one stops at once. Every file appears whole or not at all, so a killed run can be --resume'd.
+    """
     from .run import explain_inputs
 
     if files_from is not None:
@@ -105,13 +113,36 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
     flags = {"model.path": model_path, "device": device, "method": method, "batch_size": batch_size,
              "steps": _steps_value(steps)}
     config = build_config(config_path, sets, flags)
-    summary = explain_inputs(config, inputs, out_dir, jsonl, progress=not quiet and sys.stderr.isatty(),
-                             show=sys.stdout if show else None, shard=_shard(shard),
-                             max_errors=0 if fail_fast else max_errors)
+    try:
+        summary = explain_inputs(config, inputs, out_dir, jsonl, progress=not quiet and sys.stderr.isatty(),
+                                 show=sys.stdout if show else None, shard=_shard(shard),
+                                 max_errors=0 if fail_fast else max_errors, resume=resume)
+    except KeyboardInterrupt:  # a second signal: the files written so far are whole, the manifest says so
+        click.echo("igcli: stopped at once; rerun with --resume to finish", err=True)
+        sys.exit(130)
     if not quiet:
         click.echo(_summary_line(summary), err=True)
+    if summary.signal:
+        sys.exit(128 + summary.signal)
     if summary.failed:
         sys.exit(1)
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@reporting_errors
+def report(out_dir: Path) -> None:
+    """Rebuild OUT_DIR/report.html from OUT_DIR/results.jsonl (one offline page, sortable)."""
+    from .errors import UsageError
+    from .outputs.report import write_report
+
+    if not (out_dir / "results.jsonl").is_file():
+        raise CliError(UsageError(f"{out_dir}: no results.jsonl here; give the -o folder of an igcli explain run"))
+    try:
+        path = write_report(out_dir)
+    except OSError as error:
+        raise CliError(UsageError(f"{out_dir}: cannot write report.html ({error.strerror or error})")) from None
+    click.echo(f"igcli: wrote {path}", err=True)
 
 
 @main.command("validate-config", epilog=EXIT_CODES)
@@ -232,7 +263,8 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
 
 def _summary_line(summary: Any) -> str:
     totals = summary.to_json()
-    return (f"igcli: {totals['inputs']} inputs, {totals['records']} records, {totals['failed']} failed, "
+    reused = f" ({totals['reused']} reused)" if totals["reused"] else ""
+    return (f"igcli: {totals['inputs']} inputs, {totals['records']} records{reused}, {totals['failed']} failed, "
             f"{totals['not_converged']} not converged; steps mean {totals['mean_steps'] or 0:.1f} "
             f"max {totals['max_steps'] or 0}; max relative completeness error {totals['max_rel_error']:.2e}; "
             f"{totals['seconds']:.1f} s")

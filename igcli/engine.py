@@ -5,6 +5,7 @@ batched across inputs, baselines and path points together, ``batch_size`` points
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterator, Literal
 
@@ -14,6 +15,8 @@ from torch import Tensor
 from .adaptive import integrate_locally
 from .models.base import Backend
 from .quadrature import Rule, nodes, refine
+
+log = logging.getLogger("igcli")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,15 @@ class Quadrature:
     tolerance: float = 0.01  # relative completeness error that counts as converged
     min_steps: int = 8
     max_steps: int = 512
+
+
+@dataclass
+class BatchSize:
+    """Path points per forward/backward; shared by a run's calls, so that a size lowered after an
+    out-of-memory error stays lowered."""
+
+    points: int
+    lowered: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,19 +96,20 @@ def explain(
     baselines: Tensor,
     target: TargetSpec,
     quadrature: Quadrature,
-    batch_size: int = 256,
+    batch_size: int | BatchSize = 256,
 ) -> list[Explanation]:
     """Explain ``inputs`` [N, ...] against ``baselines`` [N, K, ...] (K baselines per input).
 
     Returns one Explanation per (input, target), in input order, then target rank order.
     """
+    batch = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
     inputs = inputs.to(backend.device, backend.dtype)
     flat_baselines = baselines.to(backend.device, backend.dtype).flatten(0, 1)
-    f_inputs = batched_scores(backend, inputs, batch_size)
-    f_baselines = batched_scores(backend, flat_baselines, batch_size)
+    f_inputs = batched_scores(backend, inputs, batch.points)
+    f_baselines = batched_scores(backend, flat_baselines, batch.points)
     targets = resolve_targets(f_inputs, target)
     paths, groups = _make_paths(targets, baselines.shape[1], f_inputs, f_baselines, target.kind == "top_k")
-    path_integral = _PathIntegral(backend, inputs, flat_baselines, paths, f_inputs.shape[1], batch_size)
+    path_integral = _PathIntegral(backend, inputs, flat_baselines, paths, f_inputs.shape[1], batch)
     steps, evals = path_integral.run(quadrature)
     attributions = path_integral.attributions()
     return [_combine(group, paths, attributions, steps, evals, quadrature.tolerance) for group in groups]
@@ -118,8 +131,9 @@ def _make_paths(targets: list[list[int]], samples: int, f_inputs: Tensor, f_base
 class _PathIntegral:
     """The running integral of the target's gradient along each path."""
 
-    def __init__(self, backend: Backend, inputs: Tensor, baselines: Tensor, paths: _Paths, classes: int, batch_size: int):
-        self.backend, self.paths, self.classes, self.batch_size = backend, paths, classes, batch_size
+    def __init__(self, backend: Backend, inputs: Tensor, baselines: Tensor, paths: _Paths, classes: int,
+                 batch: BatchSize):
+        self.backend, self.paths, self.classes, self.batch = backend, paths, classes, batch
         self.starts = baselines[paths.baseline_row]
         self.deltas = inputs[paths.input_index] - self.starts
         self.integral = torch.zeros_like(self.deltas)
@@ -165,15 +179,34 @@ class _PathIntegral:
         """For points (path[i], alpha[i]), ``batch_size`` at a time: (slice, F_target, dF_target/dx)."""
         like = self.integral
         broadcast = (-1,) + (1,) * (like.dim() - 1)
-        for start in range(0, len(path), self.batch_size):
-            batch = slice(start, min(start + self.batch_size, len(path)))
+        start = 0
+        while start < len(path):
+            batch = slice(start, min(start + self.batch.points, len(path)))
+            start = batch.stop
             p, a = path[batch], alpha[batch].to(like.dtype)
             points = self.starts[p] + a.view(broadcast) * self.deltas[p]
             rows = torch.arange(len(p), device=like.device)
             selector = torch.zeros(len(p), self.classes, dtype=like.dtype, device=like.device)
             selector[rows, self.paths.target[p]] = 1
-            scores, grads = self.backend.scores_and_grads(points, selector)
+            scores, grads = self._scores_and_grads(points, selector)
             yield batch, scores[rows, self.paths.target[p]], grads
+
+    def _scores_and_grads(self, points: Tensor, selector: Tensor) -> tuple[Tensor, Tensor]:
+        """The backend's answer; on device out-of-memory, halve the batch (for the rest of the run too)."""
+        try:
+            return self.backend.scores_and_grads(points, selector)
+        except torch.cuda.OutOfMemoryError:
+            if len(points) == 1:
+                raise
+            half = len(points) // 2
+            if not self.batch.lowered:
+                log.warning("out of device memory at %d points per batch; halving it until it fits", len(points))
+            self.batch.points, self.batch.lowered = min(self.batch.points, half), True
+            if points.is_cuda:
+                torch.cuda.empty_cache()
+            first = self._scores_and_grads(points[:half], selector[:half])
+            second = self._scores_and_grads(points[half:], selector[half:])
+            return torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
 
     def evaluate(self, path: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
         """F_target and its input gradient at every point (path[i], alpha[i])."""

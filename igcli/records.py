@@ -23,6 +23,7 @@ class Sample:
     x: Tensor  # model-space input [C, H, W]
     pixels: Tensor  # the image the model saw, [C, H, W] in [0, 1], before normalisation
     warnings: list[str] = field(default_factory=list)
+    digest: str = ""  # sha256 of the input's bytes: with the run's key, what --resume compares
 
 
 @dataclass
@@ -39,6 +40,7 @@ class TextSample:
     word_ids: list[int | None]
     special: list[bool]
     warnings: list[str] = field(default_factory=list)
+    digest: str = ""  # sha256 of the document's text
 
 
 @dataclass
@@ -80,6 +82,7 @@ class Attribution:
     warnings: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # kind-specific fields (tokens, words, ...)
+    key: str | None = None  # run key + input bytes; --resume reuses the record while it matches
 
     @property
     def name(self) -> str:
@@ -110,4 +113,5 @@ class Attribution:
             "outputs": self.outputs,
             "warnings": self.sample.warnings + self.warnings,
             "error": None,
+            "key": self.key,
         } | self.details

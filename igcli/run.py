@@ -1,12 +1,17 @@
 """The one place that wires the stages: inputs -> job (baselines, engine) -> outputs."""
 from __future__ import annotations
 
+import functools
 import logging
 import platform
+import signal
+import threading
 import time
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from itertools import chain, islice
+from itertools import chain
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -15,13 +20,15 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
+from .atomic_files import remove_leftovers
 from .config import Config, resolved
-from .errors import UsageError
-from .inputs.discover import discover_inputs, in_shard
+from .errors import IgcliError, UsageError
+from .inputs.discover import InputRef, discover_inputs, in_shard
 from .jobs import make_job
 from .jobs.common import AnySample, Job
 from .outputs.writer import RunWriter
 from .records import Attribution, Failure
+from .resume import PreviousRun, record_key, run_key
 
 log = logging.getLogger("igcli")
 
@@ -33,30 +40,32 @@ class RunSummary:
     inputs: int = 0
     failed: int = 0
     records: int = 0
+    reused: int = 0  # records kept from an earlier run by --resume
     not_converged: int = 0
     max_rel_error: float = 0.0
     steps: list[int] = field(default_factory=list)
     baseline_warnings: int = 0
     seconds: float = 0.0
     stopped: str | None = None  # why the run ended before its last input
+    signal: int | None = None  # the signal that stopped it (exit code 128 + signal)
 
-    def add(self, result: Attribution | Failure) -> None:
-        """Count one result; an input's first result counts the input."""
-        if isinstance(result, Failure):
+    def add(self, record: dict[str, Any]) -> None:
+        """Count one written record; an input's first record counts the input."""
+        if record.get("error") is not None:
             self.inputs += 1
             self.failed += 1
             return
-        self.inputs += result.rank in (None, 1)
+        self.inputs += record["target"]["rank"] in (None, 1)
         self.records += 1
-        self.steps.append(result.steps)
-        self.not_converged += not result.converged
-        self.baseline_warnings += bool(result.warnings)
-        if result.rel_error is not None:
-            self.max_rel_error = max(self.max_rel_error, result.rel_error)
+        self.steps.append(record["steps"])
+        self.not_converged += not record["completeness"]["converged"]
+        self.baseline_warnings += any(w.startswith("F(baseline)") for w in record["warnings"])
+        if record["completeness"]["rel_error"] is not None:
+            self.max_rel_error = max(self.max_rel_error, record["completeness"]["rel_error"])
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "inputs": self.inputs, "failed": self.failed, "records": self.records,
+            "inputs": self.inputs, "failed": self.failed, "records": self.records, "reused": self.reused,
             "not_converged": self.not_converged, "max_rel_error": self.max_rel_error,
             "mean_steps": float(np.mean(self.steps)) if self.steps else None,
             "max_steps": max(self.steps) if self.steps else None,
@@ -67,17 +76,51 @@ class RunSummary:
 
 def explain_inputs(
     config: Config, specs: Sequence[str], out_dir: Path | None, jsonl: str | None = None, progress: bool = False,
-    show=None, shard: tuple[int, int] | None = None, max_errors: int | None = None,
+    show=None, shard: tuple[int, int] | None = None, max_errors: int | None = None, resume: bool = False,
 ) -> RunSummary:
     """Explain every input found from ``specs`` and write the outputs; returns the totals.
 
     ``shard`` (index, count) keeps a stable slice of the inputs; ``max_errors`` stops the run once
-    more inputs than that have failed (0: at the first), keeping everything written so far.
+    more inputs than that have failed (0: at the first), keeping everything written so far;
+    ``resume`` reuses the records already in ``out_dir`` whose key still matches (see resume.py).
+    SIGINT/SIGTERM finish the inputs in flight, write the manifest and set ``signal``.
     """
     if out_dir is None and jsonl is None:
         raise UsageError("nowhere to write: give -o OUT_DIR and/or --jsonl PATH (or - for stdout)")
+    if resume and out_dir is None:
+        raise UsageError("--resume reuses the records in an output folder: give -o OUT_DIR")
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     job = make_job(config)
+    refs = _input_refs(config, specs, shard)
+    # Read before the writer truncates results.jsonl.
+    previous = PreviousRun.load(out_dir) if resume else PreviousRun()
+    if resume and out_dir.is_dir() and (removed := remove_leftovers(out_dir)):
+        log.info("removed %d temporary file(s) left by an interrupted run", removed)
+    writer = RunWriter(out_dir, config.output, jsonl, show)
+    summary, state = RunSummary(), "failed"
+    status = functools.partial(manifest, config, job, summary, started)
+    try:
+        with _stop_on_signals() as stop:
+            _explain_chunks(job, refs, _Reuse(previous, run_key(config)), writer, summary, status, progress,
+                            stop, max_errors)
+        state = "interrupted" if summary.signal else "stopped" if summary.stopped else "complete"
+    except KeyboardInterrupt:
+        summary.stopped, summary.signal = "interrupted at once by a second signal", signal.SIGINT
+        state = "interrupted"
+        raise
+    except IgcliError as error:
+        summary.stopped = str(error)
+        raise
+    finally:
+        summary.seconds = time.perf_counter() - clock
+        writer.finish(status(state))
+    if summary.baseline_warnings:
+        log.warning("%d record(s) have a baseline that is not uninformative; see their 'warnings'",
+                    summary.baseline_warnings)
+    return summary
+
+
+def _input_refs(config: Config, specs: Sequence[str], shard: tuple[int, int] | None) -> Iterator[InputRef]:
     suffixes = config.input.suffixes()
     refs = discover_inputs(specs, suffixes)
     if shard is not None:
@@ -85,60 +128,128 @@ def explain_inputs(
     first = next(refs, None)
     if first is None:
         raise UsageError(f"no inputs found in {', '.join(specs)} (extensions: {' '.join(suffixes)})")
-    writer = RunWriter(out_dir, config.output, jsonl, show)
-    summary = RunSummary()
+    return chain([first], refs)
+
+
+def _explain_chunks(job: Job, refs: Iterator[InputRef], reuse: _Reuse, writer: RunWriter, summary: RunSummary,
+                    status, progress: bool, stop: _StopRequest, max_errors: int | None) -> None:
     checked = False
     with tqdm(desc="explain", unit="input", disable=not progress) as bar:
-        for chunk in _chunks(job.read(chain([first], refs)), job.chunk_size):
-            samples = [item for item in chunk if not isinstance(item, Failure)]
-            if samples and not checked:
-                job.check(samples[0])
-                checked = True
-            for result in _explain_chunk(chunk, job):
-                _write(result, writer, summary)
+        for chunk in _chunks(job.read(refs), job.chunk_size):
+            reused = reuse.lines(chunk)
+            if reused is not None:
+                for lines in reused:
+                    for record in writer.write_lines(lines):
+                        summary.add(record)
+                        summary.reused += record.get("error") is None
+            else:
+                samples = [item for item in chunk if not isinstance(item, Failure)]
+                if samples and not checked:
+                    job.check(samples[0])
+                    checked = True
+                for group in _explain_chunk(chunk, job, reuse.run):
+                    for record in writer.write_group(group):
+                        summary.add(record)
             bar.update(len(chunk))
+            if stop.signum is not None:
+                summary.signal = stop.signum
+                summary.stopped = f"interrupted by {signal.Signals(stop.signum).name}"
+                break
             if max_errors is not None and summary.failed > max_errors:
                 summary.stopped = f"stopped after {summary.failed} failed input(s) (--max-errors {max_errors})"
                 log.error("%s", summary.stopped)
                 break
-    if summary.baseline_warnings:
-        log.warning("%d record(s) have a baseline that is not uninformative; see their 'warnings'",
-                    summary.baseline_warnings)
-    summary.seconds = time.perf_counter() - clock
-    writer.finish(manifest(config, job, summary, started))
-    return summary
+            writer.update_manifest(lambda: status("running"))
+
+
+@dataclass
+class _Reuse:
+    previous: PreviousRun
+    run: str  # the run key
+
+    def lines(self, chunk: list[AnySample | Failure]) -> list[list[str]] | None:
+        """Every item's previous record lines, or None. A chunk is reused whole or computed whole:
+        batches mix the chunk's inputs, and float results depend (in the last bits) on what else
+        is in a batch, so only whole chunks reproduce an uninterrupted run byte for byte."""
+        if not self.previous.lines:
+            return None
+        found = []
+        for item in chunk:
+            lines = None if isinstance(item, Failure) else self.previous.reusable(
+                item.source, record_key(self.run, item.digest))
+            if lines is None:
+                return None
+            found.append(lines)
+        return found
+
+
+class _StopRequest:
+    """The first SIGINT/SIGTERM asks the run to stop after the inputs in flight; a second stops it now."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s: finishing the inputs in flight, then stopping (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[_StopRequest]:
+    stop = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # only the main thread may set handlers; embedding callers keep theirs
+        return
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _chunks(items: Iterable[AnySample | Failure], size: int) -> Iterator[list[AnySample | Failure]]:
-    """Lists of ``size`` items, Failures riding along so that outputs keep the inputs' order."""
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
+    """Lists of about ``size`` items (at most twice that), Failures riding along so that outputs
+    keep the inputs' order. A chunk ends after an item whose name hashes to 0 modulo ``size``, so
+    its bounds depend on the names in it, not on positions: adding or removing an input changes
+    only its own chunk, and --resume finds the others whole (chunks are reused whole, see _Reuse).
+    """
+    chunk: list[AnySample | Failure] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= 2 * size or zlib.crc32(item.relpath.encode("utf-8")) % size == 0:
+            yield chunk
+            chunk = []
+    if chunk:
         yield chunk
 
 
-def _explain_chunk(chunk: list[AnySample | Failure], job: Job) -> list[Attribution | Failure]:
+def _explain_chunk(chunk: list[AnySample | Failure], job: Job, run: str) -> list[list[Attribution | Failure]]:
+    """Per item of the chunk, its records (a Failure stands for itself), keyed for --resume."""
     samples = [item for item in chunk if not isinstance(item, Failure)]
     explained = iter(job.explain(samples)) if samples else iter(())
-    results: list[Attribution | Failure] = []
+    groups: list[list[Attribution | Failure]] = []
     for item in chunk:
-        results.extend([item] if isinstance(item, Failure) else next(explained))
-    return results
+        group = [item] if isinstance(item, Failure) else next(explained)
+        for result in group:
+            if isinstance(result, Attribution):
+                result.key = record_key(run, item.digest)
+            else:
+                log.warning("%s", result.message)
+        groups.append(group)
+    return groups
 
 
-def _write(result: Attribution | Failure, writer: RunWriter, summary: RunSummary) -> None:
-    if isinstance(result, Failure):
-        log.warning("%s", result.message)
-        writer.write_failure(result)
-    else:
-        writer.write(result)
-    summary.add(result)
-
-
-def manifest(config: Config, job: Job, summary: RunSummary, started: datetime) -> dict[str, Any]:
+def manifest(config: Config, job: Job, summary: RunSummary, started: datetime, state: str) -> dict[str, Any]:
+    """The run's manifest; ``state``: running, complete, stopped, interrupted or failed."""
     return {
         "igcli": __version__,
+        "state": state,
         "started": started.isoformat(timespec="seconds"),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": None if state == "running" else datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(job.device),
         "versions": versions(),
         "config": resolved(config),

@@ -11,7 +11,7 @@ import torch
 
 from ..baselines import BaselineKind, BaselinePlan, Normalization, make_baselines
 from ..config import Config, TopK
-from ..engine import Quadrature, explain
+from ..engine import BatchSize, Quadrature, explain
 from ..errors import ConfigError, InputError, ModelError, first_line
 from ..inputs.discover import InputRef
 from ..inputs.images import ImagePreprocess, read_image
@@ -37,6 +37,7 @@ class ImageJob:
         self.baseline = _baseline_plan(config, self.preprocess)
         steps = None if config.steps == "auto" else config.steps
         self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps)
+        self.batch = BatchSize(config.batch_size)  # lowered for the whole run on out-of-memory
         self.chunk_size = _inputs_per_chunk(config)
 
     def read(self, refs: Iterable[InputRef]) -> Iterator[Sample | Failure]:
@@ -91,7 +92,7 @@ class ImageJob:
         inputs = torch.stack([sample.x for sample in group])
         baselines = torch.stack([make_baselines(self.baseline, s.pixels, self.preprocess.normalization, s.relpath)
                                  for s in group])
-        return explain(self.backend, inputs, baselines, self.target, self.quadrature, self.config.batch_size)
+        return explain(self.backend, inputs, baselines, self.target, self.quadrature, self.batch)
 
 
 def _baseline_plan(config: Config, preprocess: ImagePreprocess) -> BaselinePlan:

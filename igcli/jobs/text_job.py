@@ -5,6 +5,7 @@ documents are explained one at a time, with their path points batched together.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any, Iterable, Iterator
 
@@ -12,7 +13,7 @@ import torch
 
 from ..baselines import BaselineKind, text_baseline_ids
 from ..config import Config
-from ..engine import Explanation, Quadrature, explain
+from ..engine import BatchSize, Explanation, Quadrature, explain
 from ..errors import ConfigError, ModelError, first_line
 from ..inputs.discover import InputRef
 from ..inputs.text import TextDocument, read_documents
@@ -34,6 +35,7 @@ class TextJob:
         self.target = resolve_target(config.target, self.labels)
         steps = None if config.steps == "auto" else config.steps
         self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps)
+        self.batch = BatchSize(config.batch_size)  # lowered for the whole run on out-of-memory
         self.fill_id = self._fill_id()
 
     def _fill_id(self) -> int | None:
@@ -56,7 +58,8 @@ class TextJob:
         warnings = [f"truncated to {self.model.max_length} tokens"] if encoded.truncated else []
         return TextSample(document.source, document.relpath, document.text, torch.tensor(encoded.ids),
                           torch.ones(len(encoded.ids), dtype=torch.long), encoded.tokens, encoded.offsets,
-                          encoded.word_ids, encoded.special, warnings)
+                          encoded.word_ids, encoded.special, warnings,
+                          hashlib.sha256(document.text.encode("utf-8")).hexdigest())
 
     def check(self, sample: TextSample) -> None:
         try:
@@ -90,7 +93,7 @@ class TextJob:
             baseline = self.model.embed(text_baseline_ids(sample.ids, special, self.fill_id))
         backend = self.model.backend_for(sample.ids, sample.mask)
         return explain(backend, embeddings[None], baseline[None, None], self.target, self.quadrature,
-                       self.config.batch_size)
+                       self.batch)
 
     def _details(self, sample: TextSample, e: Explanation) -> dict[str, Any]:
         scores = e.attributions.double().sum(-1).tolist()  # per token: summed over the embedding

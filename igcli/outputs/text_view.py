@@ -17,15 +17,19 @@ def _strengths(words: list[dict[str, Any]]) -> list[float]:
     return [0.0 if w["special"] else w["score"] / scale for w in words]
 
 
-def render_html(record: dict[str, Any]) -> str:
-    """One self-contained page for one text record."""
-    words = record["words"]
+def word_spans(words: list[dict[str, Any]]) -> str:
+    """The words as escaped HTML spans, coloured by score; hover shows the score and word pieces."""
     spans = []
     for word, strength in zip(words, _strengths(words)):
         color = POSITIVE if strength >= 0 else NEGATIVE
         style = "color:#888" if word["special"] else f"background:rgba({color[0]},{color[1]},{color[2]},{abs(strength):.3f})"
         title = f"{word['score']:+.4g}" + (f" = {' + '.join(word['pieces'])}" if len(word["pieces"]) > 1 else "")
         spans.append(f'<span class="w" style="{style}" title="{html.escape(title)}">{html.escape(word["word"])}</span>')
+    return " ".join(spans)
+
+
+def render_html(record: dict[str, Any]) -> str:
+    """One self-contained page for one text record."""
     target = record["target"]
     name = target["label"] if target["label"] is not None else f"class {target['index']}"
     completeness = record["completeness"]
@@ -39,7 +43,7 @@ small{{color:#555}}</style></head><body>
 <p>Target <b>{html.escape(str(name))}</b> &middot; {html.escape(record['score'])} F(x) = {record['f_input']:.4g},
 F(baseline) = {record['f_baseline']:.4g} &middot; sum of attributions {record['attribution_sum']:.4g}
 (completeness error {'n/a' if rel is None else f'{rel:.2%}'}) &middot; {record['steps']} steps</p>
-<p>{' '.join(spans)}</p>
+<p>{word_spans(record['words'])}</p>
 <p class="legend"><span style="background:rgba(215,25,28,.8)">raised F</span>
 <span style="background:rgba(44,123,182,.8)">lowered F</span> <span style="color:#888">special token</span>
 <small>colour strength: |score| / largest |score|; hover a word for its score and word pieces</small></p>

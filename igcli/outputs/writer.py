@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import numpy as np
 
@@ -19,7 +21,12 @@ from ..config import OutputSection
 from ..errors import IgcliError, UsageError
 from ..records import Attribution, Failure, TextSample
 from .heatmap import render_bare, render_overlay, signed_map
+from .report import write_report
 from .text_view import render_ansi, render_html
+
+
+log = logging.getLogger("igcli")
+MANIFEST_EVERY = 1.0  # seconds between rewrites of the running manifest
 
 
 class OutputError(IgcliError):
@@ -34,6 +41,7 @@ class RunWriter:
         self.out_dir, self.options, self.show = out_dir, options, show
         self.streams: list[TextIO] = []
         self._owned: list[TextIO] = []
+        self._manifest_written = time.monotonic()
         if out_dir is not None:
             _check_writable(out_dir)
             self._open_stream(out_dir / "results.jsonl")
@@ -51,23 +59,35 @@ class RunWriter:
         self.streams.append(stream)
         self._owned.append(stream)
 
-    def write(self, attribution: Attribution) -> None:
-        """Write the files of one attribution, then its record line."""
-        if self.out_dir is not None:
-            try:
-                attribution.outputs = self._write_files(attribution)
-            except OSError as error:
-                raise OutputError(f"{self.out_dir}: cannot write outputs for {attribution.sample.source} "
-                                  f"({error.strerror or error})") from None
-        record = attribution.to_json()
-        self._emit(record)
+    def write_group(self, results: list[Attribution | Failure]) -> list[dict[str, Any]]:
+        """Write one input's files, then its record lines together; returns the records."""
+        records = []
+        for result in results:
+            if isinstance(result, Attribution) and self.out_dir is not None:
+                try:
+                    result.outputs = self._write_files(result)
+                except OSError as error:
+                    raise OutputError(f"{self.out_dir}: cannot write outputs for {result.sample.source} "
+                                      f"({error.strerror or error}); the records so far are kept") from None
+            records.append(result.to_json())
+        self._emit([_dumps(record) for record in records])
+        for record in records:
+            self._show(record)
+        return records
+
+    def write_lines(self, lines: list[str]) -> list[dict[str, Any]]:
+        """Pass on the record lines of an earlier run (--resume), byte for byte."""
+        self._emit(lines)
+        records = [json.loads(line) for line in lines]
+        for record in records:
+            self._show(record)
+        return records
+
+    def _show(self, record: dict[str, Any]) -> None:
         if self.show is not None and "words" in record:
             color = self.show.isatty() and not os.environ.get("NO_COLOR")
             self.show.write(render_ansi(record, color) + "\n")
             self.show.flush()
-
-    def write_failure(self, failure: Failure) -> None:
-        self._emit(failure.to_json())
 
     def _write_files(self, attribution: Attribution) -> dict[str, str]:
         written: dict[str, str] = {}
@@ -106,18 +126,39 @@ class RunWriter:
             write_bytes_atomic(self.out_dir / relative, _dumps(record, indent=2).encode())
         return written
 
-    def _emit(self, record: dict[str, Any]) -> None:
-        line = _dumps(record) + "\n"
+    def _emit(self, lines: list[str]) -> None:
+        # One write per input: a reader (or --resume after a kill) sees all its records or none.
+        text = "".join(line + "\n" for line in lines)
         for stream in self.streams:
-            stream.write(line)  # one write per line: a reader never sees half a record
-            stream.flush()
+            try:
+                stream.write(text)
+                stream.flush()
+            except OSError as error:
+                raise OutputError(f"{getattr(stream, 'name', 'output')}: cannot write records "
+                                  f"({error.strerror or error})") from None
+
+    def update_manifest(self, manifest: Callable[[], dict[str, Any]]) -> None:
+        """Rewrite ``manifest.json`` with running totals, at most once per MANIFEST_EVERY seconds."""
+        if self.out_dir is None or time.monotonic() - self._manifest_written < MANIFEST_EVERY:
+            return
+        write_bytes_atomic(self.out_dir / "manifest.json", _dumps(manifest(), indent=2).encode())
+        self._manifest_written = time.monotonic()
 
     def finish(self, manifest: dict[str, Any]) -> None:
-        """Close the streams and write ``manifest.json``."""
+        """Close the streams, write ``manifest.json`` and rebuild ``report.html``; never raises
+        over an error already on its way (a full disk is reported once, by whoever hit it first)."""
         for stream in self._owned:
-            stream.close()
-        if self.out_dir is not None:
+            try:
+                stream.close()
+            except OSError as error:
+                log.error("%s: %s", stream.name, error.strerror or error)
+        if self.out_dir is None:
+            return
+        try:
             write_bytes_atomic(self.out_dir / "manifest.json", _dumps(manifest, indent=2).encode())
+            write_report(self.out_dir)
+        except OSError as error:
+            log.error("%s: cannot write manifest.json or report.html (%s)", self.out_dir, error.strerror or error)
 
 
 def _check_writable(out_dir: Path) -> None:

@@ -1,0 +1,166 @@
+"""report.html: one offline page over a run's results.jsonl.
+
+A row per record: thumbnails of the input and its heatmap (or the coloured words of a text), the
+target and its score, the completeness error, steps, and the error of a failed input. Columns sort
+on a click; a filter shows failures, unconverged records or a name. Thumbnails are embedded as
+data URIs, so the page is one file that needs no network and no other file. Every value printed
+comes from records and paths a user does not control in full, so all of it is escaped.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+from PIL import Image
+
+from ..atomic_files import write_atomic
+from .text_view import word_spans
+
+THUMBNAIL = 64  # pixels, the longer side
+COLUMNS = ("#", "input", "image", "heatmap / words", "target", "F(x)", "F(x')", "completeness error", "steps",
+           "status")
+
+
+def write_report(out_dir: Path) -> Path:
+    """(Re)build ``out_dir/report.html`` from ``out_dir/results.jsonl``; returns its path."""
+    results = out_dir / "results.jsonl"
+    target = out_dir / "report.html"
+
+    def write(stream: BinaryIO) -> None:
+        stream.write(_HEAD.encode())
+        counts = {"ok": 0, "failed": 0, "unconverged": 0}
+        for number, record in enumerate(read_records(results), start=1):
+            status = _status(record)
+            counts[status] += 1
+            stream.write(_row(number, record, status, out_dir).encode())
+        stream.write(_tail(counts).encode())
+
+    write_atomic(target, write)
+    return target
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a results.jsonl, streamed; a torn last line (a killed run) is skipped."""
+    with path.open(encoding="utf-8") as stream:
+        for line in stream:
+            if not line.endswith("\n"):
+                return
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+def _status(record: dict[str, Any]) -> str:
+    if record.get("error") is not None:
+        return "failed"
+    return "ok" if record["completeness"]["converged"] else "unconverged"
+
+
+def _row(number: int, record: dict[str, Any], status: str, out_dir: Path) -> str:
+    e = html.escape
+    source = str(record.get("input", ""))
+    if status == "failed":
+        error = record["error"]
+        cells = [_cell(number), _cell(source, e(source)), _cell(""), _cell(""), _cell(""), _cell(""), _cell(""),
+                 _cell(""), _cell(""), _cell(status, f'<b>{e(error["type"])}</b>: {e(error["message"])}')]
+        return f'<tr data-status="failed">{"".join(cells)}</tr>\n'
+    target = record["target"]
+    name = target["label"] if target["label"] is not None else f"class {target['index']}"
+    if target["rank"] is not None:
+        name += f" (top {target['rank']})"
+    rel = record["completeness"]["rel_error"]
+    outputs = record.get("outputs") or {}
+    picture = f'<div class="words">{word_spans(record["words"])}</div>' if "words" in record else \
+        _thumbnail(out_dir / outputs["heatmap"]) if "heatmap" in outputs else ""
+    warnings = "".join(f'<div class="warn">{e(w)}</div>' for w in record.get("warnings", []))
+    cells = [
+        _cell(number), _cell(source, e(source) + warnings),
+        _cell("", "" if "words" in record else _thumbnail(Path(source))), _cell("", picture),
+        _cell(name, e(name)), _cell(record["f_input"], f"{record['f_input']:.4g}"),
+        _cell(record["f_baseline"], f"{record['f_baseline']:.4g}"),
+        _cell(-1 if rel is None else rel, "n/a" if rel is None else f"{rel:.2e}"), _cell(record["steps"]),
+        _cell(status, e(status) + (" (" + e(record["score"]) + ")")),
+    ]
+    return f'<tr data-status="{status}">{"".join(cells)}</tr>\n'
+
+
+def _cell(sort_value: Any, content: str | None = None) -> str:
+    shown = html.escape(str(sort_value)) if content is None else content
+    return f'<td data-v="{html.escape(str(sort_value), quote=True)}">{shown}</td>'
+
+
+def _thumbnail(path: Path) -> str:
+    """A small PNG of the image at ``path`` as an <img>, or '' when it cannot be read now."""
+    try:
+        with Image.open(path) as image:
+            image.thumbnail((THUMBNAIL, THUMBNAIL))
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="PNG", compress_level=1)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return ""
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<img alt="" src="data:image/png;base64,{data}">'
+
+
+_HEAD = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>igcli report</title>
+<style>body{font-family:system-ui,sans-serif;margin:1.5rem}table{border-collapse:collapse}
+td,th{border-bottom:1px solid #ddd;padding:.3rem .5rem;vertical-align:top;text-align:left}
+th{cursor:pointer;background:#f4f4f4;position:sticky;top:0}th:after{content:" \\2195";color:#aaa}
+tr[data-status=failed]{background:#fff0f0}tr[data-status=unconverged]{background:#fffbe6}
+.words{max-width:40rem;line-height:1.9}.w{padding:0 .15rem;border-radius:.2rem}.warn{color:#a60;font-size:.85em}
+img{image-rendering:pixelated;width:64px}</style></head><body>
+<h1>igcli report</h1>
+<p><label>Show <select id="status"><option value="">all</option><option>ok</option><option>failed</option>
+<option>unconverged</option></select></label> <label>input contains <input id="name" size="30"></label>
+<span id="shown"></span></p>
+<table id="records"><thead><tr>""" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + """</tr></thead><tbody>
+"""
+
+
+def _tail(counts: dict[str, int]) -> str:
+    summary = ", ".join(f"{count} {name}" for name, count in counts.items())
+    return f"""</tbody></table>
+<p>{html.escape(summary)}. Completeness error: |sum of attributions - (F(x) - F(x'))| / |F(x) - F(x')|.
+Red words raised F for the target, blue lowered it.</p>
+<script>
+const body = document.querySelector("#records tbody");
+const rows = Array.from(body.rows);
+function refresh() {{
+  const status = document.getElementById("status").value;
+  const name = document.getElementById("name").value.toLowerCase();
+  let shown = 0;
+  for (const row of rows) {{
+    const visible = (!status || row.dataset.status === status) &&
+      (!name || row.cells[1].dataset.v.toLowerCase().includes(name));
+    row.style.display = visible ? "" : "none";
+    shown += visible;
+  }}
+  document.getElementById("shown").textContent = shown + " of " + rows.length + " records";
+}}
+document.querySelectorAll("#records th").forEach((header, column) => {{
+  let ascending = true;
+  header.addEventListener("click", () => {{
+    const value = row => row.cells[column].dataset.v;
+    const numeric = rows.every(row => value(row) === "" || !isNaN(Number(value(row))));
+    rows.sort((a, b) => {{
+      const x = value(a), y = value(b);
+      const order = numeric ? Number(x || -Infinity) - Number(y || -Infinity) : x.localeCompare(y);
+      return ascending ? order : -order;
+    }});
+    ascending = !ascending;
+    rows.forEach(row => body.appendChild(row));
+  }});
+}});
+document.getElementById("status").addEventListener("change", refresh);
+document.getElementById("name").addEventListener("input", refresh);
+refresh();
+</script></body></html>
+"""

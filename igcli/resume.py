@@ -1,0 +1,106 @@
+"""--resume: reuse the records of a previous run into the same folder where nothing they depend on changed.
+
+A record's key hashes the run key (the resolved config and the bytes of every file it names: model,
+labels, tokenizer, baseline, factory source) with the input's own bytes. A rerun with --resume
+keeps a previous record when its key matches and the files it lists still exist; anything else is
+computed again. Records of one input are written in one line group, so a run killed mid-write
+leaves at most a torn last line, which is ignored.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import PATH_KEYS, Config, resolved
+
+KEY_CHARS = 32
+
+
+def run_key(config: Config) -> str:
+    """What every record of this run depends on besides its input."""
+    digest = hashlib.sha256(json.dumps(resolved(config), sort_keys=True).encode())
+    for path in _named_files(config):
+        digest.update(f"\0{path}\0".encode())
+        digest.update(_content_digest(path).encode())
+    return digest.hexdigest()
+
+
+def record_key(run: str, input_digest: str) -> str:
+    return hashlib.sha256(f"{run}:{input_digest}".encode()).hexdigest()[:KEY_CHARS]
+
+
+def _named_files(config: Config) -> list[Path]:
+    paths = []
+    for section, key in PATH_KEYS:
+        value = getattr(getattr(config, section), key, None)
+        if value is not None:
+            paths.append(Path(value))
+    factory = config.model.factory
+    if factory and ".py:" in factory:
+        paths.append(Path(factory.rpartition(":")[0]))
+    return paths
+
+
+def _content_digest(path: Path) -> str:
+    """sha256 of a file's bytes; of every file's name and bytes for a folder (a Hugging Face model)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(f"\0{file.relative_to(path) if path.is_dir() else ''}\0".encode())
+        try:
+            with file.open("rb") as stream:
+                for block in iter(lambda: stream.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:
+            digest.update(b"<unreadable>")  # loading the model reports it properly
+    return digest.hexdigest()
+
+
+@dataclass
+class PreviousRun:
+    """The reusable records of an earlier run, as the raw lines it wrote, by input."""
+
+    out_dir: Path | None = None
+    lines: dict[str, list[str]] = field(default_factory=dict)  # input -> its record lines
+    keys: dict[str, str] = field(default_factory=dict)  # input -> the key they were made with
+
+    @classmethod
+    def load(cls, out_dir: Path) -> PreviousRun:
+        previous = cls(out_dir)
+        try:
+            text = (out_dir / "results.jsonl").read_text(encoding="utf-8")
+        except (FileNotFoundError, UnicodeDecodeError):
+            return previous
+        complete = text[: text.rfind("\n") + 1]  # a line without its newline was torn by a kill
+        for line in complete.splitlines():
+            record = _parse(line)
+            if record is None or record.get("error") is not None or not record.get("key"):
+                continue
+            source = record["input"]
+            if previous.keys.get(source) != record["key"]:
+                previous.keys[source], previous.lines[source] = record["key"], []
+            previous.lines[source].append(line)
+        return previous
+
+    def reusable(self, source: str, key: str) -> list[str] | None:
+        """The record lines for ``source`` when made with ``key`` and their files are all there."""
+        if self.keys.get(source) != key:
+            return None
+        lines = self.lines[source]
+        for line in lines:
+            outputs = json.loads(line).get("outputs") or {}
+            if not all(os.path.isfile(self.out_dir / relative) for relative in outputs.values()):
+                return None
+        return lines
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("input"), str) else None
