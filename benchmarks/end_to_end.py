@@ -8,7 +8,10 @@ every image against a 1,024-step Gauss-Legendre reference: completeness error re
 |F(x) - F(x')|, and map error as max|A - A_ref| / max|A_ref| and as ||A - A_ref|| / ||A_ref|| (L2);
 each is the mean over images.
 
-    python benchmarks/end_to_end.py [--images 120] [--set key=value ...]
+Both runs are repeated alternately (``--repeats``) and each rate is the median, because a shared
+machine drifts between back-to-back runs by more than the effects measured here.
+
+    python benchmarks/end_to_end.py [--images 120] [--repeats 5] [--set key=value ...]
 """
 from __future__ import annotations
 
@@ -89,6 +92,7 @@ def accuracy(maps: dict[str, np.ndarray], reference: dict[str, tuple[np.ndarray,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--set", dest="sets", action="append", default=[], help="igcli config overrides")
     args = parser.parse_args()
     config = load_config(CONFIG, [(text, "--set") for text in ["device=cpu", "output.attributions=npy"] + args.sets])
@@ -98,16 +102,22 @@ def main() -> None:
         (scratch / "images").mkdir()
         make_inputs(scratch / "images", args.images)
         reference = reference_maps(job, REPO / "sample_data" / "images")
-        captum_seconds, captum_maps = captum_loop(job, scratch / "images", scratch / "captum")
-        start = time.perf_counter()
-        summary = explain_inputs(config, [str(scratch / "images")], scratch / "igcli")
-        igcli_seconds = time.perf_counter() - start
-        rows = [json.loads(line) for line in (scratch / "igcli" / "results.jsonl").read_text().splitlines()]
-        igcli_maps = {Path(r["input"]).name: np.load(scratch / "igcli" / r["outputs"]["attributions"]) for r in rows}
+        captum_times, igcli_times = [], []
+        for repeat in range(args.repeats):
+            seconds, captum_maps = captum_loop(job, scratch / "images", scratch / f"captum{repeat}")
+            captum_times.append(seconds)
+            start = time.perf_counter()
+            summary = explain_inputs(config, [str(scratch / "images")], scratch / f"igcli{repeat}")
+            igcli_times.append(time.perf_counter() - start)
+        captum_seconds, igcli_seconds = statistics.median(captum_times), statistics.median(igcli_times)
+        last = scratch / f"igcli{args.repeats - 1}"
+        rows = [json.loads(line) for line in (last / "results.jsonl").read_text().splitlines()]
+        igcli_maps = {Path(r["input"]).name: np.load(last / r["outputs"]["attributions"]) for r in rows}
     evals = statistics.mean(r["gradient_evals"] for r in rows)
     captum_acc, igcli_acc = accuracy(captum_maps, reference), accuracy(igcli_maps, reference)
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.images} images, igcli overrides: {' '.join(args.sets) or 'none'}")
+          f"{args.images} images, medians of {args.repeats} alternating runs, igcli overrides: "
+          f"{' '.join(args.sets) or 'none'} (igcli's time includes loading the model)")
     print("| run | images/s | gradient evals/image | completeness error | map error, max pixel | map error, L2 |")
     print("|---|---|---|---|---|---|")
     print(f"| captum loop (GL, 50 steps) | {args.images / captum_seconds:.1f} | 50 | "

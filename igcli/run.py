@@ -103,6 +103,7 @@ def explain_inputs(
         with _stop_on_signals() as stop:
             _explain_chunks(job, refs, _Reuse(previous, run_key(config)), writer, summary, status, progress,
                             stop, max_errors)
+            writer.drain()
         state = "interrupted" if summary.signal else "stopped" if summary.stopped else "complete"
     except KeyboardInterrupt:
         summary.stopped, summary.signal = "interrupted at once by a second signal", signal.SIGINT
@@ -212,15 +213,18 @@ def _stop_on_signals() -> Iterator[_StopRequest]:
 
 
 def _chunks(items: Iterable[AnySample | Failure], size: int) -> Iterator[list[AnySample | Failure]]:
-    """Lists of about ``size`` items (at most twice that), Failures riding along so that outputs
-    keep the inputs' order. A chunk ends after an item whose name hashes to 0 modulo ``size``, so
-    its bounds depend on the names in it, not on positions: adding or removing an input changes
-    only its own chunk, and --resume finds the others whole (chunks are reused whole, see _Reuse).
+    """Lists of ``size`` to ``2 * size`` items, Failures riding along so that outputs keep the
+    inputs' order. Past ``size`` items, a chunk ends after an item whose name hashes to 0 modulo
+    ``size // 4`` (content-defined chunking), so bounds follow the names rather than positions:
+    after an input is added or removed the bounds fall back in step within a chunk or two, and
+    --resume finds the other chunks whole (chunks are reused whole, see _Reuse).
     """
+    every = max(1, size // 4)
     chunk: list[AnySample | Failure] = []
     for item in items:
         chunk.append(item)
-        if len(chunk) >= 2 * size or zlib.crc32(item.relpath.encode("utf-8")) % size == 0:
+        boundary = len(chunk) >= size and zlib.crc32(item.relpath.encode("utf-8")) % every == 0
+        if boundary or len(chunk) >= 2 * size:
             yield chunk
             chunk = []
     if chunk:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from igcli import atomic_files
 from igcli.cli import main
+from igcli.outputs import writer as writer_module
 
 from .conftest import DIGITS_CONFIG, SAMPLE_DATA
 
@@ -152,7 +153,9 @@ class FullDisk:
         return Limited()
 
 
-def test_a_full_disk_stops_the_run_and_leaves_no_partial_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_full_disk_stops_the_run_and_leaves_no_partial_file(tmp_path, monkeypatch, threads):
+    monkeypatch.setattr(writer_module, "WRITER_THREADS", threads)
     disk = FullDisk(budget=60_000)  # room for a few inputs' heatmaps, arrays and records
     monkeypatch.setattr(atomic_files.os, "fdopen", disk.fdopen)
     out = tmp_path / "out"

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from igcli.cli import main
 from igcli.engine import BatchSize, Quadrature, TargetSpec, explain
+from igcli.outputs import report as report_module
 from igcli.outputs import writer as writer_module
 from igcli.quadrature import Rule
 
@@ -175,7 +176,7 @@ def test_the_manifest_is_rewritten_with_running_totals(tmp_path, monkeypatch):
     assert written[-1]["state"] == "complete" and written[-1]["totals"]["records"] == 12
 
 
-def test_report_is_one_escaped_page_and_can_be_rebuilt(sample_tree, tmp_path):
+def test_report_is_one_escaped_page_and_can_be_rebuilt(sample_tree, tmp_path, monkeypatch):
     hostile = sample_tree / "<img src=x onerror=alert(1)>.png"
     shutil.copy(IMAGES[0], hostile)
     (sample_tree / "broken.png").write_text("<b>not</b> an image")
@@ -185,7 +186,7 @@ def test_report_is_one_escaped_page_and_can_be_rebuilt(sample_tree, tmp_path):
     assert "<img src=x onerror" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "<b>not</b>" not in page
     assert page.count("<tr data-status=") == 14 and page.count('<tr data-status="failed">') == 1
-    assert page.count('<img alt="" src="data:image/png;base64,') == 2 * 13  # input and heatmap
+    assert page.count('<img alt="" src="data:image/jpeg;base64,') == 2 * 13  # input and heatmap
     assert "http://" not in page and "https://" not in page and "src=\"/" not in page
     header_cells = page.split("<thead>")[1].split("</thead>")[0].count("<th>")
     rows = page.split("<tbody>")[1].split("</tbody>")[0].strip().splitlines()
@@ -194,6 +195,11 @@ def test_report_is_one_escaped_page_and_can_be_rebuilt(sample_tree, tmp_path):
     result = run("report", out)
     assert result.exit_code == 0 and (out / "report.html").read_text() == page
     assert run("report", tmp_path).exit_code == 2
+    monkeypatch.setattr(report_module, "MAX_THUMBNAILS", 3)  # a big run keeps the page small
+    assert run("report", out).exit_code == 0
+    page = (out / "report.html").read_text()
+    pictured = sum(r["error"] is None for r in lines(out)[:3])
+    assert page.count("data:image/jpeg;base64,") == 2 * pictured and "pictures for the first 3 rows only" in page
 
 
 def test_report_shows_coloured_words_for_texts(tmp_path):
@@ -254,3 +260,11 @@ def test_signal_handlers_are_restored_after_a_run(tmp_path):
     assert run("explain", "-c", DIGITS_CONFIG, IMAGES[0], "-o", tmp_path / "out", "--steps", 4).exit_code == 0
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     assert os.path.exists(tmp_path / "out" / "report.html")
+
+
+def test_writer_threads_write_the_same_tree_in_the_same_order(sample_tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "WRITER_THREADS", 0)
+    assert run("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", tmp_path / "serial", "--steps", 8).exit_code == 0
+    monkeypatch.setattr(writer_module, "WRITER_THREADS", 2)
+    assert run("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", tmp_path / "pool", "--steps", 8).exit_code == 0
+    assert tree(tmp_path / "pool") == tree(tmp_path / "serial")

@@ -9,6 +9,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from ..adaptive import INITIAL_INTERVALS
 from ..baselines import BaselineKind, BaselinePlan, Normalization, make_baselines
 from ..config import Config, TopK
 from ..engine import BatchSize, Quadrature, explain
@@ -16,6 +17,7 @@ from ..errors import ConfigError, InputError, ModelError, first_line
 from ..inputs.discover import InputRef
 from ..inputs.images import ImagePreprocess, read_image
 from ..models.loading import load_model, resolve_device
+from ..quadrature import Rule
 from ..records import Attribution, Failure, Sample, output_stem
 from .common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
 
@@ -114,6 +116,10 @@ def _load_baseline_file(path: Path, preprocess: ImagePreprocess) -> torch.Tensor
 
 
 def _inputs_per_chunk(config: Config) -> int:
-    first_level = (config.steps if config.steps != "auto" else config.min_steps) + 1
+    """Enough inputs that the first round of path points fills a batch."""
+    if config.method is Rule.adaptive:
+        first_level = (INITIAL_INTERVALS if config.steps == "auto" else min(config.steps, INITIAL_INTERVALS)) + 1
+    else:
+        first_level = (config.steps if config.steps != "auto" else config.min_steps) + 1
     per_input = first_level * config.baseline.samples * (config.target.top_k if isinstance(config.target, TopK) else 1)
     return max(1, min(MAX_INPUTS_PER_CHUNK, math.ceil(config.batch_size / per_input)))

@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
@@ -27,6 +29,17 @@ from .text_view import render_ansi, render_html
 
 log = logging.getLogger("igcli")
 MANIFEST_EVERY = 1.0  # seconds between rewrites of the running manifest
+WRITER_THREADS: int | None = None  # None: writer_threads() decides
+
+
+def writer_threads() -> int:
+    """Threads that write files beside the compute. On 2 cores torch already uses both, and writer
+    threads slowed the sample job by ~10% (benchmarks/RESULTS.md), so there are none; with more
+    cores, two."""
+    if WRITER_THREADS is not None:
+        return WRITER_THREADS
+    return 2 if (os.cpu_count() or 1) > 2 else 0
+MAX_PENDING = 64  # inputs whose files may be in the writers' hands at once: bounds memory
 
 
 class OutputError(IgcliError):
@@ -37,11 +50,16 @@ class RunWriter:
     """All outputs of one run. ``out_dir`` None writes only the JSONL stream."""
 
     def __init__(self, out_dir: Path | None, options: OutputSection, jsonl: str | None = None,
-                 show: TextIO | None = None):
+                 show: TextIO | None = None, threads: int | None = None):
         self.out_dir, self.options, self.show = out_dir, options, show
         self.streams: list[TextIO] = []
         self._owned: list[TextIO] = []
         self._manifest_written = time.monotonic()
+        # Encoding and writing files overlap the next chunk's compute (Pillow and file I/O release
+        # the GIL); record lines still go out in input order, each after its files are on disk.
+        threads = writer_threads() if threads is None else threads
+        self._pool = ThreadPoolExecutor(threads, "igcli-writer") if out_dir is not None and threads else None
+        self._pending: deque[Future] = deque()
         if out_dir is not None:
             _check_writable(out_dir)
             self._open_stream(out_dir / "results.jsonl")
@@ -60,7 +78,23 @@ class RunWriter:
         self._owned.append(stream)
 
     def write_group(self, results: list[Attribution | Failure]) -> list[dict[str, Any]]:
-        """Write one input's files, then its record lines together; returns the records."""
+        """Queue one input's files; its record lines follow together, in input order, once the
+        files are written. Returns the records (without ``outputs``) for the run's totals."""
+        if self._pool is not None:
+            self._pending.append(self._pool.submit(self._write_files_and_lines, results))
+        else:
+            self._pending.append(_done(self._write_files_and_lines(results)))
+        self._flush(keep=MAX_PENDING)
+        return [result.to_json() for result in results]
+
+    def write_lines(self, lines: list[str]) -> list[dict[str, Any]]:
+        """Pass on the record lines of an earlier run (--resume), byte for byte, in their turn."""
+        records = [json.loads(line) for line in lines]
+        self._pending.append(_done((lines, records)))
+        self._flush(keep=MAX_PENDING)
+        return records
+
+    def _write_files_and_lines(self, results: list[Attribution | Failure]) -> tuple[list[str], list[dict[str, Any]]]:
         records = []
         for result in results:
             if isinstance(result, Attribution) and self.out_dir is not None:
@@ -70,18 +104,19 @@ class RunWriter:
                     raise OutputError(f"{self.out_dir}: cannot write outputs for {result.sample.source} "
                                       f"({error.strerror or error}); the records so far are kept") from None
             records.append(result.to_json())
-        self._emit([_dumps(record) for record in records])
-        for record in records:
-            self._show(record)
-        return records
+        return [_dumps(record) for record in records], records
 
-    def write_lines(self, lines: list[str]) -> list[dict[str, Any]]:
-        """Pass on the record lines of an earlier run (--resume), byte for byte."""
-        self._emit(lines)
-        records = [json.loads(line) for line in lines]
-        for record in records:
-            self._show(record)
-        return records
+    def drain(self) -> None:
+        """Wait for every queued group and emit its lines; raises the first OutputError."""
+        self._flush(keep=0)
+
+    def _flush(self, keep: int) -> None:
+        """Emit the finished groups at the head of the queue, waiting while more than ``keep`` are queued."""
+        while self._pending and (len(self._pending) > keep or self._pending[0].done()):
+            lines, records = self._pending.popleft().result()  # a worker's OutputError surfaces here
+            self._emit(lines)
+            for record in records:
+                self._show(record)
 
     def _show(self, record: dict[str, Any]) -> None:
         if self.show is not None and "words" in record:
@@ -145,8 +180,16 @@ class RunWriter:
         self._manifest_written = time.monotonic()
 
     def finish(self, manifest: dict[str, Any]) -> None:
-        """Close the streams, write ``manifest.json`` and rebuild ``report.html``; never raises
-        over an error already on its way (a full disk is reported once, by whoever hit it first)."""
+        """Emit what is still queued, close the streams, write ``manifest.json`` and rebuild
+        ``report.html``; never raises over an error already on its way (a full disk is reported
+        once, by whoever hit it first)."""
+        try:
+            self.drain()
+        except IgcliError as error:  # already on its way up; files of the rest may be written, unrecorded
+            log.debug("%s", error)
+            self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         for stream in self._owned:
             try:
                 stream.close()
@@ -159,6 +202,12 @@ class RunWriter:
             write_report(self.out_dir)
         except OSError as error:
             log.error("%s: cannot write manifest.json or report.html (%s)", self.out_dir, error.strerror or error)
+
+
+def _done(value: Any) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def _check_writable(out_dir: Path) -> None:

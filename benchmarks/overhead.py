@@ -1,0 +1,104 @@
+"""Overhead: igcli's gradient evaluations per second against a bare forward + input-gradient loop.
+
+The bare loop is the floor any IG tool pays: the same backend (the sample CNN, torch, CPU), the same
+points per batch, the same total number of path points as igcli used, on inputs decoded before the
+clock starts, and nothing else — no baselines, no quadrature, no records, no files. igcli is timed
+twice on the same images: the engine alone (job.explain on decoded samples, chunk by chunk, as
+run.py calls it), and end to end (explain_inputs: discovery, decoding, engine, heatmap PNG, .npy,
+JSON records, manifest), the model loaded before the clock starts in both. Evaluations are
+counted from igcli's records, so the forwards igcli spends on F(x) and F(x') count as overhead.
+
+    python benchmarks/overhead.py [--images 240] [--repeats 3] [--set key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from end_to_end import CONFIG, make_inputs
+from igcli.config import load_config
+from igcli.inputs.discover import discover_inputs
+from igcli.jobs.image_job import ImageJob
+from igcli.run import explain_inputs
+from igcli import run as run_module
+
+
+def bare_loop(job: ImageJob, samples: list, evaluations: int, batch: int) -> float:
+    """Seconds for ``evaluations`` forward + input-gradient points, ``batch`` at a time."""
+    x = torch.stack([s.x for s in samples])
+    classes = job.backend.scores(x[:1]).shape[1]
+    alphas = torch.rand(evaluations, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    for first in range(0, evaluations, batch):
+        count = min(batch, evaluations - first)
+        rows = torch.arange(first, first + count) % len(x)
+        points = alphas[first:first + count].view(-1, 1, 1, 1) * x[rows]  # the time does not depend on the path
+        weights = torch.zeros(count, classes)
+        weights[:, 0] = 1
+        job.backend.scores_and_grads(points, weights)
+    return time.perf_counter() - start
+
+
+def engine_only(job: ImageJob, samples: list) -> tuple[float, int]:
+    start = time.perf_counter()
+    evaluations = 0
+    for chunk in run_module._chunks(samples, job.chunk_size):
+        for group in job.explain(chunk):
+            evaluations += sum(record.gradient_evals for record in group)
+    return time.perf_counter() - start, evaluations
+
+
+def end_to_end(config, folder: Path, out: Path, job: ImageJob) -> tuple[float, int]:
+    # The job is built once (model loaded) outside the clock; explain_inputs would load it again.
+    original = run_module.make_job
+    run_module.make_job = lambda _: job
+    try:
+        start = time.perf_counter()
+        explain_inputs(config, [str(folder)], out)
+        seconds = time.perf_counter() - start
+    finally:
+        run_module.make_job = original
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    return seconds, sum(row["gradient_evals"] for row in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=240)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="igcli config overrides")
+    args = parser.parse_args()
+    config = load_config(CONFIG, [(text, "--set") for text in ["device=cpu", "output.attributions=npy"] + args.sets])
+    job = ImageJob(config)
+    rates: dict[str, list[float]] = {"bare": [], "engine": [], "end to end": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "images"
+        folder.mkdir()
+        make_inputs(folder, args.images)
+        samples = list(job.read(discover_inputs([str(folder)], (".png",))))
+        engine_only(job, samples[:8])  # warm-up
+        for repeat in range(args.repeats):
+            seconds, evaluations = engine_only(job, samples)
+            rates["engine"].append(evaluations / seconds)
+            seconds, evaluations = end_to_end(config, folder, Path(scratch) / f"out{repeat}", job)
+            rates["end to end"].append(evaluations / seconds)
+            rates["bare"].append(evaluations / bare_loop(job, samples, evaluations, config.batch_size))
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.images} "
+          f"images, batch {config.batch_size}, {config.method.value}, {evaluations / args.images:.1f} evals/image, "
+          f"overrides: {' '.join(args.sets) or 'none'}; medians of {args.repeats}")
+    print("| run | gradient evals/s | vs bare loop |")
+    print("|---|---|---|")
+    for name, rate in medians.items():
+        print(f"| {name} | {rate:,.0f} | {rate / medians['bare']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
