@@ -25,7 +25,7 @@ from .config import Config, resolved
 from .errors import IgcliError, UsageError
 from .inputs.discover import InputRef, discover_inputs, in_shard
 from .jobs import make_job
-from .jobs.common import AnySample, Job
+from .jobs.common import BASELINE_WARNING, AnySample, Job
 from .outputs.writer import RunWriter
 from .records import Attribution, Failure
 from .resume import PreviousRun, record_key, run_key
@@ -59,7 +59,7 @@ class RunSummary:
         self.records += 1
         self.steps.append(record["steps"])
         self.not_converged += not record["completeness"]["converged"]
-        self.baseline_warnings += any(w.startswith("F(baseline)") for w in record["warnings"])
+        self.baseline_warnings += any(w.startswith(BASELINE_WARNING) for w in record["warnings"])
         if record["completeness"]["rel_error"] is not None:
             self.max_rel_error = max(self.max_rel_error, record["completeness"]["rel_error"])
 

@@ -17,6 +17,7 @@ from ..records import Attribution, Failure, Sample, TextSample
 MODEL_FAILURES = (RuntimeError, ValueError, AssertionError, TypeError, IndexError)
 
 AnySample = Sample | TextSample
+BASELINE_WARNING = "F(baseline)="  # how a record's baseline warning begins; the run's totals count them
 
 
 class Job(Protocol):
@@ -88,7 +89,7 @@ def to_record(sample: AnySample, e: Explanation, config: Config, labels: list[st
 def baseline_warnings(e: Explanation, ratio: float) -> list[str]:
     if abs(e.f_baseline) <= ratio * abs(e.f_input):
         return []
-    return [f"F(baseline)={e.f_baseline:.4g} is over {ratio:g} x F(input)={e.f_input:.4g} for class {e.target}: "
+    return [f"{BASELINE_WARNING}{e.f_baseline:.4g} is over {ratio:g} x F(input)={e.f_input:.4g} for class {e.target}: "
             "the baseline is not uninformative, so the attributions explain only F(input) - F(baseline)"]
 
 

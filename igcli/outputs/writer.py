@@ -30,6 +30,7 @@ from .text_view import render_ansi, render_html
 log = logging.getLogger("igcli")
 MANIFEST_EVERY = 1.0  # seconds between rewrites of the running manifest
 WRITER_THREADS: int | None = None  # None: writer_threads() decides
+MAX_PENDING = 64  # inputs whose files may be in the writers' hands at once: bounds memory
 
 
 def writer_threads() -> int:
@@ -39,7 +40,6 @@ def writer_threads() -> int:
     if WRITER_THREADS is not None:
         return WRITER_THREADS
     return 2 if (os.cpu_count() or 1) > 2 else 0
-MAX_PENDING = 64  # inputs whose files may be in the writers' hands at once: bounds memory
 
 
 class OutputError(IgcliError):
@@ -176,7 +176,11 @@ class RunWriter:
         """Rewrite ``manifest.json`` with running totals, at most once per MANIFEST_EVERY seconds."""
         if self.out_dir is None or time.monotonic() - self._manifest_written < MANIFEST_EVERY:
             return
-        write_bytes_atomic(self.out_dir / "manifest.json", _dumps(manifest(), indent=2).encode())
+        try:
+            write_bytes_atomic(self.out_dir / "manifest.json", _dumps(manifest(), indent=2).encode())
+        except OSError as error:
+            raise OutputError(f"{self.out_dir / 'manifest.json'}: cannot write ({error.strerror or error}); "
+                              "the records so far are kept") from None
         self._manifest_written = time.monotonic()
 
     def finish(self, manifest: dict[str, Any]) -> None:
