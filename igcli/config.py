@@ -32,7 +32,7 @@ class ModelSection(Section):
     trust_pickle: bool = False  # allow a fully pickled nn.Module (runs code from the file)
     backend: Literal["auto", "torch", "onnxruntime"] = "auto"  # auto: onnxruntime for .onnx, else torch
     tokenizer: Path | None = None  # text: tokenizer.json or vocab.txt (HF folders bring their own)
-    embedding_layer: str | None = None  # text, torch models: the embedding module's name, e.g. embed
+    embedding_layer: str | None = None  # text: the embedding module (torch), or embedding tensor (ONNX)
     threads: int = Field(0, ge=0)  # intra-op threads for torch / onnxruntime; 0 = their default
 
     @model_validator(mode="after")

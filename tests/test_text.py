@@ -158,3 +158,39 @@ def test_hugging_face_model_from_a_local_folder(tmp_path, monkeypatch):
         assert row["tokens"][-1]["token"] == "[SEP]"
     words = [w["word"] for w in rows[2]["words"]]
     assert "cats" in words  # "cat" + "##s" merged back into the word
+
+
+@pytest.fixture(scope="module")
+def questions_onnx(tmp_path_factory) -> Path:
+    """The sample question model exported to ONNX by torch's exporter, ids and mask as inputs."""
+    model = load_text_model(load_config(QUESTIONS_CONFIG), CPU).module.eval()
+    ids, mask = torch.randint(1, 600, (2, 10)), torch.ones(2, 10, dtype=torch.long)
+    batch, length = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("length", min=2, max=512)
+    path = tmp_path_factory.mktemp("onnx") / "questions.onnx"
+    torch.onnx.export(model, (ids, mask), str(path), dynamo=True, input_names=["ids", "mask"],
+                      output_names=["logits"], dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}))
+    return path
+
+
+def test_onnx_text_model_attributed_at_a_named_tensor_matches_the_torch_model(questions_onnx, tmp_path):
+    common = ["--method", "gausslegendre", "--steps", "32"]
+    assert run("explain", "-c", QUESTIONS_CONFIG, SAMPLE_DATA / "texts", "-o", tmp_path / "torch", *common).exit_code == 0
+    result = run("explain", "-c", QUESTIONS_CONFIG, SAMPLE_DATA / "texts", "-o", tmp_path / "onnx", *common,
+                 "--model", questions_onnx, "--set", "model.embedding_layer=embedding")
+    assert result.exit_code == 0, result.output
+    on_torch, on_onnx = records(tmp_path / "torch"), records(tmp_path / "onnx")
+    assert len(on_onnx) == len(on_torch) >= 10
+    for a, b in zip(on_torch, on_onnx):
+        assert a["target"] == b["target"] and a["f_input"] == pytest.approx(b["f_input"], rel=1e-5)
+        scores_a = torch.tensor([t["score"] for t in a["tokens"]])
+        scores_b = torch.tensor([t["score"] for t in b["tokens"]])
+        torch.testing.assert_close(scores_b, scores_a, rtol=1e-5, atol=1e-6 * float(scores_a.abs().max()))
+        assert b["completeness"]["rel_error"] == pytest.approx(a["completeness"]["rel_error"], abs=1e-4)
+
+
+def test_onnx_text_model_errors_name_the_embedding_tensors(questions_onnx, tmp_path):
+    result = run("explain", "-c", QUESTIONS_CONFIG, SAMPLE_DATA / "texts", "-o", tmp_path / "out",
+                 "--model", questions_onnx, "--set", "model.embedding_layer=embed")
+    assert result.exit_code == 2 and "'embed' is no tensor" in result.stderr and "embedding (600x32)" in result.stderr
+    report = json.loads(run("inspect", questions_onnx, "--json").stdout)
+    assert report["embedding_tensors"] == {"embedding": {"vocabulary": 600, "width": 32}}

@@ -18,6 +18,7 @@ from ..errors import ConfigError, ModelError, first_line
 from ..inputs.discover import InputRef
 from ..inputs.text import TextDocument, read_documents
 from ..models.loading import load_module, resolve_device
+from ..models.onnx_text import GraphTextModel, onnx_text_model
 from ..models.text_model import TextModel, huggingface_text_model, torch_text_model
 from ..models.tokenizer import TextTokenizer
 from ..records import Attribution, Failure, TextSample
@@ -123,7 +124,7 @@ def _words(sample: TextSample, tokens: list[dict[str, Any]]) -> list[dict[str, A
     return words
 
 
-def load_text_model(config: Config, device: torch.device) -> TextModel:
+def load_text_model(config: Config, device: torch.device) -> TextModel | GraphTextModel:
     section = config.model
     if section.path is not None and section.path.is_dir():
         return huggingface_text_model(section.path, section.score, device, config.input.max_length, section.tokenizer)
@@ -131,5 +132,8 @@ def load_text_model(config: Config, device: torch.device) -> TextModel:
         raise ConfigError("text inputs need model.tokenizer (a tokenizer.json or vocab.txt), or a Hugging Face "
                           "model folder as model.path")
     tokenizer = TextTokenizer.from_path(section.tokenizer)
+    if section.path is not None and section.path.suffix.lower() == ".onnx":
+        return onnx_text_model(section.path, section.embedding_layer, tokenizer, section.score, device,
+                               config.input.max_length)
     module = load_module(section.path, section.factory, section.trust_pickle)
     return torch_text_model(module, section.embedding_layer, tokenizer, section.score, device, config.input.max_length)

@@ -128,6 +128,11 @@ def describe(model, path: Path) -> dict[str, Any]:
         "ops": dict(sorted(ops.items())),
         "igcli_gradient_graph": info is not None,
     }
+    from .onnx_text import embedding_tensors
+
+    if tables := embedding_tensors(model):  # where a text model can be attributed (model.embedding_layer)
+        report["embedding_tensors"] = {name: {"vocabulary": vocab, "width": width}
+                                       for name, (vocab, width) in tables.items()}
     if info is not None:
         report["gradient_graph"] = {"score": info.score.value, "source_sha256": info.source_sha256,
                                     "igcli_version": info.version, "input_shape": list(info.input_shape)}
