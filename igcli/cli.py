@@ -137,11 +137,11 @@ def report(out_dir: Path) -> None:
     from .outputs.report import write_report
 
     if not (out_dir / "results.jsonl").is_file():
-        raise CliError(UsageError(f"{out_dir}: no results.jsonl here; give the -o folder of an igcli explain run"))
+        raise UsageError(f"{out_dir}: no results.jsonl here; give the -o folder of an igcli explain run")
     try:
         path = write_report(out_dir)
     except OSError as error:
-        raise CliError(UsageError(f"{out_dir}: cannot write report.html ({error.strerror or error})")) from None
+        raise UsageError(f"{out_dir}: cannot write report.html ({error.strerror or error})") from None
     click.echo(f"igcli: wrote {path}", err=True)
 
 

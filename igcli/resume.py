@@ -67,6 +67,7 @@ class PreviousRun:
     out_dir: Path | None = None
     lines: dict[str, list[str]] = field(default_factory=dict)  # input -> its record lines
     keys: dict[str, str] = field(default_factory=dict)  # input -> the key they were made with
+    files: dict[str, list[str]] = field(default_factory=dict)  # input -> the outputs its records name
 
     @classmethod
     def load(cls, out_dir: Path) -> PreviousRun:
@@ -82,20 +83,18 @@ class PreviousRun:
                 continue
             source = record["input"]
             if previous.keys.get(source) != record["key"]:
-                previous.keys[source], previous.lines[source] = record["key"], []
+                previous.keys[source], previous.lines[source], previous.files[source] = record["key"], [], []
             previous.lines[source].append(line)
+            previous.files[source].extend((record.get("outputs") or {}).values())
         return previous
 
     def reusable(self, source: str, key: str) -> list[str] | None:
         """The record lines for ``source`` when made with ``key`` and their files are all there."""
         if self.keys.get(source) != key:
             return None
-        lines = self.lines[source]
-        for line in lines:
-            outputs = json.loads(line).get("outputs") or {}
-            if not all(os.path.isfile(self.out_dir / relative) for relative in outputs.values()):
-                return None
-        return lines
+        if not all(os.path.isfile(self.out_dir / relative) for relative in self.files[source]):
+            return None
+        return self.lines[source]
 
 
 def _parse(line: str) -> dict[str, Any] | None:

@@ -81,6 +81,7 @@ def test_bad_documents_fail_alone_and_html_escapes(tmp_path):
     (texts / "d_binary.txt").write_bytes(b"\x00\x01\x02binary")
     (texts / "e_bom.txt").write_bytes("\ufeffwhen was paris built ?".encode("utf-8"))
     (texts / "f_lines.jsonl").write_text('{"text": "who was mozart ?"}\nnot json\n{"body": "x"}\n', encoding="utf-8")
+    (texts / "g_loop.txt").symlink_to(texts / "g_loop.txt")
     out = tmp_path / "out"
     result = run("explain", "-c", QUESTIONS_CONFIG, texts, "-o", out)
     assert result.exit_code == 1
@@ -90,6 +91,7 @@ def test_bad_documents_fail_alone_and_html_escapes(tmp_path):
     assert "binary" in rows["d_binary.txt"]["error"]["message"]
     assert "invalid JSON" in rows["f_lines/line-00002"]["error"]["message"]
     assert "input.text_field" in rows["f_lines/line-00003"]["error"]["message"]
+    assert "cannot read" in rows["g_loop.txt"]["error"]["message"]
     assert rows["e_bom.txt"]["error"] is None and rows["e_bom.txt"]["target"]["label"] == "datetime"
     assert rows["f_lines/line-00001"]["error"] is None
     page = (out / rows["a_script.txt"]["outputs"]["html"]).read_text(encoding="utf-8")

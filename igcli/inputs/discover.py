@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
+from ..errors import InputError
+
 GLOB_CHARS = set("*?[")
 
 
@@ -18,6 +20,20 @@ class InputRef:
 
     path: Path
     relpath: str
+
+
+def read_input(ref: InputRef, kind: str) -> bytes:
+    """The bytes of an input file; any failure to read it is one InputError line naming it."""
+    try:
+        return ref.path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{ref.path}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{ref.path}: is a folder, not {kind}") from None
+    except PermissionError:
+        raise InputError(f"{ref.path}: permission denied; check the file's read permission") from None
+    except OSError as error:  # a symlink loop, an I/O error
+        raise InputError(f"{ref.path}: cannot read ({error.strerror or error})") from None
 
 
 def discover_inputs(specs: Iterable[str], extensions: Iterable[str]) -> Iterator[InputRef]:

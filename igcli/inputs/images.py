@@ -13,7 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..baselines import Normalization
 from ..errors import InputError
 from ..records import Sample
-from .discover import InputRef
+from .discover import InputRef, read_input
 
 Size = int | tuple[int, int] | None
 
@@ -30,7 +30,7 @@ class ImagePreprocess:
 
 def read_image(ref: InputRef, prep: ImagePreprocess) -> Sample:
     """The image at ``ref`` as the model will see it."""
-    data = read_bytes(ref)
+    data = read_input(ref, "an image")
     image, notes = open_image(ref, data, prep.mode)
     try:
         image = preprocess(image, prep)
@@ -40,19 +40,6 @@ def read_image(ref: InputRef, prep: ImagePreprocess) -> Sample:
     pixels = torch.from_numpy(array.reshape(image.height, image.width, -1)).permute(2, 0, 1).contiguous()
     return Sample(str(ref.path), ref.relpath, prep.normalization.apply(pixels), pixels, notes,
                   hashlib.sha256(data).hexdigest())
-
-
-def read_bytes(ref: InputRef) -> bytes:
-    try:
-        return ref.path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{ref.path}: file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{ref.path}: is a folder, not an image") from None
-    except PermissionError:
-        raise InputError(f"{ref.path}: permission denied; check the file's read permission") from None
-    except OSError as error:
-        raise InputError(f"{ref.path}: cannot read ({error.strerror or error})") from None
 
 
 def open_image(ref: InputRef, data: bytes, mode: str) -> tuple[Image.Image, list[str]]:

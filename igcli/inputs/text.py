@@ -5,8 +5,9 @@ import json
 from dataclasses import dataclass
 from typing import Iterator
 
+from ..errors import InputError
 from ..records import Failure, output_stem
-from .discover import InputRef
+from .discover import InputRef, read_input
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
@@ -21,15 +22,9 @@ class TextDocument:
 def read_documents(ref: InputRef, text_field: str = "text") -> Iterator[TextDocument | Failure]:
     """The documents in one file, or one Failure for the file (or for a bad .jsonl line)."""
     try:
-        data = ref.path.read_bytes()
-    except FileNotFoundError:
-        yield _failure(ref, f"{ref.path}: file not found")
-        return
-    except IsADirectoryError:
-        yield _failure(ref, f"{ref.path}: is a folder, not a text file")
-        return
-    except PermissionError:
-        yield _failure(ref, f"{ref.path}: permission denied; check the file's read permission")
+        data = read_input(ref, "a text file")
+    except InputError as error:
+        yield _failure(ref, str(error))
         return
     text = _decode(ref, data)
     if isinstance(text, Failure):
