@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .baselines import TEXT_BASELINES, BaselineKind
 from .config_source import ConfigSource, KeyPath, apply_override, parse_override, read_yaml
 from .errors import ConfigError
-from .models.base import ScoreKind
+from .models.base import Precision, ScoreKind
 from .quadrature import Rule
 
 
@@ -34,6 +34,7 @@ class ModelSection(Section):
     tokenizer: Path | None = None  # text: tokenizer.json or vocab.txt (HF folders bring their own)
     embedding_layer: str | None = None  # text: the embedding module (torch), or embedding tensor (ONNX)
     threads: int = Field(0, ge=0)  # intra-op threads for torch / onnxruntime; 0 = their default
+    precision: Precision = Precision.float32  # path points under autocast: bfloat16 | float16 (torch backend)
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> "ModelSection":  # noqa: D102
@@ -129,6 +130,7 @@ class Config(Section):
     steps: Union[int, Literal["auto"]] = "auto"
     method: Rule = Rule.adaptive
     tolerance: float = Field(0.01, gt=0)  # relative completeness error that stops refinement
+    map_tolerance: float | None = Field(None, gt=0)  # adaptive: also refine until the map's estimated L2 error is within
     min_steps: int = Field(8, ge=1)
     max_steps: int = Field(512, ge=1)
     batch_size: int = Field(256, ge=1)  # path points (inputs x baselines x steps) per backward

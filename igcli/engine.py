@@ -28,6 +28,7 @@ class Quadrature:
     tolerance: float = 0.01  # relative completeness error that counts as converged
     min_steps: int = 8
     max_steps: int = 512
+    map_tolerance: float | None = None  # adaptive only: estimated relative L2 map error, refined too
 
 
 @dataclass
@@ -105,8 +106,9 @@ def explain(
     batch = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
     inputs = inputs.to(backend.device, backend.dtype)
     flat_baselines = baselines.to(backend.device, backend.dtype).flatten(0, 1)
-    f_inputs = batched_scores(backend, inputs, batch.points)
-    f_baselines = batched_scores(backend, flat_baselines, batch.points)
+    # One pass for both ends: on a GPU a second small forward costs as much as a large one.
+    f_ends = batched_scores(backend, torch.cat([inputs, flat_baselines]), batch.points)
+    f_inputs, f_baselines = f_ends[: len(inputs)], f_ends[len(inputs):]
     targets = resolve_targets(f_inputs, target)
     paths, groups = _make_paths(targets, baselines.shape[1], f_inputs, f_baselines, target.kind == "top_k")
     path_integral = _PathIntegral(backend, inputs, flat_baselines, paths, f_inputs.shape[1], batch)

@@ -24,6 +24,7 @@ from .atomic_files import remove_leftovers
 from .config import Config, resolved
 from .errors import IgcliError, UsageError
 from .inputs.discover import InputRef, discover_inputs, in_shard
+from .inputs.prefetch import prefetched, read_ahead
 from .jobs import make_job
 from .jobs.common import BASELINE_WARNING, AnySample, Job
 from .outputs.writer import RunWriter
@@ -136,7 +137,8 @@ def _explain_chunks(job: Job, refs: Iterator[InputRef], reuse: _Reuse, writer: R
                     status, progress: bool, stop: _StopRequest, max_errors: int | None) -> None:
     checked = False
     with tqdm(desc="explain", unit="input", disable=not progress) as bar:
-        for chunk in _chunks(job.read(refs), job.chunk_size):
+        samples = prefetched(job.read(refs), read_ahead(job.chunk_size))
+        for chunk in _chunks(samples, job.chunk_size):
             reused = reuse.lines(chunk)
             if reused is not None:
                 for lines in reused:

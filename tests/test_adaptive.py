@@ -110,3 +110,30 @@ def test_batch_size_changes_nothing():
     for a, b in zip(one, many):
         torch.testing.assert_close(a.attributions, b.attributions, rtol=1e-12, atol=1e-15)
         assert (a.steps, a.gradient_evals) == (b.steps, b.gradient_evals)
+
+
+@pytest.mark.parametrize("map_tolerance", [0.05, 0.01])
+def test_map_tolerance_bounds_the_map_error_against_the_closed_form(map_tolerance):
+    """The map's estimated error is an upper bound in practice: the exact IG is within it."""
+    model, x = ReluSum(features=6, units=40, seed=5), inputs((8, 6), seed=11) * 3
+    baseline = torch.zeros_like(x)
+    exact = model.exact_ig(x, baseline)
+    quad = Quadrature(Rule.adaptive, None, tolerance=0.01, max_steps=4096, map_tolerance=map_tolerance)
+    results = explain(backend(model), x, baseline.unsqueeze(1), TargetSpec("index", 0), quad)
+    for result, expected in zip(results, exact):
+        assert float((result.attributions - expected).norm()) <= map_tolerance * float(expected.norm())
+        assert result.rel_error is None or result.rel_error <= 0.01
+
+
+def test_map_tolerance_refines_where_completeness_alone_would_stop():
+    """Two kinks whose completeness errors cancel: the signed sum is fine, the map is not."""
+    model, x = ReluSum(features=6, units=40, seed=5), inputs((8, 6), seed=11) * 3
+    baseline = torch.zeros(8, 1, 6, dtype=torch.float64)
+    exact = model.exact_ig(x, baseline[:, 0])
+    loose = Quadrature(Rule.adaptive, None, tolerance=0.05, max_steps=4096)
+    tight = Quadrature(Rule.adaptive, None, tolerance=0.05, max_steps=4096, map_tolerance=0.005)
+    errors = {}
+    for name, quad in (("completeness", loose), ("map", tight)):
+        results = explain(backend(model), x, baseline, TargetSpec("index", 0), quad)
+        errors[name] = max(float((r.attributions - e).norm() / e.norm()) for r, e in zip(results, exact))
+    assert errors["map"] <= 0.005 < errors["completeness"]

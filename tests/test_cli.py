@@ -10,7 +10,7 @@ from PIL import Image
 from igcli import __version__
 from igcli.cli import main
 
-from .conftest import DIGITS_CONFIG, SAMPLE_DATA
+from .conftest import DEVICE_AUTO, DIGITS_CONFIG, SAMPLE_DATA
 
 SAMPLE_NAMES = sorted(p.stem for p in (SAMPLE_DATA / "images").glob("*.png"))
 
@@ -41,7 +41,7 @@ def test_explain_sample_data_end_to_end(sample_tree, tmp_path):
         assert json.loads((out / "records" / f"{stem}.json").read_text())["outputs"] == row["outputs"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["totals"]["records"] == len(SAMPLE_NAMES) and manifest["totals"]["failed"] == 0
-    assert manifest["config"]["method"] == "adaptive" and manifest["device"] == "cpu"
+    assert manifest["config"]["method"] == "adaptive" and manifest["device"] == DEVICE_AUTO
     assert "max relative completeness error" in result.stderr
 
 
@@ -140,7 +140,7 @@ def test_no_inputs_found(tmp_path):
 
 def test_validate_config_prints_the_resolved_config(tmp_path):
     result = igcli("validate-config", DIGITS_CONFIG, "--set", "steps=32")
-    assert result.exit_code == 0 and "steps: 32" in result.stdout and "tolerance: 0.03" in result.stdout
+    assert result.exit_code == 0 and "steps: 32" in result.stdout and "tolerance: 0.012" in result.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {path: x.pt2}\nbaseline: {kind: blak}\n")
     result = igcli("validate-config", bad)

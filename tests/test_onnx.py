@@ -17,7 +17,7 @@ from igcli.models.loading import build_gradient_graph, load_model
 from igcli.models.onnx_backend import OnnxRuntimeBackend
 from igcli.quadrature import Rule
 
-from .conftest import DIGITS_CONFIG, SAMPLE_DATA
+from .conftest import DIGITS_CONFIG, SAMPLE_DATA, needs_maxpool_export
 from .onnx_models import opset11_cnn, single_op_model
 
 CPU = torch.device("cpu")
@@ -34,6 +34,7 @@ def ig(backend, x, rule=Rule.riemann_middle, steps=32):
     return explain(backend, x, baselines, TargetSpec("predicted"), Quadrature(rule, steps), batch_size=50)
 
 
+@needs_maxpool_export
 def test_opset11_cnn_with_constant_weights_ig_on_onnxruntime_equals_torch(tmp_path):
     path = tmp_path / "vendor.onnx"
     onnx.save(opset11_cnn(), path)
@@ -46,6 +47,7 @@ def test_opset11_cnn_with_constant_weights_ig_on_onnxruntime_equals_torch(tmp_pa
         assert a.attribution_sum == pytest.approx(b.attribution_sum, rel=1e-4)
 
 
+@needs_maxpool_export
 @pytest.mark.parametrize("source", ["digits_cnn.pt2", "digits_cnn.onnx"])
 def test_sample_model_exported_both_ways_runs_any_batch_size(source):
     graph, error = build_gradient_graph(MODELS / source, None, ScoreKind.softmax)
@@ -109,6 +111,7 @@ def test_free_spatial_dims_need_a_configured_size(tmp_path):
     assert backend.scores(torch.ones(2, 3, 5)).shape == (2, 15)
 
 
+@needs_maxpool_export
 def test_gradient_graph_score_must_match_config(tmp_path):
     graph, _ = build_gradient_graph(MODELS / "digits_cnn.pt2", None, ScoreKind.logits)
     path = tmp_path / "digits.grad.onnx"
@@ -117,6 +120,7 @@ def test_gradient_graph_score_must_match_config(tmp_path):
         load_model(path, None, "softmax", CPU)
 
 
+@needs_maxpool_export
 def test_cli_export_inspect_and_explain_on_onnx(tmp_path):
     runner = CliRunner()
     grad = tmp_path / "digits.grad.onnx"
@@ -142,6 +146,7 @@ def test_cli_export_inspect_and_explain_on_onnx(tmp_path):
     assert list((tmp_path / "cache" / "gradient-graphs").glob("digits_cnn-*.grad.onnx"))  # built once, cached
 
 
+@needs_maxpool_export
 def test_torch_model_on_the_onnxruntime_backend_matches_torch():
     x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(4))
     on_ort = ig(load_model(MODELS / "digits_cnn.pt2", None, "softmax", CPU, backend="onnxruntime"), x)

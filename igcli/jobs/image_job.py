@@ -30,7 +30,7 @@ class ImageJob:
         section = config.model
         self.device = resolve_device(config.device)
         self.backend = load_model(section.path, section.factory, section.score, self.device, section.trust_pickle,
-                                  backend=section.backend, threads=section.threads,
+                                  backend=section.backend, threads=section.threads, precision=section.precision,
                                   input_shape=config.input.model_shape())
         self.labels = read_labels(section.labels) if section.labels else None
         self.target = resolve_target(config.target, self.labels)
@@ -38,7 +38,8 @@ class ImageJob:
         self.preprocess = ImagePreprocess(config.input.mode, config.input.resize, config.input.crop, norm)
         self.baseline = _baseline_plan(config, self.preprocess)
         steps = None if config.steps == "auto" else config.steps
-        self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps)
+        self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps,
+                                     config.map_tolerance)
         self.batch = BatchSize(config.batch_size)  # lowered for the whole run on out-of-memory
         self.chunk_size = _inputs_per_chunk(config)
 

@@ -35,7 +35,8 @@ class TextJob:
         self.labels = read_labels(config.model.labels) if config.model.labels else self.model.labels
         self.target = resolve_target(config.target, self.labels)
         steps = None if config.steps == "auto" else config.steps
-        self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps)
+        self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps,
+                                     config.map_tolerance)
         self.batch = BatchSize(config.batch_size)  # lowered for the whole run on out-of-memory
         self.fill_id = self._fill_id()
 
@@ -125,6 +126,12 @@ def _words(sample: TextSample, tokens: list[dict[str, Any]]) -> list[dict[str, A
 
 
 def load_text_model(config: Config, device: torch.device) -> TextModel | GraphTextModel:
+    model = _load_text_model(config, device)
+    model.precision = config.model.precision
+    return model
+
+
+def _load_text_model(config: Config, device: torch.device) -> TextModel | GraphTextModel:
     section = config.model
     if section.path is not None and section.path.is_dir():
         return huggingface_text_model(section.path, section.score, device, config.input.max_length, section.tokenizer)

@@ -20,6 +20,23 @@ class ScoreKind(str, enum.Enum):
     sigmoid = "sigmoid"
 
 
+class Precision(str, enum.Enum):
+    """The arithmetic of the gradient evaluations along the path.
+
+    ``bfloat16``/``float16`` run the model under autocast (float32 accumulation inside matrix
+    products and convolutions, softmax in float32) for speed on GPUs; the end points F(x), F(x')
+    stay float32, so each record's completeness error measures what the lower precision cost.
+    """
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.value]
+
+
 def apply_score(kind: ScoreKind, outputs: Tensor) -> Tensor:
     """Turn raw model outputs [B, classes] into F as configured."""
     if kind is ScoreKind.softmax:

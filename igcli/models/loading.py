@@ -21,7 +21,7 @@ from torch import nn
 from .. import __version__
 from ..errors import ModelError, first_line
 from ..atomic_files import write_bytes_atomic
-from .base import Backend, ScoreKind
+from .base import Backend, Precision, ScoreKind
 from .export import export_gradient_graph, read_info
 from .onnx_backend import OnnxRuntimeBackend
 from .onnx_source import TensorSpec, check_differentiable_input, file_sha256, onnx_to_torch, read_onnx
@@ -46,19 +46,25 @@ def resolve_device(name: str) -> torch.device:
 def load_model(
     path: Path | None, factory: str | None, score: ScoreKind, device: torch.device, trust_pickle: bool = False,
     *, backend: str = "auto", threads: int = 0, input_shape: tuple[int, ...] | None = None,
+    precision: Precision = Precision.float32,
 ) -> Backend:
     """Load the model and wrap it in the backend that runs it.
 
     ``backend`` auto runs ONNX files on onnxruntime and torch models on torch; onnxruntime for a
     torch model, or for a plain ONNX model, first builds an igcli gradient graph (cached by model
     hash), which needs ``input_shape`` (without the batch axis) unless the model fixes it.
+    ``precision`` below float32 needs the torch backend (autocast is torch's).
     """
     if path is not None and not path.exists():
         raise ModelError(f"{path}: model file not found; check model.path or --model")
     if threads > 0:
         torch.set_num_threads(threads)
-    if path is not None and factory is None and path.suffix.lower() == ".onnx":
-        return _load_onnx(path, ScoreKind(score), device, backend, threads, input_shape)
+    onnx_file = path is not None and factory is None and path.suffix.lower() == ".onnx"
+    if Precision(precision) is not Precision.float32 and (backend == "onnxruntime" or onnx_file and backend != "torch"):
+        raise ModelError(f"model.precision {Precision(precision).value} runs on the torch backend only; set "
+                         "model.backend: torch (plain ONNX files run there too) or model.precision: float32")
+    if onnx_file:
+        return _load_onnx(path, ScoreKind(score), device, backend, threads, input_shape, precision)
     module = load_module(path, factory, trust_pickle)
     if backend == "onnxruntime":
         shape = input_shape or _example_shape(module)
@@ -68,7 +74,7 @@ def load_model(
         source = path if path is not None else Path(factory.rpartition(":")[0])
         model = cached_gradient_graph(source, ScoreKind(score), shape, lambda: module, factory or "")
         return OnnxRuntimeBackend(model.SerializeToString(), read_info(model), device, threads)
-    return TorchBackend(module, score, device)
+    return TorchBackend(module, score, device, precision)
 
 
 def load_module(path: Path | None, factory: str | None, trust_pickle: bool = False) -> nn.Module:
@@ -79,7 +85,7 @@ def load_module(path: Path | None, factory: str | None, trust_pickle: bool = Fal
 
 
 def _load_onnx(path: Path, score: ScoreKind, device: torch.device, backend: str, threads: int,
-               input_shape: tuple[int, ...] | None) -> Backend:
+               input_shape: tuple[int, ...] | None, precision: Precision = Precision.float32) -> Backend:
     model = read_onnx(path)
     info = read_info(model)
     if info is not None:
@@ -92,7 +98,7 @@ def _load_onnx(path: Path, score: ScoreKind, device: torch.device, backend: str,
     spec = check_differentiable_input(model, path)
     _warn_double_softmax(model, path, score)
     if backend == "torch":
-        return TorchBackend(onnx_to_torch(model, path), score, device)
+        return TorchBackend(onnx_to_torch(model, path), score, device, precision)
     shape, fixed_batch = resolve_input_shape(spec, input_shape, path)
     graph = cached_gradient_graph(path, score, shape, lambda: onnx_to_torch(model, path), "", fixed_batch)
     return OnnxRuntimeBackend(graph.SerializeToString(), read_info(graph), device, threads)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ModelError
-from .base import Backend, ScoreKind
+from .base import Backend, Precision, ScoreKind
 from .onnx_source import INTEGER_TYPES, graph_inputs, onnx_to_torch, read_onnx
 from .tokenizer import TextTokenizer
 from .torch_backend import TorchBackend
@@ -28,6 +28,7 @@ class GraphTextModel:
                  score: ScoreKind, device: torch.device, max_length: int):
         self.module, self.roles, self.width, self.tokenizer = module.to(device), roles, width, tokenizer
         self.score, self.device, self.max_length, self.labels = ScoreKind(score), device, max_length, None
+        self.precision = Precision.float32  # of the path evaluations; the job sets it from the config
 
     def run(self, ids: Tensor, mask: Tensor, embeddings: Tensor) -> tuple[Tensor, Tensor]:
         """(scores' source output, the embeddings the model computes from ``ids``)."""
@@ -46,7 +47,8 @@ class GraphTextModel:
 
     def backend_for(self, ids: Tensor, mask: Tensor) -> Backend:
         return TorchBackend(_WithEmbeddings(self, ids.to(self.device)[None], mask.to(self.device)[None]),
-                            self.score, self.device)
+                            self.score, self.device,
+                            self.precision)
 
 
 class _WithEmbeddings(nn.Module):

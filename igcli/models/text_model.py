@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ModelError, first_line
-from .base import Backend, ScoreKind
+from .base import Backend, Precision, ScoreKind
 from .tokenizer import TextTokenizer
 from .torch_backend import TorchBackend
 
@@ -29,6 +29,7 @@ class TextModel:
                  score: ScoreKind, device: torch.device, max_length: int, labels: list[str] | None = None):
         self.module, self.embedding, self.tokenizer, self.call = module.to(device), embedding, tokenizer, call
         self.score, self.device, self.max_length, self.labels = ScoreKind(score), device, max_length, labels
+        self.precision = Precision.float32  # of the path evaluations; the job sets it from the config
         self._override: Tensor | None = None
         embedding.register_forward_hook(self._substitute)
 
@@ -42,7 +43,8 @@ class TextModel:
 
     def backend_for(self, ids: Tensor, mask: Tensor) -> Backend:
         """A Backend whose inputs are [B, L, D] embeddings of this one document."""
-        return TorchBackend(_WithEmbeddings(self, ids.to(self.device), mask.to(self.device)), self.score, self.device)
+        return TorchBackend(_WithEmbeddings(self, ids.to(self.device), mask.to(self.device)), self.score, self.device,
+                            self.precision)
 
 
 class _WithEmbeddings(nn.Module):
