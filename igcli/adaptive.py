@@ -117,14 +117,16 @@ class _MapBudget:
         """||A|| per active path, after filling the bounds of intervals that lack one."""
         todo = [(p, i) for p in active for i, jump in enumerate(self.paths[p].jumps) if jump is None]
         index = torch.tensor(active + [p for p, _ in todo], device=self.deltas.device)
-        norms = (self.running[index[: len(active)]] * self.deltas[index[: len(active)]]).flatten(1).double().norm(dim=1)
+        # Norms in the tensors' own precision: these set budgets, and float64 copies of whole maps
+        # were the largest allocations of a round.
+        norms = (self.running[index[: len(active)]] * self.deltas[index[: len(active)]]).flatten(1).norm(dim=1)
         if todo:
-            left = torch.stack([self.paths[p].grads[i] for p, i in todo])
-            right = torch.stack([self.paths[p].grads[i + 1] for p, i in todo])
+            jumps = torch.stack([self.paths[p].grads[i + 1] for p, i in todo])
+            jumps -= torch.stack([self.paths[p].grads[i] for p, i in todo])
+            jumps *= self.deltas[index[len(active):]]
             widths = torch.tensor([self.paths[p].alphas[i + 1] - self.paths[p].alphas[i] for p, i in todo],
-                                  dtype=torch.float64, device=self.deltas.device)
-            jumps = ((right - left) * self.deltas[index[len(active):]]).flatten(1).double().norm(dim=1) * widths / 2
-            norms = torch.cat([norms, jumps])
+                                  dtype=norms.dtype, device=self.deltas.device)
+            norms = torch.cat([norms, jumps.flatten(1).norm(dim=1) * widths / 2])
         values = norms.tolist()
         for (p, i), value in zip(todo, values[len(active):]):
             self.paths[p].jumps[i] = value
@@ -142,7 +144,8 @@ class _MapBudget:
             widths.append(nodes.alphas[at + 1] - nodes.alphas[at - 1])
         h = torch.tensor(widths, dtype=self.running.dtype, device=self.running.device)
         h = h.view((-1,) + (1,) * (self.running.dim() - 1))
-        change = h / 2 * torch.stack(middle) - h / 4 * (torch.stack(left) + torch.stack(right))
+        change = torch.stack(left).add_(torch.stack(right)).mul_(-h / 4)  # in place: fewer large temporaries
+        change.add_(torch.stack(middle).mul_(h / 2))
         index = torch.tensor([p for p, _ in requests], device=self.running.device)
         self.running.index_add_(0, index, change.to(self.running.dtype))
 

@@ -33,8 +33,9 @@ def _plain_scores_and_grads(module, x, weights):
 def test_convolutional_models_run_channels_last_with_the_same_numbers():
     x, weights = _points()
     reference = _plain_scores_and_grads(small_cnn(dtype=torch.float32), x, weights)
-    backend = TorchBackend(small_cnn(dtype=torch.float32), "softmax")
-    assert backend.channels_last and not TorchBackend(smooth_mlp(), "softmax").channels_last
+    backend = TorchBackend(small_cnn(dtype=torch.float32), "softmax", channels_last=True)
+    assert backend.channels_last and not TorchBackend(smooth_mlp(), "softmax", channels_last=True).channels_last
+    assert not TorchBackend(small_cnn(dtype=torch.float32), "softmax").channels_last  # auto: CUDA only
     scores, grads = backend.scores_and_grads(x, weights)
     torch.testing.assert_close(scores, reference[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads, reference[1], rtol=1e-5, atol=1e-6)
