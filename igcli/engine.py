@@ -17,6 +17,12 @@ from .models.base import Backend
 from .quadrature import Rule, nodes, refine
 
 log = logging.getLogger("igcli")
+# Batches are padded to a multiple of batch_size / SHAPE_BUCKETS points, so a run meets at most
+# that many batch shapes. oneDNN (torch's CPU convolutions) builds and keeps kernels per shape: the
+# sample CNN's forward + backward at every batch size from 1 to 256 grew RSS from 315 to 540 MiB
+# (3.5 GiB channels-last) and spent more time building kernels than running them; at 8 sizes,
+# under 480 MiB (benchmarks/batch_shapes.py). Padding costs ~9% more points on the sample job.
+SHAPE_BUCKETS = 8
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,24 @@ def resolve_targets(scores: Tensor, spec: TargetSpec) -> list[list[int]]:
 
 def batched_scores(backend: Backend, x: Tensor, batch_size: int) -> Tensor:
     """F(x) for any number of rows, ``batch_size`` at a time."""
-    return torch.cat([backend.scores(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    parts = []
+    for start in range(0, len(x), batch_size):
+        rows = x[start : start + batch_size]
+        parts.append(backend.scores(_pad_rows(rows, padded_size(len(rows), batch_size)))[: len(rows)])
+    return torch.cat(parts)
+
+
+def padded_size(rows: int, batch_size: int) -> int:
+    """``rows`` rounded up to a multiple of batch_size / SHAPE_BUCKETS (see SHAPE_BUCKETS)."""
+    step = max(1, batch_size // SHAPE_BUCKETS)
+    return max(rows, min(batch_size, -(-rows // step) * step))
+
+
+def _pad_rows(x: Tensor, size: int) -> Tensor:
+    """``x`` with copies of its first row appended up to ``size`` rows."""
+    if size == len(x):
+        return x
+    return torch.cat([x, x[:1].expand(size - len(x), *x.shape[1:])])
 
 
 @dataclass
@@ -188,10 +211,13 @@ class _PathIntegral:
             p, a = path[batch], alpha[batch].to(like.dtype)
             points = self.starts[p] + a.view(broadcast) * self.deltas[p]
             rows = torch.arange(len(p), device=like.device)
-            selector = torch.zeros(len(p), self.classes, dtype=like.dtype, device=like.device)
+            size = padded_size(len(p), self.batch.points)
+            # Padding rows (copies of the first point) have zero weight: they add nothing to the
+            # gradients, and their outputs are cut off.
+            selector = torch.zeros(size, self.classes, dtype=like.dtype, device=like.device)
             selector[rows, self.paths.target[p]] = 1
-            scores, grads = self._scores_and_grads(points, selector)
-            yield batch, scores[rows, self.paths.target[p]], grads
+            scores, grads = self._scores_and_grads(_pad_rows(points, size), selector)
+            yield batch, scores[rows, self.paths.target[p]], grads[: len(p)]
 
     def _scores_and_grads(self, points: Tensor, selector: Tensor) -> tuple[Tensor, Tensor]:
         """The backend's answer; on device out-of-memory, halve the batch (for the rest of the run too)."""

@@ -1,15 +1,18 @@
-"""The torch backend's speed levers keep its numbers: channels-last, autocast precisions, read-ahead."""
+"""The speed levers keep the numbers: channels-last, autocast precisions, padded batches, read-ahead."""
 import threading
 
 import pytest
 import torch
 
+from igcli import engine
+from igcli.engine import Quadrature, TargetSpec, explain, padded_size
 from igcli.errors import ModelError
 from igcli.inputs.prefetch import prefetched
 from igcli.models import torch_backend
 from igcli.models.base import Precision
 from igcli.models.loading import load_model
 from igcli.models.torch_backend import TorchBackend
+from igcli.quadrature import Rule
 
 from .conftest import SAMPLE_DATA
 from .nets import small_cnn, smooth_mlp
@@ -35,7 +38,8 @@ def test_convolutional_models_run_channels_last_with_the_same_numbers():
     reference = _plain_scores_and_grads(small_cnn(dtype=torch.float32), x, weights)
     backend = TorchBackend(small_cnn(dtype=torch.float32), "softmax", channels_last=True)
     assert backend.channels_last and not TorchBackend(smooth_mlp(), "softmax", channels_last=True).channels_last
-    assert not TorchBackend(small_cnn(dtype=torch.float32), "softmax").channels_last  # auto: CUDA only
+    assert TorchBackend(small_cnn(dtype=torch.float32), "softmax").channels_last  # the default
+    assert not TorchBackend(small_cnn(dtype=torch.float32), "softmax", channels_last=False).channels_last
     scores, grads = backend.scores_and_grads(x, weights)
     torch.testing.assert_close(scores, reference[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads, reference[1], rtol=1e-5, atol=1e-6)
@@ -97,3 +101,45 @@ def test_leaving_early_stops_the_reader():
             break
     assert not any(t.name == "igcli-read-ahead" and t.is_alive() for t in threading.enumerate())
     assert len(produced) < 20
+
+
+def test_padded_sizes_are_few_and_never_smaller_than_the_batch():
+    for batch_size in (1, 7, 64, 256, 1000):
+        sizes = {padded_size(rows, batch_size) for rows in range(1, batch_size + 1)}
+        assert all(rows <= padded_size(rows, batch_size) <= batch_size for rows in range(1, batch_size + 1))
+        assert len(sizes) <= engine.SHAPE_BUCKETS + 1 and batch_size in sizes
+
+
+class ShapeRecorder:
+    """A real backend that notes the batch sizes it is asked for."""
+
+    def __init__(self, backend):
+        self.inner, self.sizes = backend, set()
+        self.device, self.dtype = backend.device, backend.dtype
+
+    def scores(self, x):
+        self.sizes.add(len(x))
+        return self.inner.scores(x)
+
+    def scores_and_grads(self, x, weights):
+        self.sizes.add(len(x))
+        return self.inner.scores_and_grads(x, weights)
+
+
+def test_padded_batches_meet_few_shapes_and_change_no_number(monkeypatch):
+    module = small_cnn()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(9, 1, 8, 8, generator=g, dtype=torch.float64)
+    quad = Quadrature(Rule.adaptive, None, 0.001, 8, 512, 0.01)
+    results = {}
+    for buckets in (64, 4):  # 64: batches of any size (1 point per step); 4: sizes 16, 32, 48, 64
+        monkeypatch.setattr(engine, "SHAPE_BUCKETS", buckets)
+        recorder = ShapeRecorder(TorchBackend(module, "softmax"))
+        results[buckets] = [explain(recorder, x[:n], torch.zeros(n, 1, 1, 8, 8, dtype=torch.float64),
+                                    TargetSpec("predicted"), quad, batch_size=64) for n in range(1, 10)]
+        results[buckets, "sizes"] = recorder.sizes
+    assert results[4, "sizes"] <= {16, 32, 48, 64} and len(results[64, "sizes"]) > 8
+    for unpadded, padded in zip(results[64], results[4]):
+        for a, b in zip(unpadded, padded):
+            assert (a.target, a.steps, a.gradient_evals) == (b.target, b.steps, b.gradient_evals)
+            torch.testing.assert_close(b.attributions, a.attributions, rtol=1e-9, atol=1e-12)

@@ -15,16 +15,16 @@ FLOAT16_GRAD_SCALE = 1024.0
 class TorchBackend:
     """Runs an ``nn.Module`` (eager, TorchScript or an exported program's module) in eval mode.
 
-    Parameters are frozen once here, so a backward computes input gradients only. On CUDA,
-    convolutional models run channels-last. Not on the CPU: there it was 20% faster for the sample
-    CNN, but oneDNN keeps state per batch shape met, and the adaptive rule's many batch sizes
-    grew a 10,000-image run's peak memory to 1.6x a 100-image one (benchmarks/RESULTS.md). With a
+    Parameters are frozen once here, so a backward computes input gradients only. Convolutional
+    models run channels-last, whose pooling and convolution kernels are faster on the CPU as on
+    GPUs; oneDNN keeps kernels per batch shape, which the engine bounds by padding batches to a few
+    sizes (engine.SHAPE_BUCKETS: without it, channels-last grew memory with every new size). With a
     ``precision`` below float32, path points run under autocast (accumulation stays float32), while
     ``scores`` -- F(x) and F(x'), which every completeness error is measured against -- stay float32.
     """
 
     def __init__(self, module: nn.Module, score_kind: ScoreKind, device: torch.device | str = "cpu",
-                 precision: Precision | str = Precision.float32, channels_last: bool | None = None):
+                 precision: Precision | str = Precision.float32, channels_last: bool = True):
         self.device = torch.device(device)
         self.module = module.to(self.device)
         set_eval(self.module)
@@ -33,8 +33,7 @@ class TorchBackend:
         self.dtype = _floating_dtype(self.module)
         self.score_kind = ScoreKind(score_kind)
         self.precision = Precision(precision)
-        wanted = self.device.type == "cuda" if channels_last is None else channels_last
-        self.channels_last = wanted and _convolutional(self.module) and _to_channels_last(self.module)
+        self.channels_last = channels_last and _convolutional(self.module) and _to_channels_last(self.module)
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.channels_last and x.dim() == 4:
