@@ -33,6 +33,7 @@ from captum.attr import IntegratedGradients
 from PIL import Image, ImageDraw
 
 from end_to_end import REPO, accuracy
+from igcli import overlap
 from igcli.config import load_config
 from igcli.engine import Quadrature, TargetSpec, explain
 from igcli.inputs import prefetch
@@ -156,14 +157,18 @@ def _sync(device: torch.device) -> None:
 
 
 def igcli_run(config, folder: Path, out: Path, threads: dict[str, int]) -> tuple[float, dict, float]:
-    """One `explain` run; ``threads`` may fix the writer and read-ahead threads (keys writers, read_ahead)."""
+    """One `explain` run; ``threads`` may fix the writer and read-ahead threads and the chunks in
+    flight (keys writers, read_ahead, in_flight), and turn on cuDNN's autotuner (cudnn_benchmark=1)."""
     writer.WRITER_THREADS, prefetch.READ_AHEAD = threads.get("writers"), threads.get("read_ahead")
+    overlap.CHUNKS_IN_FLIGHT = threads.get("in_flight")
+    torch.backends.cudnn.benchmark = bool(threads.get("cudnn_benchmark"))
     try:
         start = time.perf_counter()
         summary = explain_inputs(config, [str(folder)], out)
         seconds = time.perf_counter() - start
     finally:
-        writer.WRITER_THREADS = prefetch.READ_AHEAD = None
+        writer.WRITER_THREADS = prefetch.READ_AHEAD = overlap.CHUNKS_IN_FLIGHT = None
+        torch.backends.cudnn.benchmark = False
     if summary.failed:
         raise SystemExit(f"igcli failed on {summary.failed} inputs")
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -206,7 +211,7 @@ def main() -> None:
                 seconds, maps[variant], evals[variant] = igcli_run(config, folder, scratch / f"igcli{index}-{repeat}",
                                                                    _threads(variant))
                 times[variant].append(seconds)
-        bare = {v: bare_rate(ImageJob(c), c.batch_size, args.size) for v, c in configs.items()}
+        bare = {v: _bare_rate(v, c, args.size) for v, c in configs.items()}
         if args.profile:
             _profile(configs[variants[0]], folder, scratch / "profiled", _threads(variants[0]), args.profile)
     device = torch.cuda.get_device_name(job.device) if job.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -228,7 +233,15 @@ def main() -> None:
               + f" | {bare[variant]:,.0f} | {rate * evals[variant] / bare[variant]:.2f}x |")
 
 
-THREAD_KEYS = ("writers", "read_ahead")  # variant keys that are not config keys
+def _bare_rate(variant: str, config, size: int) -> float:
+    torch.backends.cudnn.benchmark = bool(_threads(variant).get("cudnn_benchmark"))
+    try:
+        return bare_rate(ImageJob(config), config.batch_size, size)
+    finally:
+        torch.backends.cudnn.benchmark = False
+
+
+THREAD_KEYS = ("writers", "read_ahead", "in_flight", "cudnn_benchmark")  # variant keys that are not config keys
 
 
 def _overrides(variant: str) -> list[str]:

@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 import zlib
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import chain
@@ -28,6 +28,7 @@ from .inputs.prefetch import prefetched, read_ahead
 from .jobs import make_job
 from .jobs.common import BASELINE_WARNING, AnySample, Job
 from .outputs.writer import RunWriter
+from .overlap import chunks_in_flight, ordered_map, own_stream
 from .records import Attribution, Failure
 from .resume import PreviousRun, record_key, run_key
 
@@ -135,34 +136,52 @@ def _input_refs(config: Config, specs: Sequence[str], shard: tuple[int, int] | N
 
 def _explain_chunks(job: Job, refs: Iterator[InputRef], reuse: _Reuse, writer: RunWriter, summary: RunSummary,
                     status, progress: bool, stop: _StopRequest, max_errors: int | None) -> None:
-    checked = False
+    in_flight = chunks_in_flight(job.device)
     with tqdm(desc="explain", unit="input", disable=not progress) as bar:
         samples = prefetched(job.read(refs), read_ahead(job.chunk_size))
-        for chunk in _chunks(samples, job.chunk_size):
-            reused = reuse.lines(chunk)
-            if reused is not None:
-                for lines in reused:
+        chunks = _checking_first(_chunks(samples, job.chunk_size), job)
+        work = functools.partial(_chunk_outcome, job, reuse, in_flight > 1)
+        with closing(ordered_map(work, chunks, in_flight)) as outcomes:
+            for chunk, (reused, groups) in outcomes:
+                for lines in reused or ():
                     for record in writer.write_lines(lines):
                         summary.add(record)
                         summary.reused += record.get("error") is None
-            else:
-                samples = [item for item in chunk if not isinstance(item, Failure)]
-                if samples and not checked:
-                    job.check(samples[0])
-                    checked = True
-                for group in _explain_chunk(chunk, job, reuse.run):
+                for group in groups or ():
                     for record in writer.write_group(group):
                         summary.add(record)
-            bar.update(len(chunk))
-            if stop.signum is not None:
-                summary.signal = stop.signum
-                summary.stopped = f"interrupted by {signal.Signals(stop.signum).name}"
-                break
-            if max_errors is not None and summary.failed > max_errors:
-                summary.stopped = f"stopped after {summary.failed} failed input(s) (--max-errors {max_errors})"
-                log.error("%s", summary.stopped)
-                break
-            writer.update_manifest(lambda: status("running"))
+                bar.update(len(chunk))
+                if stop.signum is not None:
+                    summary.signal = stop.signum
+                    summary.stopped = f"interrupted by {signal.Signals(stop.signum).name}"
+                    break
+                if max_errors is not None and summary.failed > max_errors:
+                    summary.stopped = f"stopped after {summary.failed} failed input(s) (--max-errors {max_errors})"
+                    log.error("%s", summary.stopped)
+                    break
+                writer.update_manifest(lambda: status("running"))
+
+
+def _checking_first(chunks: Iterator[list[AnySample | Failure]], job: Job) -> Iterator[list[AnySample | Failure]]:
+    """The chunks as they come; before the first that holds a sample, one forward on that sample
+    (job.check), so that a wrong model or shape stops the run before any work starts."""
+    checked = False
+    for chunk in chunks:
+        if not checked:
+            first = next((item for item in chunk if not isinstance(item, Failure)), None)
+            if first is not None:
+                job.check(first)
+                checked = True
+        yield chunk
+
+
+def _chunk_outcome(job: Job, reuse: _Reuse, own_stream_needed: bool, chunk: list[AnySample | Failure]):
+    """(previous record lines, None) for a chunk --resume reuses, else (None, its records)."""
+    reused = reuse.lines(chunk)
+    if reused is not None:
+        return reused, None
+    with own_stream(job.device) if own_stream_needed else nullcontext():
+        return None, _explain_chunk(chunk, job, reuse.run)
 
 
 @dataclass

@@ -1,0 +1,72 @@
+"""Chunks in flight: explain the next chunk while the device still works on the current one.
+
+On a GPU a chunk alternates between host work (building path points, the adaptive rule's
+bookkeeping between rounds, reading results back) and device work, and the device idles through
+the host work: on an H100, ResNet-50 ran at 0.66x of a bare forward + input-gradient loop with
+captum's rule and at 0.30-0.48x with the adaptive one (benchmarks/RESULTS.md). With two chunks in
+flight, each on its own CUDA stream, one chunk's kernels can run through the other's host work.
+That gain has not been measured yet (no GPU was lent since this was written), so one chunk at a
+time stays the default everywhere; ``benchmarks/resnet_end_to_end.py --variant "in_flight=2"``
+measures it. On the CPU the compute is synchronous and torch already uses every core.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
+CHUNKS_IN_FLIGHT: int | None = None  # None: chunks_in_flight() decides
+_thread_state = threading.local()
+
+
+def chunks_in_flight(device: torch.device) -> int:
+    """Chunks explained at once: one, until two on CUDA is measured to pay (see above)."""
+    if CHUNKS_IN_FLIGHT is not None:
+        return CHUNKS_IN_FLIGHT
+    return 1
+
+
+def ordered_map(work: Callable[[T], R], items: Iterable[T], in_flight: int) -> Iterator[tuple[T, R]]:
+    """``(item, work(item))`` in the order of ``items``, up to ``in_flight`` works running at once
+    in threads (1 or less: in line, no thread).
+
+    An exception in a work is raised at its item. Leaving the loop early starts no more works and
+    waits for those already running, so none outlives the caller's resources.
+    """
+    if in_flight <= 1:
+        for item in items:
+            yield item, work(item)
+        return
+    pool = ThreadPoolExecutor(in_flight, "igcli-compute")
+    pending: deque[tuple[T, Future]] = deque()
+    try:
+        for item in items:
+            pending.append((item, pool.submit(work, item)))
+            if len(pending) >= in_flight:
+                head, future = pending.popleft()
+                yield head, future.result()
+        while pending:
+            head, future = pending.popleft()
+            yield head, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def own_stream(device: torch.device) -> Iterator[None]:
+    """On CUDA, run the block on this thread's own stream, so that reading one chunk's results
+    back waits for that chunk's kernels only, not for the other chunk's queued behind them."""
+    if device.type != "cuda":
+        yield
+        return
+    streams = _thread_state.__dict__.setdefault("streams", {})
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device)
+    with torch.cuda.stream(streams[device]):
+        yield

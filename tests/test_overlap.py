@@ -1,0 +1,126 @@
+"""Chunks in flight (igcli/overlap.py): order, concurrency, errors, early exits, same outputs."""
+import json
+import threading
+
+import pytest
+import torch
+
+from igcli import overlap
+from igcli.overlap import chunks_in_flight, ordered_map, own_stream
+
+from .conftest import DIGITS_CONFIG
+from .test_operations import many_images, run, tree
+
+
+def test_results_come_in_input_order_with_several_in_flight():
+    def slow_for_even(n):
+        threading.Event().wait(0.02 if n % 2 == 0 else 0)
+        return n * n
+
+    assert list(ordered_map(slow_for_even, range(12), 3)) == [(n, n * n) for n in range(12)]
+    assert list(ordered_map(slow_for_even, range(5), 1)) == [(n, n * n) for n in range(5)]
+
+
+def test_works_overlap_up_to_in_flight():
+    meeting = threading.Barrier(2, timeout=10)  # breaks (and fails the test) unless two run at once
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def work(n):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        meeting.wait()
+        with lock:
+            running[0] -= 1
+        return n
+
+    assert [n for n, _ in ordered_map(work, range(6), 2)] == list(range(6))
+    assert peak[0] == 2
+
+
+def test_a_failing_work_raises_at_its_item_after_the_ones_before_it():
+    def work(n):
+        if n == 3:
+            raise ValueError("item 3")
+        return n
+
+    seen = []
+    with pytest.raises(ValueError, match="item 3"):
+        for n, _ in ordered_map(work, range(8), 2):
+            seen.append(n)
+    assert seen == [0, 1, 2]
+
+
+def test_leaving_early_starts_no_more_work_and_waits_for_the_running_one():
+    started, finished = [], []
+
+    def work(n):
+        started.append(n)
+        threading.Event().wait(0.05)
+        finished.append(n)
+        return n
+
+    outcomes = ordered_map(work, range(100), 2)
+    for n, _ in outcomes:
+        if n == 2:
+            break
+    outcomes.close()
+    assert len(started) <= 5 and sorted(finished) == sorted(started)
+
+
+def test_one_chunk_at_a_time_unless_asked(monkeypatch):
+    assert chunks_in_flight(torch.device("cpu")) == chunks_in_flight(torch.device("cuda")) == 1
+    monkeypatch.setattr(overlap, "CHUNKS_IN_FLIGHT", 3)
+    assert chunks_in_flight(torch.device("cpu")) == 3
+
+
+def test_own_stream_is_a_no_op_on_the_cpu():
+    with own_stream(torch.device("cpu")):
+        assert torch.ones(2).sum() == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_each_thread_runs_on_its_own_cuda_stream():
+    device = torch.device("cuda")
+    seen = {}
+
+    def record(name):
+        for _ in range(2):
+            with own_stream(device):
+                seen.setdefault(name, set()).add(torch.cuda.current_stream(device).cuda_stream)
+        return name
+
+    list(ordered_map(record, ["a", "b", "c", "d"], 2))
+    default = torch.cuda.default_stream(device).cuda_stream
+    assert all(len(streams) == 1 and default not in streams for streams in seen.values())
+    assert torch.cuda.current_stream(device).cuda_stream == default
+
+
+def test_two_chunks_in_flight_write_the_same_tree(tmp_path, monkeypatch):
+    folder = many_images(tmp_path / "images", 2)
+    small_chunks = ["--steps", 8, "--batch-size", 16]  # 24 inputs in ~12 chunks
+    monkeypatch.setattr(overlap, "CHUNKS_IN_FLIGHT", 1)
+    assert run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "one", *small_chunks).exit_code == 0
+    monkeypatch.setattr(overlap, "CHUNKS_IN_FLIGHT", 2)
+    assert run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "two", *small_chunks).exit_code == 0
+    assert tree(tmp_path / "two") == tree(tmp_path / "one")
+    # --resume reuses every chunk, in flight as well.
+    result = run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "two", *small_chunks, "--resume")
+    assert result.exit_code == 0 and "(24 reused)" in result.stderr
+    assert tree(tmp_path / "two") == tree(tmp_path / "one")
+
+
+def test_a_stop_with_chunks_in_flight_keeps_what_was_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(overlap, "CHUNKS_IN_FLIGHT", 2)
+    folder = many_images(tmp_path / "images", 2)
+    for index in range(6):
+        (folder / f"{index}_bad.png").write_text("not an image")
+    out = tmp_path / "out"
+    result = run("explain", "-c", DIGITS_CONFIG, folder, "-o", out, "--max-errors", 2, "--steps", 4,
+                 "--batch-size", 8)
+    assert result.exit_code == 1 and "--max-errors 2" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert manifest["state"] == "stopped" and manifest["totals"]["failed"] >= 3
+    assert manifest["totals"]["inputs"] == len(records) < 30
+    assert all((out / r["outputs"]["heatmap"]).exists() for r in records if r.get("error") is None)
