@@ -143,13 +143,7 @@ def _explain_chunks(job: Job, refs: Iterator[InputRef], reuse: _Reuse, writer: R
         work = functools.partial(_chunk_outcome, job, reuse, in_flight > 1)
         with closing(ordered_map(work, chunks, in_flight)) as outcomes:
             for chunk, (reused, groups) in outcomes:
-                for lines in reused or ():
-                    for record in writer.write_lines(lines):
-                        summary.add(record)
-                        summary.reused += record.get("error") is None
-                for group in groups or ():
-                    for record in writer.write_group(group):
-                        summary.add(record)
+                _write_chunk(writer, summary, reused, groups)
                 bar.update(len(chunk))
                 if stop.signum is not None:
                     summary.signal = stop.signum
@@ -160,6 +154,18 @@ def _explain_chunks(job: Job, refs: Iterator[InputRef], reuse: _Reuse, writer: R
                     log.error("%s", summary.stopped)
                     break
                 writer.update_manifest(lambda: status("running"))
+
+
+def _write_chunk(writer: RunWriter, summary: RunSummary, reused: list[list[str]] | None,
+                 groups: list[list[Attribution | Failure]] | None) -> None:
+    """Pass on a reused chunk's record lines, or write a computed chunk's records; count them."""
+    for lines in reused or ():
+        for record in writer.write_lines(lines):
+            summary.add(record)
+            summary.reused += record.get("error") is None
+    for group in groups or ():
+        for record in writer.write_group(group):
+            summary.add(record)
 
 
 def _checking_first(chunks: Iterator[list[AnySample | Failure]], job: Job) -> Iterator[list[AnySample | Failure]]:

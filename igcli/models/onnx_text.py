@@ -47,8 +47,7 @@ class GraphTextModel:
 
     def backend_for(self, ids: Tensor, mask: Tensor) -> Backend:
         return TorchBackend(_WithEmbeddings(self, ids.to(self.device)[None], mask.to(self.device)[None]),
-                            self.score, self.device,
-                            self.precision)
+                            self.score, self.device, self.precision)
 
 
 class _WithEmbeddings(nn.Module):

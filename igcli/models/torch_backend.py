@@ -52,33 +52,28 @@ class TorchBackend:
             return self._forward(x)
 
     def scores_and_grads(self, x: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        # float16 gradients deep in a network underflow, so its backward runs on a scaled seed (as
+        # in AMP); where the scale overflows somewhere, the batch is redone in float32.
+        scale = FLOAT16_GRAD_SCALE if self.precision is Precision.float16 else 1.0
+        scores, grads = self._evaluate(x, weights, self.precision, scale)
+        if scale != 1.0 and not torch.isfinite(grads).all():
+            scores, grads = self._evaluate(x, weights, Precision.float32, 1.0)
+        return scores.to(self.dtype), grads
+
+    def _evaluate(self, x: Tensor, weights: Tensor, precision: Precision, scale: float) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            with self._autocast():
+            with self._autocast(precision):
                 scores = self._forward(x)
             # The scores leave autocast as float32 (softmax/sigmoid autocast to float32), so the
-            # weighted sum and the gradients that reach x are float32 as well. float16 gradients
-            # deep in a network underflow, so its backward runs on a scaled seed (as in AMP).
-            scale = FLOAT16_GRAD_SCALE if self.precision is Precision.float16 else 1.0
+            # weighted sum and the gradients that reach x are float32 as well.
             (grads,) = torch.autograd.grad((scores.float() * weights).sum() * scale, x)
-        if scale != 1.0:
-            grads = grads / scale
-            if not torch.isfinite(grads).all():  # the scale overflowed somewhere: this batch in float32
-                return self._float32_scores_and_grads(x, weights)
-        return scores.detach().to(self.dtype), grads
+        return scores.detach(), grads / scale if scale != 1.0 else grads
 
-    def _float32_scores_and_grads(self, x: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            scores = self._forward(x)
-            (grads,) = torch.autograd.grad((scores * weights).sum(), x)
-        return scores.detach(), grads
-
-    def _autocast(self):
-        if self.precision is Precision.float32:
+    def _autocast(self, precision: Precision):
+        if precision is Precision.float32:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.precision.torch_dtype)
-
+        return torch.autocast(self.device.type, dtype=precision.torch_dtype)
 
 def set_eval(module: nn.Module) -> None:
     """Eval mode (dropout off, batch-norm statistics frozen) for any module kind."""
