@@ -8,13 +8,18 @@ evaluations gather where the gradient changes (ReLU kinks, softmax saturation) i
 spread evenly; a path stops once its summed interval errors are within tolerance.
 On the sample CNN this matched captum's 50-step Gauss-Legendre accuracy (completeness and L2 map
 error against a 1,024-step reference) with about half the evaluations (benchmarks/RESULTS.md).
+
+The bookkeeping is kept for all of a chunk's paths at once: scalars (alphas, F, slopes, errors)
+in flat NumPy arrays, gradients in one device tensor, and each round costs a fixed number of
+array operations and one device-to-host transfer, whatever the number of paths. Kept per path in
+Python, it was 15-19% of the engine's time on the sample CNN and, on a GPU, host time during
+which the device waited.
 """
 from __future__ import annotations
 
-import bisect
-import math
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,35 +27,6 @@ REFINE_SHARE = 0.34  # of a path's intervals bisected per round: the worst third
 INITIAL_INTERVALS = 4
 
 Evaluate = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-
-
-class _PathNodes:
-    """One path's evaluated points, sorted by alpha: F, slope (x - x') . g, and g."""
-
-    def __init__(self):
-        self.alphas: list[float] = []
-        self.scores: list[float] = []
-        self.slopes: list[float] = []
-        self.grads: list[Tensor] = []
-        self.jumps: list[float | None] = []  # per interval, its map error bound (_MapBudget fills it)
-
-    def add(self, alpha: float, score: float, slope: float, grad: Tensor) -> None:
-        at = bisect.bisect(self.alphas, alpha)
-        if self.alphas:  # the interval the node falls in becomes two, their bounds unknown
-            self.jumps[max(at - 1, 0):at] = [None, None] if 0 < at < len(self.alphas) else [None]
-        for values, value in ((self.alphas, alpha), (self.scores, score), (self.slopes, slope), (self.grads, grad)):
-            values.insert(at, value)
-
-    def interval_errors(self) -> list[float]:
-        return [abs(e) for e in _signed(self)]
-
-    def integral(self) -> Tensor:
-        """The trapezoid over the (non-uniform) nodes: node k weighs (a[k+1] - a[k-1]) / 2."""
-        a = self.alphas
-        weights = [(a[min(k + 1, len(a) - 1)] - a[max(k - 1, 0)]) / 2 for k in range(len(a))]
-        stacked = torch.stack(self.grads)
-        w = torch.tensor(weights, dtype=stacked.dtype, device=stacked.device)
-        return (w.view((-1,) + (1,) * (stacked.dim() - 1)) * stacked).sum(0)
 
 
 def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad) -> tuple:
@@ -63,115 +39,192 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
     (the signed sum, the number each record reports) is within ``tolerance`` and its estimated
     map error, sqrt(sum of squared interval bounds), within ``map_tolerance`` of ||A||.
     """
-    count = len(deltas)
-    f_delta, noise = f_delta.tolist(), noise.tolist()  # read once: per-path reads would each wait on the device
-    budget = quad.steps if quad.steps is not None else quad.max_steps
-    start = max(1, min(INITIAL_INTERVALS, budget))
-    paths = [_PathNodes() for _ in range(count)]
-    _evaluate_into(evaluate, deltas, paths, [(p, k / start) for p in range(count) for k in range(start + 1)])
-    active = list(range(count))
-    budget_of_map = _MapBudget(paths, deltas) if quad.map_tolerance is not None else None
-    while active:
-        requests, still_active = [], []
-        norms = budget_of_map.norms(active) if budget_of_map is not None else {}
-        for p in active:
-            errors = paths[p].interval_errors()
-            intervals = len(errors)
-            if budget_of_map is None:
-                done = sum(errors) <= quad.tolerance * abs(f_delta[p]) + noise[p]
-            else:
-                errors, done = _map_aware(paths[p], errors, norms[p], f_delta[p], noise[p], quad)
-            if quad.steps is None and done or intervals >= budget:
-                continue
-            share = min(max(1, math.ceil(REFINE_SHARE * intervals)), budget - intervals)
-            worst = sorted(range(intervals), key=lambda i: -errors[i])[:share]
-            alphas = paths[p].alphas
-            requests += [(p, (alphas[i] + alphas[i + 1]) / 2) for i in worst]
-            still_active.append(p)
-        if requests:
-            _evaluate_into(evaluate, deltas, paths, requests)
-            if budget_of_map is not None:
-                budget_of_map.add_midpoints(requests)
-        active = still_active
-    integral = torch.stack([nodes.integral() for nodes in paths]).to(deltas.dtype)
-    steps = torch.tensor([len(nodes.alphas) - 1 for nodes in paths])
-    return integral, steps, steps + 1
+    refinement = _Refinement(deltas, f_delta, noise, quad)
+    path, alpha = refinement.first_points()
+    scores, grads = evaluate(_on(deltas, path), _on(deltas, alpha))
+    refinement.start(scores, grads)
+    while True:
+        chosen = refinement.worst_intervals()
+        if len(chosen) == 0:
+            break
+        path, alpha = refinement.midpoints(chosen)
+        scores, grads = evaluate(_on(deltas, path), _on(deltas, alpha))
+        refinement.split(chosen, scores, grads)
+    steps = torch.from_numpy(refinement.intervals_per_path())
+    return refinement.integral(), steps, steps + 1
 
 
-class _MapBudget:
-    """What the map criterion needs, kept current a round at a time with a few tensor operations
-    and one transfer for all paths together (per path, they cost more than the model on small
-    inputs, and on a GPU each transfer waits for the device):
+def _on(like: Tensor, values: np.ndarray) -> Tensor:
+    return torch.from_numpy(values).to(like.device)
 
-    - per interval [a, b], a bound on the L2 error the trapezoid makes in the attribution map
-      there, (b - a) / 2 * ||(g(b) - g(a)) * (x - x')||, exact in size for one kink inside;
-    - per path, ||A||, from a running trapezoid: bisecting [a, b] at m adds
-      (b - a) / 2 * g(m) - (b - a) / 4 * (g(a) + g(b)).
-    """
 
-    def __init__(self, paths: list[_PathNodes], deltas: Tensor):
-        self.paths, self.deltas = paths, deltas
-        self.running = torch.stack([nodes.integral() for nodes in paths])
+class _Intervals:
+    """Every path's intervals [a, b], in no particular order: their path, end nodes, completeness
+    error F(b) - F(a) - (s(a) + s(b)) (b - a) / 2, and (map-aware rule) the bound
+    (b - a) / 2 * ||(g(b) - g(a)) * (x - x')|| on the L2 error the trapezoid makes there."""
 
-    def norms(self, active: list[int]) -> dict[int, float]:
-        """||A|| per active path, after filling the bounds of intervals that lack one."""
-        todo = [(p, i) for p in active for i, jump in enumerate(self.paths[p].jumps) if jump is None]
-        index = torch.tensor(active + [p for p, _ in todo], device=self.deltas.device)
+    def __init__(self, path: np.ndarray, left: np.ndarray, right: np.ndarray):
+        self.path, self.left, self.right = path, left, right
+        self.error = np.zeros(len(path))
+        self.bound = np.zeros(len(path))
+
+
+class _Refinement:
+    """The state of one chunk's adaptive integration, a round at a time."""
+
+    def __init__(self, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad):
+        self.deltas, self.quad = deltas, quad
+        self.count = len(deltas)
+        self.budget = quad.steps if quad.steps is not None else quad.max_steps
+        self.start_intervals = max(1, min(INITIAL_INTERVALS, self.budget))
+        # + 1e-30: a path whose F is 0 at both ends still ranks its intervals.
+        self.completeness_budget = quad.tolerance * np.abs(f_delta.cpu().numpy()) + noise.cpu().numpy() + 1e-30
+        self.map_aware = quad.map_tolerance is not None
+        self.active = np.ones(self.count, dtype=bool)
+        self.norms = np.zeros(self.count)  # ||A|| per path from the running trapezoid (map-aware only)
+        self.alpha = np.zeros(0)
+        self.node_path = np.zeros(0, dtype=np.int64)
+        self.score = np.zeros(0)
+        self.slope = np.zeros(0)
+        self.grads: Tensor | None = None  # [capacity, ...]: grows by doubling; gathers need one tensor
+        self.nodes = 0
+        self.running: Tensor | None = None
+
+    def first_points(self) -> tuple[np.ndarray, np.ndarray]:
+        start = self.start_intervals
+        return np.repeat(np.arange(self.count), start + 1), np.tile(np.arange(start + 1) / start, self.count)
+
+    def start(self, scores: Tensor, grads: Tensor) -> None:
+        """Take the first, uniform round: every path's nodes k / start and the intervals between."""
+        start, count = self.start_intervals, self.count
+        path, alpha = self.first_points()
+        ids = self._append_nodes(path, alpha, grads)
+        per_path = ids.reshape(count, start + 1)  # flatten() copies: left and right must not share memory
+        self.intervals = _Intervals(np.repeat(np.arange(count), start), per_path[:, :-1].flatten(),
+                                    per_path[:, 1:].flatten())
+        fresh = np.arange(len(self.intervals.path))
+        if self.map_aware:
+            self.running = self._trapezoid(self.intervals, grads.dtype)
+        self._update(fresh, scores, grads, np.arange(count))
+
+    def worst_intervals(self) -> np.ndarray:
+        """Indices of the intervals to bisect this round (none once every path has stopped), in
+        path order and, within a path, worst first; paths that are done stop here."""
+        iv, count = self.intervals, self.count
+        intervals = np.bincount(iv.path, minlength=count)
+        budget = self.completeness_budget
+        if self.map_aware:
+            map_budget = self.quad.map_tolerance * self.norms + 1e-30
+            completeness = np.abs(np.bincount(iv.path, iv.error, minlength=count))
+            map_error = np.sqrt(np.bincount(iv.path, iv.bound * iv.bound, minlength=count))
+            done = (completeness <= budget) & (map_error <= map_budget)
+            rank_by = np.maximum(np.abs(iv.error) / budget[iv.path], iv.bound / map_budget[iv.path])
+        else:
+            done = np.bincount(iv.path, np.abs(iv.error), minlength=count) <= budget
+            rank_by = np.abs(iv.error)
+        if self.quad.steps is None:
+            self.active &= ~done
+        self.active &= intervals < self.budget
+        share = np.minimum(np.maximum(1, np.ceil(REFINE_SHARE * intervals)), self.budget - intervals)
+        candidates = np.flatnonzero(self.active[iv.path])
+        # Path, then worst first, then lower alpha first: the order requests go to the model in.
+        order = candidates[np.lexsort((self.alpha[iv.left[candidates]], -rank_by[candidates], iv.path[candidates]))]
+        paths = iv.path[order]
+        rank = np.arange(len(order)) - np.searchsorted(paths, paths)
+        return order[rank < share[paths]]
+
+    def midpoints(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        iv = self.intervals
+        return iv.path[chosen], (self.alpha[iv.left[chosen]] + self.alpha[iv.right[chosen]]) / 2
+
+    def split(self, chosen: np.ndarray, scores: Tensor, grads: Tensor) -> None:
+        """Bisect the ``chosen`` intervals at their midpoints, just evaluated."""
+        iv = self.intervals
+        path, alpha = self.midpoints(chosen)
+        if self.map_aware:
+            self._update_running(chosen, grads)
+        middle = self._append_nodes(path, alpha, grads)
+        right = iv.right[chosen]
+        iv.right[chosen] = middle  # the left half keeps the interval's place, the right half is added
+        first_new = len(iv.path)
+        iv.path = np.concatenate([iv.path, path])
+        iv.left = np.concatenate([iv.left, middle])
+        iv.right = np.concatenate([iv.right, right])
+        iv.error = np.concatenate([iv.error, np.zeros(len(path))])
+        iv.bound = np.concatenate([iv.bound, np.zeros(len(path))])
+        fresh = np.concatenate([chosen, np.arange(first_new, len(iv.path))])
+        self._update(fresh, scores, grads, np.unique(path))
+
+    def intervals_per_path(self) -> np.ndarray:
+        return np.bincount(self.intervals.path, minlength=self.count)
+
+    def integral(self) -> Tensor:
+        """The trapezoid over each path's (non-uniform) nodes, exactly, from the stored gradients."""
+        return self._trapezoid(self.intervals, self.grads.dtype).to(self.deltas.dtype)
+
+    def _trapezoid(self, iv: _Intervals, dtype: torch.dtype) -> Tensor:
+        # A node weighs half of each interval it ends. One matrix product rather than a scatter:
+        # the same sums in the same order on every device and run.
+        half = (self.alpha[iv.right] - self.alpha[iv.left]) / 2
+        weights = np.zeros((self.count, self.nodes))
+        np.add.at(weights, (iv.path, iv.left), half)
+        np.add.at(weights, (iv.path, iv.right), half)
+        grads = self.grads[: self.nodes]
+        summed = _on(grads, weights).to(dtype) @ grads.flatten(1)
+        return summed.view((self.count,) + tuple(grads.shape[1:]))
+
+    def _append_nodes(self, path: np.ndarray, alpha: np.ndarray, grads: Tensor) -> np.ndarray:
+        ids = np.arange(self.nodes, self.nodes + len(path))
+        if self.grads is None or ids[-1] >= len(self.grads):
+            grown = grads.new_empty((max(len(ids) + self.nodes, 2 * self.nodes),) + tuple(grads.shape[1:]))
+            if self.grads is not None:
+                grown[: self.nodes] = self.grads[: self.nodes]
+            self.grads = grown
+        self.grads[ids[0] : ids[-1] + 1] = grads
+        self.nodes += len(ids)
+        self.alpha = np.concatenate([self.alpha, alpha])
+        self.node_path = np.concatenate([self.node_path, path])
+        return ids
+
+    def _update(self, fresh: np.ndarray, scores: Tensor, grads: Tensor, refining: np.ndarray) -> None:
+        """Fill the errors (and bounds) of the ``fresh`` intervals and the norms of the ``refining``
+        paths, with one transfer from the device for all of them."""
+        iv = self.intervals
+        new_nodes = len(grads)
+        path_of = _on(self.deltas, self.node_path[-new_nodes:])
+        slopes = (self.deltas[path_of].double() * grads.double()).flatten(1).sum(1)
+        parts = [scores.double(), slopes]
+        if self.map_aware:
+            parts += [self._bounds(iv, fresh).double(), self._norms(refining).double()]
+        host = torch.cat(parts).cpu().numpy()
+        self.score = np.concatenate([self.score, host[:new_nodes]])
+        self.slope = np.concatenate([self.slope, host[new_nodes : 2 * new_nodes]])
+        left, right = iv.left[fresh], iv.right[fresh]
+        width = self.alpha[right] - self.alpha[left]
+        iv.error[fresh] = self.score[right] - self.score[left] - (self.slope[left] + self.slope[right]) * width / 2
+        if self.map_aware:
+            iv.bound[fresh] = host[2 * new_nodes : 2 * new_nodes + len(fresh)]
+            self.norms[refining] = host[2 * new_nodes + len(fresh):]
+
+    def _bounds(self, iv: _Intervals, fresh: np.ndarray) -> Tensor:
+        left, right = _on(self.grads, iv.left[fresh]), _on(self.grads, iv.right[fresh])
+        jumps = self.grads[right] - self.grads[left]
+        jumps *= self.deltas[_on(self.deltas, iv.path[fresh])]
+        widths = _on(jumps, (self.alpha[iv.right[fresh]] - self.alpha[iv.left[fresh]]) / 2).to(jumps.dtype)
         # Norms in the tensors' own precision: these set budgets, and float64 copies of whole maps
         # were the largest allocations of a round.
-        norms = (self.running[index[: len(active)]] * self.deltas[index[: len(active)]]).flatten(1).norm(dim=1)
-        if todo:
-            jumps = torch.stack([self.paths[p].grads[i + 1] for p, i in todo])
-            jumps -= torch.stack([self.paths[p].grads[i] for p, i in todo])
-            jumps *= self.deltas[index[len(active):]]
-            widths = torch.tensor([self.paths[p].alphas[i + 1] - self.paths[p].alphas[i] for p, i in todo],
-                                  dtype=norms.dtype, device=self.deltas.device)
-            norms = torch.cat([norms, jumps.flatten(1).norm(dim=1) * widths / 2])
-        values = norms.tolist()
-        for (p, i), value in zip(todo, values[len(active):]):
-            self.paths[p].jumps[i] = value
-        return dict(zip(active, values[: len(active)]))
+        return jumps.flatten(1).norm(dim=1) * widths
 
-    def add_midpoints(self, requests: list[tuple[int, float]]) -> None:
-        """Update the running trapezoids for the midpoints just added."""
-        middle, left, right, widths = [], [], [], []
-        for p, alpha in requests:
-            nodes = self.paths[p]
-            at = bisect.bisect_left(nodes.alphas, alpha)
-            middle.append(nodes.grads[at])
-            left.append(nodes.grads[at - 1])
-            right.append(nodes.grads[at + 1])
-            widths.append(nodes.alphas[at + 1] - nodes.alphas[at - 1])
-        h = torch.tensor(widths, dtype=self.running.dtype, device=self.running.device)
-        h = h.view((-1,) + (1,) * (self.running.dim() - 1))
-        change = torch.stack(left).add_(torch.stack(right)).mul_(-h / 4)  # in place: fewer large temporaries
-        change.add_(torch.stack(middle).mul_(h / 2))
-        index = torch.tensor([p for p, _ in requests], device=self.running.device)
-        self.running.index_add_(0, index, change.to(self.running.dtype))
+    def _norms(self, paths: np.ndarray) -> Tensor:
+        index = _on(self.deltas, paths)
+        return (self.running[index] * self.deltas[index]).flatten(1).norm(dim=1)
 
-
-def _map_aware(nodes: _PathNodes, errors: list[float], norm: float, f_delta: float, noise: float,
-               quad) -> tuple[list[float], bool]:
-    """Each interval's larger error as a share of its budget, and whether both budgets are met."""
-    map_errors = nodes.jumps
-    completeness_budget = quad.tolerance * abs(f_delta) + noise
-    map_budget = quad.map_tolerance * norm + 1e-30
-    completeness = abs(sum(s for s in _signed(nodes)))
-    done = completeness <= completeness_budget and math.sqrt(sum(e * e for e in map_errors)) <= map_budget
-    shares = [max(e / completeness_budget, m / map_budget) for e, m in zip(errors, map_errors)]
-    return shares, done
-
-
-def _signed(nodes: _PathNodes) -> list[float]:
-    a, f, s = nodes.alphas, nodes.scores, nodes.slopes
-    return [f[i + 1] - f[i] - (s[i] + s[i + 1]) * (a[i + 1] - a[i]) / 2 for i in range(len(a) - 1)]
-
-
-def _evaluate_into(evaluate: Evaluate, deltas: Tensor, paths: list[_PathNodes], requests) -> None:
-    path = torch.tensor([p for p, _ in requests], device=deltas.device)
-    alpha = torch.tensor([a for _, a in requests], dtype=torch.float64, device=deltas.device)
-    scores, grads = evaluate(path, alpha)
-    slopes = (deltas[path].double() * grads.double()).flatten(1).sum(1)
-    # One transfer for the scalars: reading them one by one would wait on the device per point.
-    for i, ((p, a), score, slope) in enumerate(zip(requests, scores.tolist(), slopes.tolist())):
-        paths[p].add(a, score, slope, grads[i])
+    def _update_running(self, chosen: np.ndarray, middle: Tensor) -> None:
+        """The running trapezoid after bisecting [a, b] at m: + (b - a)/2 g(m) - (b - a)/4 (g(a) + g(b))."""
+        iv = self.intervals
+        width = self.alpha[iv.right[chosen]] - self.alpha[iv.left[chosen]]
+        h = _on(middle, width).to(self.running.dtype).view((-1,) + (1,) * (self.running.dim() - 1))
+        change = self.grads[_on(self.grads, iv.left[chosen])]
+        change += self.grads[_on(self.grads, iv.right[chosen])]
+        change.mul_(-h / 4).add_(middle.to(self.running.dtype) * (h / 2))  # in place: fewer large temporaries
+        self.running.index_add_(0, _on(self.running, iv.path[chosen]), change)

@@ -137,15 +137,15 @@ def explain(
     path_integral = _PathIntegral(backend, inputs, flat_baselines, paths, f_inputs.shape[1], batch)
     steps, evals = path_integral.run(quadrature)
     attributions = path_integral.attributions()
-    return [_combine(group, paths, attributions, steps, evals, quadrature.tolerance) for group in groups]
+    return _combine(groups, paths, attributions, steps, evals, quadrature.tolerance)
 
 
 def _make_paths(targets: list[list[int]], samples: int, f_inputs: Tensor, f_baselines: Tensor, ranked: bool):
     rows: list[tuple[int, int, int]] = []
-    groups: list[tuple[int, int, int | None, list[int]]] = []
+    groups: list[tuple[int, int, int | None]] = []  # (input, target, rank); its paths: `samples` consecutive rows
     for n, classes in enumerate(targets):
         for rank, cls in enumerate(classes, start=1):
-            groups.append((n, cls, rank if ranked else None, list(range(len(rows), len(rows) + samples))))
+            groups.append((n, cls, rank if ranked else None))
             rows.extend((n, n * samples + k, cls) for k in range(samples))
     n, b, t = torch.tensor(rows, dtype=torch.long, device=f_inputs.device).view(-1, 3).unbind(1)
     f_input, f_baseline = f_inputs[n, t].double(), f_baselines[b, t].double()
@@ -254,25 +254,27 @@ def _converged(sums: Tensor, paths: _Paths, tolerance: float) -> Tensor:
     return (sums - delta).abs() <= tolerance * delta.abs() + paths.noise
 
 
-def _combine(group, paths: _Paths, attributions: Tensor, steps: Tensor, evals: Tensor, tolerance: float) -> Explanation:
-    n, cls, rank, members = group
-    index = torch.tensor(members, device=attributions.device)
-    mean_attr = attributions[index].mean(0)
-    f_input = float(paths.f_input[members[0]])
-    f_baseline = float(paths.f_baseline[index].mean())
-    total = float(mean_attr.double().sum())
-    abs_error = abs(total - (f_input - f_baseline))
-    delta = abs(f_input - f_baseline)
-    path_sums = attributions[index].double().flatten(1).sum(1)
-    converged = _converged(path_sums, _select(paths, index), tolerance)
-    return Explanation(
-        input_index=n, target=cls, rank=rank, attributions=mean_attr.detach().cpu(),
-        f_input=f_input, f_baseline=f_baseline, attribution_sum=total, abs_error=abs_error,
-        rel_error=abs_error / delta if delta > 0 else None,
-        steps=int(steps[members].max()), gradient_evals=int(evals[members].sum()),
-        converged=bool(converged.all()),
-    )
-
-
-def _select(paths: _Paths, index: Tensor) -> _Paths:
-    return _Paths(*(getattr(paths, name)[index] for name in _Paths.__dataclass_fields__))
+def _combine(groups, paths: _Paths, attributions: Tensor, steps: Tensor, evals: Tensor,
+             tolerance: float) -> list[Explanation]:
+    """One Explanation per group: its paths (one per baseline, consecutive) averaged, for all
+    groups at once; the scalars cross from the device in one transfer."""
+    samples = len(attributions) // len(groups)
+    per_group = (len(groups), samples)
+    mean_attr = attributions.view(per_group + tuple(attributions.shape[1:])).mean(1)
+    path_sums = attributions.double().flatten(1).sum(1)
+    converged = _converged(path_sums, paths, tolerance).view(per_group).all(1)
+    columns = torch.stack([paths.f_input.view(per_group)[:, 0], paths.f_baseline.view(per_group).mean(1),
+                           mean_attr.double().flatten(1).sum(1), converged.double()]).cpu().tolist()
+    maps = mean_attr.detach().cpu()
+    steps_max, evals_sum = steps.view(per_group).max(1).values.tolist(), evals.view(per_group).sum(1).tolist()
+    explanations = []
+    for g, ((n, cls, rank), f_input, f_baseline, total, done) in enumerate(zip(groups, *columns)):
+        abs_error = abs(total - (f_input - f_baseline))
+        delta = abs(f_input - f_baseline)
+        explanations.append(Explanation(
+            input_index=n, target=cls, rank=rank, attributions=maps[g],
+            f_input=f_input, f_baseline=f_baseline, attribution_sum=total, abs_error=abs_error,
+            rel_error=abs_error / delta if delta > 0 else None,
+            steps=int(steps_max[g]), gradient_evals=int(evals_sum[g]), converged=bool(done),
+        ))
+    return explanations

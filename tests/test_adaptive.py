@@ -137,3 +137,20 @@ def test_map_tolerance_refines_where_completeness_alone_would_stop():
         results = explain(backend(model), x, baseline, TargetSpec("index", 0), quad)
         errors[name] = max(float((r.attributions - e).norm() / e.norm()) for r, e in zip(results, exact))
     assert errors["map"] <= 0.005 < errors["completeness"]
+
+
+@pytest.mark.parametrize("map_tolerance", [None, 0.05])
+def test_each_path_refines_as_if_it_were_alone(map_tolerance):
+    """A chunk's paths share the rule's arrays; sharing must not change what any one of them gets."""
+    x = inputs((6, 1, 8, 8), seed=5) * 2
+    base = torch.rand(6, 2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    runner = backend(small_cnn(), "softmax")
+    quad = Quadrature(Rule.adaptive, None, tolerance=0.01, max_steps=512, map_tolerance=map_tolerance)
+    together = explain(runner, x, base, TargetSpec("top_k", 2), quad)
+    alone = [r for n in range(6) for r in explain(runner, x[n:n + 1], base[n:n + 1], TargetSpec("top_k", 2), quad)]
+    assert len({r.steps for r in together}) > 2  # the paths stopped at different rounds
+    for shared, single in zip(together, alone, strict=True):
+        assert (shared.target, shared.rank, shared.steps, shared.gradient_evals, shared.converged) == \
+            (single.target, single.rank, single.steps, single.gradient_evals, single.converged)
+        torch.testing.assert_close(shared.attributions, single.attributions, rtol=1e-10, atol=1e-13)
+        assert shared.abs_error == pytest.approx(single.abs_error, rel=1e-6, abs=1e-15)
