@@ -15,6 +15,7 @@ results.jsonl, the manifest and report.html; one more, untimed run also saves th
 attributions that the accuracy columns are computed from.
 
     python benchmarks/end_to_end.py [--images 120] [--repeats 5] [--set key=value ...]
+        [--variant "batch_size=128 writers=2" --variant ...]
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from igcli.jobs.image_job import ImageJob
 from igcli.outputs.heatmap import render_overlay, signed_map
 from igcli.quadrature import Rule
 from igcli.run import explain_inputs
+from variants import applied, overrides, threads
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "digits.yaml"
@@ -97,40 +99,57 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--set", dest="sets", action="append", default=[], help="igcli config overrides")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="igcli settings to time, each against the same captum runs: config overrides and "
+                             "writers=N, read_ahead=N, in_flight=N (repeatable; default: the config as it is)")
     args = parser.parse_args()
-    config = load_config(CONFIG, [(text, "--set") for text in ["device=cpu", "output.attributions=none"] + args.sets])
-    with_maps = load_config(CONFIG, [(text, "--set") for text in ["device=cpu", "output.attributions=npy"] + args.sets])
-    job = ImageJob(config)
+    variants = args.variant or [""]
+
+    def configured(variant: str, attributions: str):
+        texts = ["device=cpu", f"output.attributions={attributions}"] + args.sets + overrides(variant)
+        return load_config(CONFIG, [(text, "--set") for text in texts])
+
+    configs = {variant: configured(variant, "none") for variant in variants}
+    job = ImageJob(configs[variants[0]])
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         (scratch / "images").mkdir()
         make_inputs(scratch / "images", args.images)
         reference = reference_maps(job, REPO / "sample_data" / "images")
-        captum_times, igcli_times = [], []
+        times: dict[str, list[float]] = {name: [] for name in ["captum"] + variants}
         for repeat in range(args.repeats):
             seconds, captum_maps = captum_loop(job, scratch / "images", scratch / f"captum{repeat}")
-            captum_times.append(seconds)
-            start = time.perf_counter()
-            summary = explain_inputs(config, [str(scratch / "images")], scratch / f"igcli{repeat}")
-            igcli_times.append(time.perf_counter() - start)
-        captum_seconds, igcli_seconds = statistics.median(captum_times), statistics.median(igcli_times)
-        last = scratch / "igcli-maps"
-        summary = explain_inputs(with_maps, [str(scratch / "images")], last)
-        rows = [json.loads(line) for line in (last / "results.jsonl").read_text().splitlines()]
-        igcli_maps = {Path(r["input"]).name: np.load(last / r["outputs"]["attributions"]) for r in rows}
-    evals = statistics.mean(r["gradient_evals"] for r in rows)
-    captum_acc, igcli_acc = accuracy(captum_maps, reference), accuracy(igcli_maps, reference)
+            times["captum"].append(seconds)
+            for index, (variant, config) in enumerate(configs.items()):
+                with applied(threads(variant)):
+                    start = time.perf_counter()
+                    explain_inputs(config, [str(scratch / "images")], scratch / f"igcli{index}-{repeat}")
+                    times[variant].append(time.perf_counter() - start)
+        results = {variant: _with_maps(configured(variant, "npy"), scratch, f"maps{index}")
+                   for index, variant in enumerate(variants)}
+    captum_seconds = statistics.median(times["captum"])
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.images} images, medians of {args.repeats} alternating runs, igcli overrides: "
           f"{' '.join(args.sets) or 'none'} (igcli's time includes loading the model)")
-    print("| run | images/s | gradient evals/image | completeness error | map error, max pixel | map error, L2 |")
-    print("|---|---|---|---|---|---|")
-    print(f"| captum loop (GL, 50 steps) | {args.images / captum_seconds:.1f} | 50 | "
-          + " | ".join(f"{v:.2e}" for v in captum_acc) + " |")
-    print(f"| igcli explain ({config.method.value}, steps {config.steps}, tol {config.tolerance}) "
-          f"| {args.images / igcli_seconds:.1f} | {evals:.1f} | " + " | ".join(f"{v:.2e}" for v in igcli_acc) + " |")
-    print(f"ratio: images/s {captum_seconds / igcli_seconds:.2f}x, gradient evals {evals / 50:.2f}x captum's "
-          f"(records {summary.records}, failed {summary.failed})")
+    print("| run | images/s | vs captum | gradient evals/image | completeness error | map error, max pixel "
+          "| map error, L2 |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| captum loop (GL, 50 steps) | {args.images / captum_seconds:.1f} | 1.00x | 50 | "
+          + " | ".join(f"{v:.2e}" for v in accuracy(captum_maps, reference)) + " |")
+    for variant, (maps, evals, summary) in results.items():
+        seconds = statistics.median(times[variant])
+        name = variant or f"{configs[variant].method.value}, tol {configs[variant].tolerance}"
+        print(f"| igcli explain ({name}) | {args.images / seconds:.1f} | {captum_seconds / seconds:.2f}x | "
+              f"{evals:.1f} | " + " | ".join(f"{v:.2e}" for v in accuracy(maps, reference))
+              + f" |{'' if summary.failed == 0 else f' ({summary.failed} failed)'}")
+
+
+def _with_maps(config, scratch: Path, name: str) -> tuple[dict[str, np.ndarray], float, object]:
+    """One more, untimed run that also saves the .npy attributions: maps, mean evaluations, summary."""
+    summary = explain_inputs(config, [str(scratch / "images")], scratch / name)
+    rows = [json.loads(line) for line in (scratch / name / "results.jsonl").read_text().splitlines()]
+    maps = {Path(r["input"]).name: np.load(scratch / name / r["outputs"]["attributions"]) for r in rows}
+    return maps, statistics.mean(r["gradient_evals"] for r in rows), summary
 
 
 if __name__ == "__main__":

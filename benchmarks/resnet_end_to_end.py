@@ -33,14 +33,12 @@ from captum.attr import IntegratedGradients
 from PIL import Image, ImageDraw
 
 from end_to_end import REPO, accuracy
-from igcli import overlap
+from variants import applied, overrides, threads
 from igcli.config import load_config
 from igcli.engine import Quadrature, TargetSpec, explain
-from igcli.inputs import prefetch
 from igcli.inputs.discover import discover_inputs
 from igcli.jobs.image_job import ImageJob
 from igcli.models.loading import load_module
-from igcli.outputs import writer
 from igcli.outputs.heatmap import render_overlay, signed_map
 from igcli.quadrature import Rule
 from igcli.run import explain_inputs
@@ -156,19 +154,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def igcli_run(config, folder: Path, out: Path, threads: dict[str, int]) -> tuple[float, dict, float]:
-    """One `explain` run; ``threads`` may fix the writer and read-ahead threads and the chunks in
+def igcli_run(config, folder: Path, out: Path, settings: dict[str, int]) -> tuple[float, dict, float]:
+    """One `explain` run; ``settings`` may fix the writer and read-ahead threads and the chunks in
     flight (keys writers, read_ahead, in_flight), and turn on cuDNN's autotuner (cudnn_benchmark=1)."""
-    writer.WRITER_THREADS, prefetch.READ_AHEAD = threads.get("writers"), threads.get("read_ahead")
-    overlap.CHUNKS_IN_FLIGHT = threads.get("in_flight")
-    torch.backends.cudnn.benchmark = bool(threads.get("cudnn_benchmark"))
-    try:
+    with applied(settings):
         start = time.perf_counter()
         summary = explain_inputs(config, [str(folder)], out)
         seconds = time.perf_counter() - start
-    finally:
-        writer.WRITER_THREADS = prefetch.READ_AHEAD = overlap.CHUNKS_IN_FLIGHT = None
-        torch.backends.cudnn.benchmark = False
     if summary.failed:
         raise SystemExit(f"igcli failed on {summary.failed} inputs")
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -198,7 +190,7 @@ def main() -> None:
         paths = make_images(folder, min(args.distinct, args.images), args.images)
         config_path = write_config(scratch, args.depth, args.device, args.size, paths)
         variants = args.variant or [""]
-        configs = {v: load_config(config_path, [(t, "--set") for t in args.sets + _overrides(v)]) for v in variants}
+        configs = {v: load_config(config_path, [(t, "--set") for t in args.sets + overrides(v)]) for v in variants}
         job = ImageJob(configs[variants[0]])
         reference = reference_maps(ImageJob(load_config(config_path)), paths[:args.distinct], args.reference_steps)
         captum_module = _plain_module(args.depth, scratch / "resnet.pt", job.device)
@@ -209,11 +201,11 @@ def main() -> None:
             times["captum"].append(seconds)
             for index, (variant, config) in enumerate(configs.items()):
                 seconds, maps[variant], evals[variant] = igcli_run(config, folder, scratch / f"igcli{index}-{repeat}",
-                                                                   _threads(variant))
+                                                                   threads(variant))
                 times[variant].append(seconds)
         bare = {v: _bare_rate(v, c, args.size) for v, c in configs.items()}
         if args.profile:
-            _profile(configs[variants[0]], folder, scratch / "profiled", _threads(variants[0]), args.profile)
+            _profile(configs[variants[0]], folder, scratch / "profiled", threads(variants[0]), args.profile)
     device = torch.cuda.get_device_name(job.device) if job.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# {device}; {platform.machine()}, torch {torch.__version__}; ResNet-{args.depth} 3x{args.size}x{args.size}, "
           f"{args.images} images ({args.distinct} distinct), medians of {args.repeats} alternating runs; "
@@ -234,32 +226,18 @@ def main() -> None:
 
 
 def _bare_rate(variant: str, config, size: int) -> float:
-    torch.backends.cudnn.benchmark = bool(_threads(variant).get("cudnn_benchmark"))
-    try:
+    with applied({"cudnn_benchmark": threads(variant).get("cudnn_benchmark", 0)}):
         return bare_rate(ImageJob(config), config.batch_size, size)
-    finally:
-        torch.backends.cudnn.benchmark = False
 
 
-THREAD_KEYS = ("writers", "read_ahead", "in_flight", "cudnn_benchmark")  # variant keys that are not config keys
-
-
-def _overrides(variant: str) -> list[str]:
-    return [t for t in variant.split() if t.split("=")[0] not in THREAD_KEYS]
-
-
-def _threads(variant: str) -> dict[str, int]:
-    return {k: int(v) for k, _, v in (t.partition("=") for t in variant.split()) if k in THREAD_KEYS}
-
-
-def _profile(config, folder: Path, out: Path, threads: dict[str, int], path: str) -> None:
+def _profile(config, folder: Path, out: Path, settings: dict[str, int], path: str) -> None:
     import cProfile
     import io
     import pstats
 
     profiler = cProfile.Profile()
     profiler.enable()
-    igcli_run(config, folder, out, threads)
+    igcli_run(config, folder, out, settings)
     profiler.disable()
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(60)

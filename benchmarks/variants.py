@@ -1,0 +1,40 @@
+"""``--variant`` strings shared by the end-to-end benchmarks: config overrides ("key=value", as
+``--set`` takes them) mixed with settings that are not config keys (THREAD_KEYS), so that several
+settings are timed in one process, alternating, against the same captum runs."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from igcli import overlap
+from igcli.inputs import prefetch
+from igcli.outputs import writer
+
+# writers: writer threads; read_ahead: inputs decoded ahead; in_flight: chunks explained at once;
+# cudnn_benchmark=1: cuDNN's autotuner.
+THREAD_KEYS = ("writers", "read_ahead", "in_flight", "cudnn_benchmark")
+
+
+def overrides(variant: str) -> list[str]:
+    """The variant's config overrides."""
+    return [t for t in variant.split() if t.split("=")[0] not in THREAD_KEYS]
+
+
+def threads(variant: str) -> dict[str, int]:
+    """The variant's other settings."""
+    return {k: int(v) for k, _, v in (t.partition("=") for t in variant.split()) if k in THREAD_KEYS}
+
+
+@contextmanager
+def applied(settings: dict[str, int]) -> Iterator[None]:
+    """Run with ``settings`` (from ``threads``); igcli's own choices outside it and after."""
+    writer.WRITER_THREADS, prefetch.READ_AHEAD = settings.get("writers"), settings.get("read_ahead")
+    overlap.CHUNKS_IN_FLIGHT = settings.get("in_flight")
+    torch.backends.cudnn.benchmark = bool(settings.get("cudnn_benchmark"))
+    try:
+        yield
+    finally:
+        writer.WRITER_THREADS = prefetch.READ_AHEAD = overlap.CHUNKS_IN_FLIGHT = None
+        torch.backends.cudnn.benchmark = False
