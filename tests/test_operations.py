@@ -86,7 +86,7 @@ def wait_for_records(process: subprocess.Popen, out: Path, count: int) -> None:
 
 
 def test_resume_reuses_what_still_matches_and_recomputes_the_rest(sample_tree, tmp_path):
-    out, small_chunks = tmp_path / "out", ["--steps", 8, "--batch-size", 16]  # chunks of ~2 inputs
+    out, small_chunks = tmp_path / "out", ["--steps", 8, "--batch-size", 8]  # chunks of 4 inputs (2 batches of 5 points)
     assert run("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", out, *small_chunks).exit_code == 0
     before = {r["input"]: r for r in lines(out)}
     changed, stripped = sample_tree / IMAGES[0].name, IMAGES[6].name
