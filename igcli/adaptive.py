@@ -10,7 +10,8 @@ On the sample CNN this matched captum's 50-step Gauss-Legendre accuracy (complet
 error against a 1,024-step reference) with about half the evaluations (benchmarks/RESULTS.md).
 
 The bookkeeping is kept for all of a chunk's paths at once: scalars (alphas, F, slopes, errors)
-in flat NumPy arrays, gradients in one device tensor, and each round costs a fixed number of
+in flat NumPy arrays, each point's attribution density g * (x - x') in one device tensor (what
+slopes, map bounds and the attributions are all made of), and each round costs a fixed number of
 array operations and one device-to-host transfer, whatever the number of paths. Kept per path in
 Python, it was 15-19% of the engine's time on the sample CNN and, on a GPU, host time during
 which the device waited.
@@ -30,7 +31,8 @@ Evaluate = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad) -> tuple:
-    """Integrals [P, ...] of dF/dx along each path, with the intervals and evaluations each used.
+    """Attributions [P, ...] along each path (the integral of dF/dx times x - x'), with the
+    intervals and evaluations each used.
 
     ``quad.steps`` None: refine until the summed interval errors are within ``quad.tolerance`` of
     |F(x) - F(x')| (or ``quad.max_steps`` intervals); an integer: spend exactly that many intervals.
@@ -51,7 +53,7 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
         scores, grads = evaluate(_on(deltas, path), _on(deltas, alpha))
         refinement.split(chosen, scores, grads)
     steps = torch.from_numpy(refinement.intervals_per_path())
-    return refinement.integral(), steps, steps + 1
+    return refinement.attributions(), steps, steps + 1
 
 
 def _on(like: Tensor, values: np.ndarray) -> Tensor:
@@ -86,9 +88,9 @@ class _Refinement:
         self.node_path = np.zeros(0, dtype=np.int64)
         self.score = np.zeros(0)
         self.slope = np.zeros(0)
-        self.grads: Tensor | None = None  # [capacity, ...]: grows by doubling; gathers need one tensor
+        self.density: Tensor | None = None  # g * (x - x') per node, [capacity, ...]: grows by doubling
         self.nodes = 0
-        self.running: Tensor | None = None
+        self.running: Tensor | None = None  # the attributions' running trapezoid (map-aware only)
 
     def first_points(self) -> tuple[np.ndarray, np.ndarray]:
         start = self.start_intervals
@@ -104,8 +106,8 @@ class _Refinement:
                                     per_path[:, 1:].flatten())
         fresh = np.arange(len(self.intervals.path))
         if self.map_aware:
-            self.running = self._trapezoid(self.intervals, grads.dtype)
-        self._update(fresh, scores, grads, np.arange(count))
+            self.running = self._trapezoid(self.intervals)
+        self._update(fresh, scores, len(grads), np.arange(count))
 
     def worst_intervals(self) -> np.ndarray:
         """Indices of the intervals to bisect this round (none once every path has stopped), in
@@ -141,9 +143,9 @@ class _Refinement:
         """Bisect the ``chosen`` intervals at their midpoints, just evaluated."""
         iv = self.intervals
         path, alpha = self.midpoints(chosen)
-        if self.map_aware:
-            self._update_running(chosen, grads)
         middle = self._append_nodes(path, alpha, grads)
+        if self.map_aware:
+            self._update_running(chosen, middle)
         right = iv.right[chosen]
         iv.right[chosen] = middle  # the left half keeps the interval's place, the right half is added
         first_new = len(iv.path)
@@ -153,46 +155,44 @@ class _Refinement:
         iv.error = np.concatenate([iv.error, np.zeros(len(path))])
         iv.bound = np.concatenate([iv.bound, np.zeros(len(path))])
         fresh = np.concatenate([chosen, np.arange(first_new, len(iv.path))])
-        self._update(fresh, scores, grads, np.unique(path))
+        self._update(fresh, scores, len(grads), np.unique(path))
 
     def intervals_per_path(self) -> np.ndarray:
         return np.bincount(self.intervals.path, minlength=self.count)
 
-    def integral(self) -> Tensor:
-        """The trapezoid over each path's (non-uniform) nodes, exactly, from the stored gradients."""
-        return self._trapezoid(self.intervals, self.grads.dtype).to(self.deltas.dtype)
+    def attributions(self) -> Tensor:
+        """The trapezoid over each path's (non-uniform) nodes, exactly, from the stored densities."""
+        return self._trapezoid(self.intervals).to(self.deltas.dtype)
 
-    def _trapezoid(self, iv: _Intervals, dtype: torch.dtype) -> Tensor:
+    def _trapezoid(self, iv: _Intervals) -> Tensor:
         # A node weighs half of each interval it ends. One matrix product rather than a scatter:
         # the same sums in the same order on every device and run.
         half = (self.alpha[iv.right] - self.alpha[iv.left]) / 2
         weights = np.zeros((self.count, self.nodes))
         np.add.at(weights, (iv.path, iv.left), half)
         np.add.at(weights, (iv.path, iv.right), half)
-        grads = self.grads[: self.nodes]
-        summed = _on(grads, weights).to(dtype) @ grads.flatten(1)
-        return summed.view((self.count,) + tuple(grads.shape[1:]))
+        density = self.density[: self.nodes]
+        summed = _on(density, weights).to(density.dtype) @ density.flatten(1)
+        return summed.view((self.count,) + tuple(density.shape[1:]))
 
     def _append_nodes(self, path: np.ndarray, alpha: np.ndarray, grads: Tensor) -> np.ndarray:
         ids = np.arange(self.nodes, self.nodes + len(path))
-        if self.grads is None or ids[-1] >= len(self.grads):
+        if self.density is None or ids[-1] >= len(self.density):
             grown = grads.new_empty((max(len(ids) + self.nodes, 2 * self.nodes),) + tuple(grads.shape[1:]))
-            if self.grads is not None:
-                grown[: self.nodes] = self.grads[: self.nodes]
-            self.grads = grown
-        self.grads[ids[0] : ids[-1] + 1] = grads
+            if self.density is not None:
+                grown[: self.nodes] = self.density[: self.nodes]
+            self.density = grown
+        torch.mul(grads, self.deltas[_on(self.deltas, path)], out=self.density[ids[0] : ids[-1] + 1])
         self.nodes += len(ids)
         self.alpha = np.concatenate([self.alpha, alpha])
         self.node_path = np.concatenate([self.node_path, path])
         return ids
 
-    def _update(self, fresh: np.ndarray, scores: Tensor, grads: Tensor, refining: np.ndarray) -> None:
+    def _update(self, fresh: np.ndarray, scores: Tensor, new_nodes: int, refining: np.ndarray) -> None:
         """Fill the errors (and bounds) of the ``fresh`` intervals and the norms of the ``refining``
         paths, with one transfer from the device for all of them."""
         iv = self.intervals
-        new_nodes = len(grads)
-        path_of = _on(self.deltas, self.node_path[-new_nodes:])
-        slopes = (self.deltas[path_of].double() * grads.double()).flatten(1).sum(1)
+        slopes = self.density[self.nodes - new_nodes : self.nodes].flatten(1).sum(1, dtype=torch.float64)
         parts = [scores.double(), slopes]
         if self.map_aware:
             parts += [self._bounds(iv, fresh).double(), self._norms(refining).double()]
@@ -207,24 +207,23 @@ class _Refinement:
             self.norms[refining] = host[2 * new_nodes + len(fresh):]
 
     def _bounds(self, iv: _Intervals, fresh: np.ndarray) -> Tensor:
-        left, right = _on(self.grads, iv.left[fresh]), _on(self.grads, iv.right[fresh])
-        jumps = self.grads[right] - self.grads[left]
-        jumps *= self.deltas[_on(self.deltas, iv.path[fresh])]
+        left, right = _on(self.density, iv.left[fresh]), _on(self.density, iv.right[fresh])
+        jumps = self.density[right] - self.density[left]
         widths = _on(jumps, (self.alpha[iv.right[fresh]] - self.alpha[iv.left[fresh]]) / 2).to(jumps.dtype)
         # Norms in the tensors' own precision: these set budgets, and float64 copies of whole maps
         # were the largest allocations of a round.
         return jumps.flatten(1).norm(dim=1) * widths
 
     def _norms(self, paths: np.ndarray) -> Tensor:
-        index = _on(self.deltas, paths)
-        return (self.running[index] * self.deltas[index]).flatten(1).norm(dim=1)
+        return self.running[_on(self.running, paths)].flatten(1).norm(dim=1)
 
-    def _update_running(self, chosen: np.ndarray, middle: Tensor) -> None:
-        """The running trapezoid after bisecting [a, b] at m: + (b - a)/2 g(m) - (b - a)/4 (g(a) + g(b))."""
-        iv = self.intervals
+    def _update_running(self, chosen: np.ndarray, middle: np.ndarray) -> None:
+        """The running trapezoid after bisecting [a, b] at m (nodes ``middle``, just added):
+        + (b - a)/2 d(m) - (b - a)/4 (d(a) + d(b)), d the density at a node."""
+        iv, density = self.intervals, self.density
         width = self.alpha[iv.right[chosen]] - self.alpha[iv.left[chosen]]
-        h = _on(middle, width).to(self.running.dtype).view((-1,) + (1,) * (self.running.dim() - 1))
-        change = self.grads[_on(self.grads, iv.left[chosen])]
-        change += self.grads[_on(self.grads, iv.right[chosen])]
-        change.mul_(-h / 4).add_(middle.to(self.running.dtype) * (h / 2))  # in place: fewer large temporaries
+        h = _on(density, width).to(density.dtype).view((-1,) + (1,) * (density.dim() - 1))
+        change = density[_on(density, iv.left[chosen])]
+        change += density[_on(density, iv.right[chosen])]
+        change.mul_(-h / 4).add_(density[_on(density, middle)].mul_(h / 2))  # in place: fewer large temporaries
         self.running.index_add_(0, _on(self.running, iv.path[chosen]), change)

@@ -135,8 +135,7 @@ def explain(
     targets = resolve_targets(f_inputs, target)
     paths, groups = _make_paths(targets, baselines.shape[1], f_inputs, f_baselines, target.kind == "top_k")
     path_integral = _PathIntegral(backend, inputs, flat_baselines, paths, f_inputs.shape[1], batch)
-    steps, evals = path_integral.run(quadrature)
-    attributions = path_integral.attributions()
+    attributions, steps, evals = path_integral.run(quadrature)
     return _combine(groups, paths, attributions, steps, evals, quadrature.tolerance)
 
 
@@ -163,12 +162,12 @@ class _PathIntegral:
         self.deltas = inputs[paths.input_index] - self.starts
         self.integral = torch.zeros_like(self.deltas)
 
-    def run(self, quad: Quadrature) -> tuple[Tensor, Tensor]:
-        """Integrate every path; returns the steps and gradient evaluations each one used."""
+    def run(self, quad: Quadrature) -> tuple[Tensor, Tensor, Tensor]:
+        """Integrate every path; returns the attributions, and the steps and gradient evaluations
+        each path used."""
         if quad.rule is Rule.adaptive:
             delta = self.paths.f_input - self.paths.f_baseline
-            self.integral, steps, evals = integrate_locally(self.evaluate, self.deltas, delta, self.paths.noise, quad)
-            return steps, evals
+            return integrate_locally(self.evaluate, self.deltas, delta, self.paths.noise, quad)
         count = len(self.paths.target)
         steps = torch.zeros(count, dtype=torch.long)
         evals = torch.zeros(count, dtype=torch.long)
@@ -180,12 +179,12 @@ class _PathIntegral:
             evals[active.cpu()] += len(level.alphas)
             steps[active.cpu()] = m
             if quad.steps is not None:
-                return steps, evals
+                return self.attributions(), steps, evals
             converged = _converged(self.attribution_sums(), self.paths, quad.tolerance)
             active = active[~converged[active]]
             refinement = refine(quad.rule, m)
             if len(active) == 0 or refinement.steps > quad.max_steps:
-                return steps, evals
+                return self.attributions(), steps, evals
             self.integral[active] *= refinement.keep
             level, m = refinement.new, refinement.steps
 
@@ -209,14 +208,16 @@ class _PathIntegral:
             batch = slice(start, min(start + self.batch.points, len(path)))
             start = batch.stop
             p, a = path[batch], alpha[batch].to(like.dtype)
-            points = self.starts[p] + a.view(broadcast) * self.deltas[p]
-            rows = torch.arange(len(p), device=like.device)
             size = padded_size(len(p), self.batch.points)
             # Padding rows (copies of the first point) have zero weight: they add nothing to the
             # gradients, and their outputs are cut off.
+            points = like.new_empty((size,) + like.shape[1:])
+            torch.addcmul(self.starts[p], a.view(broadcast), self.deltas[p], out=points[: len(p)])
+            points[len(p):] = points[0]
+            rows = torch.arange(len(p), device=like.device)
             selector = torch.zeros(size, self.classes, dtype=like.dtype, device=like.device)
             selector[rows, self.paths.target[p]] = 1
-            scores, grads = self._scores_and_grads(_pad_rows(points, size), selector)
+            scores, grads = self._scores_and_grads(points, selector)
             yield batch, scores[rows, self.paths.target[p]], grads[: len(p)]
 
     def _scores_and_grads(self, points: Tensor, selector: Tensor) -> tuple[Tensor, Tensor]:
