@@ -93,7 +93,7 @@ def write_config(scratch: Path, depth: int, device: str, size: int, images: list
 def captum_loop(module: torch.nn.Module, job: ImageJob, folder: Path, out: Path) -> tuple[float, dict]:
     device = job.device
     ig = IntegratedGradients(lambda x: torch.softmax(module(x), dim=1))
-    maps, baseline_pixels = {}, None
+    maps = {}
     out.mkdir(parents=True)
     start = time.perf_counter()
     for ref in discover_inputs([str(folder)], (".jpg",)):

@@ -130,7 +130,8 @@ class _Refinement:
         share = np.minimum(np.maximum(1, np.ceil(REFINE_SHARE * intervals)), self.budget - intervals)
         candidates = np.flatnonzero(self.active[iv.path])
         # Path, then worst first, then lower alpha first: the order requests go to the model in.
-        order = candidates[np.lexsort((self.alpha[iv.left[candidates]], -rank_by[candidates], iv.path[candidates]))]
+        keys = (self.alpha[iv.left[candidates]], -rank_by[candidates], iv.path[candidates])  # last key first
+        order = candidates[np.lexsort(keys)]
         paths = iv.path[order]
         rank = np.arange(len(order)) - np.searchsorted(paths, paths)
         return order[rank < share[paths]]

@@ -1,7 +1,6 @@
 """ONNX end to end: gradient graphs from torch and from plain ONNX, run on onnxruntime."""
 import json
 
-import numpy as np
 import onnx
 import pytest
 import torch

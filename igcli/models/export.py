@@ -13,7 +13,6 @@ import re
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 

@@ -10,7 +10,6 @@ import torch
 from torch import Tensor
 
 from ..errors import ModelError, first_line
-from .base import ScoreKind
 from .export import GRADS, INPUT, SCORES, WEIGHTS, GradientGraphInfo
 
 NUMPY_TYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
