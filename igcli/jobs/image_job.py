@@ -26,8 +26,8 @@ MAX_INPUTS_PER_CHUNK = 64
 # padding: a chunk whose first round fills two batches had 4% padding on the sample job against
 # 9% at one batch, and ran 6% faster (benchmarks/RESULTS.md).
 ADAPTIVE_FIRST_ROUND_BATCHES = 2
-# The adaptive rule keeps every evaluated point's gradient until its chunk is done: at ~48 points
-# a path (the sample job averages 22), keep a chunk's gradients within this many bytes.
+# The adaptive rule keeps every evaluated point's gradient (times x - x') until its chunk is done:
+# at ~48 points a path (the sample job averages 22), keep a chunk's within this many bytes.
 ADAPTIVE_GRADIENT_BYTES = 1 << 30
 ADAPTIVE_POINTS_PER_PATH = 48
 
