@@ -44,7 +44,7 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
     refinement = _Refinement(deltas, f_delta, noise, quad)
     path, alpha = refinement.first_points()
     scores, grads = evaluate(_on(deltas, path), _on(deltas, alpha))
-    refinement.start(scores, grads)
+    refinement.start(path, alpha, scores, grads)
     while True:
         chosen = refinement.worst_intervals()
         if len(chosen) == 0:
@@ -85,7 +85,6 @@ class _Refinement:
         self.active = np.ones(self.count, dtype=bool)
         self.norms = np.zeros(self.count)  # ||A|| per path from the running trapezoid (map-aware only)
         self.alpha = np.zeros(0)
-        self.node_path = np.zeros(0, dtype=np.int64)
         self.score = np.zeros(0)
         self.slope = np.zeros(0)
         self.density: Tensor | None = None  # g * (x - x') per node, [capacity, ...]: grows by doubling
@@ -96,10 +95,10 @@ class _Refinement:
         start = self.start_intervals
         return np.repeat(np.arange(self.count), start + 1), np.tile(np.arange(start + 1) / start, self.count)
 
-    def start(self, scores: Tensor, grads: Tensor) -> None:
-        """Take the first, uniform round: every path's nodes k / start and the intervals between."""
+    def start(self, path: np.ndarray, alpha: np.ndarray, scores: Tensor, grads: Tensor) -> None:
+        """Take the first, uniform round (``first_points``): every path's nodes k / start and the
+        intervals between."""
         start, count = self.start_intervals, self.count
-        path, alpha = self.first_points()
         ids = self._append_nodes(path, alpha, grads)
         per_path = ids.reshape(count, start + 1)  # flatten() copies: left and right must not share memory
         self.intervals = _Intervals(np.repeat(np.arange(count), start), per_path[:, :-1].flatten(),
@@ -186,7 +185,6 @@ class _Refinement:
         torch.mul(grads, self.deltas[_on(self.deltas, path)], out=self.density[ids[0] : ids[-1] + 1])
         self.nodes += len(ids)
         self.alpha = np.concatenate([self.alpha, alpha])
-        self.node_path = np.concatenate([self.node_path, path])
         return ids
 
     def _update(self, fresh: np.ndarray, scores: Tensor, new_nodes: int, refining: np.ndarray) -> None:

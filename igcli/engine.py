@@ -160,7 +160,7 @@ class _PathIntegral:
         self.backend, self.paths, self.classes, self.batch = backend, paths, classes, batch
         self.starts = baselines[paths.baseline_row]
         self.deltas = inputs[paths.input_index] - self.starts
-        self.integral = torch.zeros_like(self.deltas)
+        self.integral: Tensor | None = None  # fixed rules' running sum of weighted gradients
 
     def run(self, quad: Quadrature) -> tuple[Tensor, Tensor, Tensor]:
         """Integrate every path; returns the attributions, and the steps and gradient evaluations
@@ -168,6 +168,7 @@ class _PathIntegral:
         if quad.rule is Rule.adaptive:
             delta = self.paths.f_input - self.paths.f_baseline
             return integrate_locally(self.evaluate, self.deltas, delta, self.paths.noise, quad)
+        self.integral = torch.zeros_like(self.deltas)
         count = len(self.paths.target)
         steps = torch.zeros(count, dtype=torch.long)
         evals = torch.zeros(count, dtype=torch.long)
@@ -201,7 +202,7 @@ class _PathIntegral:
 
     def evaluate_batches(self, path: Tensor, alpha: Tensor) -> Iterator[tuple[slice, Tensor, Tensor]]:
         """For points (path[i], alpha[i]), ``batch_size`` at a time: (slice, F_target, dF_target/dx)."""
-        like = self.integral
+        like = self.deltas
         broadcast = (-1,) + (1,) * (like.dim() - 1)
         start = 0
         while start < len(path):

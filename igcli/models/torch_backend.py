@@ -75,6 +75,7 @@ class TorchBackend:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=precision.torch_dtype)
 
+
 def set_eval(module: nn.Module) -> None:
     """Eval mode (dropout off, batch-norm statistics frozen) for any module kind."""
     # Exported programs' modules refuse .eval(); they were exported in eval mode already.
