@@ -14,7 +14,9 @@ import torch
 from click.testing import CliRunner
 
 from igcli.cli import main
+from igcli.config import load_config
 from igcli.engine import BatchSize, Quadrature, TargetSpec, explain
+from igcli.jobs.image_job import _inputs_per_chunk
 from igcli.outputs import report as report_module
 from igcli.outputs import writer as writer_module
 from igcli.quadrature import Rule
@@ -23,8 +25,14 @@ from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA
 from .nets import backend, small_cnn
 
 IMAGES = sorted((SAMPLE_DATA / "images").glob("*.png"))
-# Slow enough per input (256 fixed steps, 2 inputs per chunk) that a run can be stopped midway.
+# Slow enough per input (256 steps, batches of 16) that a run can be stopped midway.
 SLOW = ["--steps", "256", "--batch-size", "16"]
+
+
+def slow_chunk() -> int:
+    """Inputs per chunk under SLOW: --resume reuses whole chunks only, so a kill must come after one."""
+    sets = [("steps=256", "--set"), ("batch_size=16", "--set")]
+    return _inputs_per_chunk(load_config(DIGITS_CONFIG, sets))
 
 
 def run(*args):
@@ -121,16 +129,18 @@ def test_kill_9_then_resume_writes_the_same_tree_as_an_uninterrupted_run(tmp_pat
     folder = many_images(tmp_path / "images", 3)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert run("explain", "-c", DIGITS_CONFIG, folder, "-o", whole, *SLOW).exit_code == 0
+    chunk = slow_chunk()
+    assert 2 <= chunk <= 12
     process = start(folder, killed)
-    wait_for_records(process, killed, 6)
+    wait_for_records(process, killed, chunk + 1)  # the first chunk is whole
     process.send_signal(signal.SIGKILL)
     process.wait()
     written = (killed / "results.jsonl").read_text()
-    assert 6 <= written.count("\n") < 36, "the kill came too late to test anything"
+    assert chunk < written.count("\n") < 36, "the kill came too late to test anything"
     for line in written.splitlines():
         json.loads(line)  # no torn line
     result = run("explain", "-c", DIGITS_CONFIG, folder, "-o", killed, *SLOW, "--resume")
-    assert result.exit_code == 0 and totals(killed)["reused"] >= 2
+    assert result.exit_code == 0 and totals(killed)["reused"] >= chunk
     assert not list(killed.rglob(".*.tmp"))
     assert tree(killed) == tree(whole)
 
