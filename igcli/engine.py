@@ -192,8 +192,8 @@ class _PathIntegral:
     def accumulate(self, active: Tensor, alphas, weights) -> None:
         """integral[p] += sum_j weights[j] * dF_target(x'_p + alphas[j] (x_p - x'_p)) / dx."""
         like = self.integral
-        alphas = torch.as_tensor(alphas, dtype=like.dtype, device=like.device)
-        weights = torch.as_tensor(weights, dtype=like.dtype, device=like.device)
+        alphas = torch.tensor(alphas, dtype=like.dtype, device=like.device)  # a copy: cached tables are read-only
+        weights = torch.tensor(weights, dtype=like.dtype, device=like.device)
         path = active.repeat_interleave(len(alphas))
         point_weights = weights.repeat(len(active))
         broadcast = (-1,) + (1,) * (like.dim() - 1)

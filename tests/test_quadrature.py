@@ -71,3 +71,13 @@ def test_nested_rules_only_add_new_points(rule, new_points):
 def test_gauss_legendre_does_not_nest_so_refinement_starts_over():
     step = refine(Rule.gausslegendre, 8)
     assert step.keep == 0 and len(step.new.alphas) == 16
+
+
+def test_tables_are_shared_and_read_only():
+    # nodes() is cached, so a caller writing into a table would change every later run's rule.
+    table = nodes(Rule.gausslegendre, 7)
+    assert nodes(Rule.gausslegendre, 7) is table
+    with pytest.raises(ValueError):
+        table.alphas[0] = 0.5
+    with pytest.raises(ValueError):
+        table.weights *= 2
