@@ -120,6 +120,82 @@ def test_image_baselines_are_refused_for_text(tmp_path):
     assert result.exit_code == 2 and "does not apply to text inputs" in result.stderr
 
 
+ID_AWARE_MODEL = """
+import torch
+from torch import nn
+
+
+class IdAware(nn.Module):
+    \"\"\"Reads the ids twice: through `embed` (attributed) and through a per-token bias (not), so
+    a row that met another document's ids would score differently. Refuses token POISON.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(600, 8)
+        self.bias = nn.Embedding(600, 4)
+        self.out = nn.Linear(8, 4)
+
+    def forward(self, ids, mask):
+        if (ids == POISON).any():
+            raise RuntimeError("poisoned token")
+        return self.out(torch.tanh(self.embed(ids)).mean(1)) + 3 * self.bias(ids).mean(1)
+
+
+def build():
+    return IdAware()
+"""
+
+
+def id_aware_job(tmp_path: Path, poison: str | None):
+    from igcli.jobs.text_job import TextJob
+
+    tokenizer = load_text_model(load_config(QUESTIONS_CONFIG), CPU).tokenizer
+    source = tmp_path / "id_aware.py"
+    poison_id = -1 if poison is None else tokenizer.token_id(poison)
+    source.write_text(ID_AWARE_MODEL.replace("POISON", str(poison_id)), encoding="utf-8")
+    sets = ["model.path=null", f"model.factory={source}:build", "method=gausslegendre", "steps=50",
+            "device=cpu"]
+    return TextJob(load_config(QUESTIONS_CONFIG, [(text, "--set") for text in sets]))
+
+
+def documents(job, folder: Path, texts: list[str]):
+    """The job's samples of ``texts``, each written to a file in ``folder``."""
+    from igcli.inputs.discover import InputRef
+
+    samples = []
+    for number, text in enumerate(texts):
+        path = folder / f"{number}.txt"
+        path.write_text(text, encoding="utf-8")
+        samples.append(next(job.read([InputRef(path, path.name)])))
+    return samples
+
+
+def test_documents_batched_together_each_match_captum_alone(tmp_path):
+    job = id_aware_job(tmp_path, None)
+    samples = documents(job, tmp_path, ["who was shakespeare ?", "when was einstein born ?", "who wrote hamlet ?",
+                                        "where is paris ?", "what is the moon made of ?", "how old is paris ?"])
+    lengths = [len(sample.ids) for sample in samples]
+    assert max(lengths.count(length) for length in lengths) >= 3  # some documents share a batch
+    module = job.model.module
+    lig = LayerIntegratedGradients(lambda ids, mask: torch.softmax(module(ids, mask), dim=1), module.embed)
+    for sample, (record,) in zip(samples, job.explain(samples)):
+        base_ids = text_baseline_ids(sample.ids, torch.tensor(sample.special), job.fill_id)
+        theirs = lig.attribute(sample.ids[None], baselines=base_ids[None], target=record.target,
+                               additional_forward_args=(sample.mask[None],))[0]
+        assert float((record.attributions - theirs).abs().max() / theirs.abs().max()) <= 1e-5, sample.source
+
+
+def test_a_document_the_model_refuses_fails_alone_in_its_batch(tmp_path):
+    job = id_aware_job(tmp_path, "hamlet")
+    samples = documents(job, tmp_path, ["who was shakespeare ?", "who wrote hamlet ?", "who was einstein ?"])
+    assert len({len(sample.ids) for sample in samples}) == 1  # one batch
+    (a,), (b,), (c,) = job.explain(samples)
+    assert b.message == f"{tmp_path / '1.txt'}: model failed (poisoned token)"
+    ((a_alone,),), ((c_alone,),) = job.explain([samples[0]]), job.explain([samples[2]])
+    assert torch.equal(a.attributions, a_alone.attributions) and torch.equal(c.attributions, c_alone.attributions)
+
+
 def tiny_bert(folder: Path) -> None:
     """A 2-layer BERT with random (seeded) weights and a locally built WordPiece tokenizer."""
     from tokenizers.implementations import BertWordPieceTokenizer

@@ -1,7 +1,9 @@
-"""Text: tokenize, embed, and run IG on the embeddings, one document per engine call.
+"""Text: tokenize, embed, and run IG on the embeddings.
 
-Each document keeps its own token ids and mask (the model needs them beside the embeddings), so
-documents are explained one at a time, with their path points batched together.
+Documents of the same length go through the engine together, their path points sharing batches:
+one short document's points would fill a fraction of a batch, and a call of a small model costs
+about as much at 32 points as at 128. Each row still meets its own document's ids and mask (the
+model needs them beside the embeddings; see models.text_model.DocumentRows).
 """
 from __future__ import annotations
 
@@ -19,14 +21,16 @@ from ..inputs.discover import InputRef
 from ..inputs.text import TextDocument, read_documents
 from ..models.loading import load_module, resolve_device
 from ..models.onnx_text import GraphTextModel, onnx_text_model
-from ..models.text_model import TextModel, huggingface_text_model, torch_text_model
+from ..models.text_model import TextModel, huggingface_text_model, tagged, torch_text_model
 from ..models.tokenizer import TextTokenizer
 from ..records import Attribution, Failure, TextSample
 from .common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
 
 
 class TextJob:
-    chunk_size = 8
+    # Documents of one length share batches (see explain), so a chunk holds enough of them to fill
+    # batches on short texts; texts are small in memory.
+    chunk_size = 64
 
     def __init__(self, config: Config):
         self.config = config
@@ -73,29 +77,49 @@ class TextJob:
         check_classes(classes, self.labels, self.target)
 
     def explain(self, samples: list[TextSample]) -> list[list[Attribution | Failure]]:
-        results = []
-        for sample in samples:
-            clock = time.perf_counter()
-            try:
-                explanations = self._explain_one(sample)
-            except MODEL_FAILURES as error:
-                results.append([model_failure(sample, error)])
-                continue
-            seconds = (time.perf_counter() - clock) / len(explanations)
-            results.append([to_record(sample, e, self.config, self.labels, seconds, self._details(sample, e))
-                            for e in explanations])
+        results: list[list[Attribution | Failure]] = [[] for _ in samples]
+        by_length: dict[int, list[int]] = {}
+        for index, sample in enumerate(samples):
+            by_length.setdefault(len(sample.ids), []).append(index)
+        for indices in by_length.values():
+            self._explain_group([samples[i] for i in indices], [results[i] for i in indices])
         return results
 
-    def _explain_one(self, sample: TextSample) -> list[Explanation]:
-        embeddings = self.model.embed(sample.ids)
+    def _explain_group(self, group: list[TextSample], results: list[list[Attribution | Failure]]) -> None:
+        """Documents of one length, their path points batched together; where the model fails on
+        the group, each document again alone, so that only the one it fails on is lost."""
+        clock = time.perf_counter()
+        try:
+            explanations = self._explain_same_length(group)
+        except MODEL_FAILURES as error:
+            if len(group) == 1:
+                results[0].append(model_failure(group[0], error))
+                return
+            for sample, result in zip(group, results):
+                self._explain_group([sample], [result])
+            return
+        seconds = (time.perf_counter() - clock) / len(explanations)
+        for e in explanations:
+            sample = group[e.input_index]
+            results[e.input_index].append(to_record(sample, e, self.config, self.labels, seconds,
+                                                    self._details(sample, e)))
+
+    def _explain_same_length(self, group: list[TextSample]) -> list[Explanation]:
+        ids = torch.stack([sample.ids for sample in group])
+        embeddings = torch.stack([self.model.embed(sample.ids) for sample in group])
         if self.fill_id is None:
-            baseline = torch.zeros_like(embeddings)
+            baselines = torch.zeros_like(embeddings)
         else:
-            special = torch.tensor(sample.special, dtype=torch.bool)
-            baseline = self.model.embed(text_baseline_ids(sample.ids, special, self.fill_id))
-        backend = self.model.backend_for(sample.ids, sample.mask)
-        return explain(backend, embeddings[None], baseline[None, None], self.target, self.quadrature,
-                       self.batch)
+            baselines = torch.stack([self.model.embed(self._baseline_ids(sample)) for sample in group])
+        backend = self.model.documents_backend(ids, torch.stack([sample.mask for sample in group]))
+        explanations = explain(backend, tagged(embeddings), tagged(baselines)[:, None], self.target,
+                               self.quadrature, self.batch)
+        for e in explanations:
+            e.attributions = e.attributions[..., :-1].contiguous()  # the tag's attribution is exactly 0
+        return explanations
+
+    def _baseline_ids(self, sample: TextSample) -> torch.Tensor:
+        return text_baseline_ids(sample.ids, torch.tensor(sample.special, dtype=torch.bool), self.fill_id)
 
     def _details(self, sample: TextSample, e: Explanation) -> dict[str, Any]:
         scores = e.attributions.double().sum(-1).tolist()  # per token: summed over the embedding

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, ModelError
 from .base import Backend, Precision, ScoreKind
 from .onnx_source import INTEGER_TYPES, graph_inputs, onnx_to_torch, read_onnx
+from .text_model import DocumentRows, OneDocument
 from .tokenizer import TextTokenizer
 from .torch_backend import TorchBackend
 
@@ -45,18 +46,19 @@ class GraphTextModel:
             probe = torch.zeros(1, ids.shape[1], self.width, device=self.device)  # unused by the second output
             return self.run(ids, torch.ones_like(ids), probe)[1][0].detach()
 
+    def with_embeddings(self, ids: Tensor, mask: Tensor, embeddings: Tensor) -> Tensor:
+        """The graph's output for [B, L] ``ids`` and ``mask`` with ``embeddings`` in place of the cut tensor."""
+        return self.run(ids, mask, embeddings)[0]
+
     def backend_for(self, ids: Tensor, mask: Tensor) -> Backend:
-        return TorchBackend(_WithEmbeddings(self, ids.to(self.device)[None], mask.to(self.device)[None]),
+        """A Backend whose inputs are [B, L, D] embeddings of this one document."""
+        return TorchBackend(OneDocument(self, ids.to(self.device)[None], mask.to(self.device)[None]),
                             self.score, self.device, self.precision)
 
-
-class _WithEmbeddings(nn.Module):
-    def __init__(self, model: GraphTextModel, ids: Tensor, mask: Tensor):
-        super().__init__()
-        self.inner, self.text_model, self.ids, self.mask = model.module, model, ids, mask
-
-    def forward(self, embeddings: Tensor) -> Tensor:
-        return self.text_model.run(self.ids, self.mask, embeddings)[0]
+    def documents_backend(self, ids: Tensor, masks: Tensor) -> Backend:
+        """A Backend for [B, L, D + 1] tagged embeddings of these [N, L] documents (see DocumentRows)."""
+        return TorchBackend(DocumentRows(self, ids.to(self.device), masks.to(self.device)), self.score, self.device,
+                            self.precision)
 
 
 def onnx_text_model(path: Path, tensor: str | None, tokenizer: TextTokenizer, score: ScoreKind,

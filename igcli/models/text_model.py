@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -41,24 +41,69 @@ class TextModel:
         with torch.no_grad():
             return self.embedding(ids.to(self.device)[None])[0].detach()
 
+    def with_embeddings(self, ids: Tensor, mask: Tensor, embeddings: Tensor) -> Tensor:
+        """The model's output for [B, L] ``ids`` and ``mask`` with ``embeddings`` [B, L, D] in place
+        of its embedding layer's."""
+        self._override = embeddings
+        try:
+            return self.call(self.module, ids, mask)
+        finally:
+            self._override = None
+
     def backend_for(self, ids: Tensor, mask: Tensor) -> Backend:
         """A Backend whose inputs are [B, L, D] embeddings of this one document."""
-        return TorchBackend(_WithEmbeddings(self, ids.to(self.device), mask.to(self.device)), self.score, self.device,
+        return TorchBackend(OneDocument(self, ids.to(self.device), mask.to(self.device)), self.score, self.device,
+                            self.precision)
+
+    def documents_backend(self, ids: Tensor, masks: Tensor) -> Backend:
+        """A Backend for [B, L, D + 1] embeddings of these [N, L] documents, each row tagged (see
+        DocumentRows)."""
+        return TorchBackend(DocumentRows(self, ids.to(self.device), masks.to(self.device)), self.score, self.device,
                             self.precision)
 
 
-class _WithEmbeddings(nn.Module):
-    def __init__(self, model: TextModel, ids: Tensor, mask: Tensor):
+class EmbeddingModel(Protocol):
+    module: nn.Module
+
+    def with_embeddings(self, ids: Tensor, mask: Tensor, embeddings: Tensor) -> Tensor: ...
+
+
+class OneDocument(nn.Module):
+    """The model as a function of one document's embeddings (ids and mask repeated per row)."""
+
+    def __init__(self, model: EmbeddingModel, ids: Tensor, mask: Tensor):
         super().__init__()
-        self.inner, self.text_model, self.ids, self.mask = model.module, model, ids, mask
+        self.inner, self.model, self.ids, self.mask = model.module, model, ids, mask
 
     def forward(self, embeddings: Tensor) -> Tensor:
         batch = len(embeddings)
-        self.text_model._override = embeddings
-        try:
-            return self.text_model.call(self.inner, self.ids.expand(batch, -1), self.mask.expand(batch, -1))
-        finally:
-            self.text_model._override = None
+        return self.model.with_embeddings(self.ids.expand(batch, -1), self.mask.expand(batch, -1), embeddings)
+
+
+class DocumentRows(nn.Module):
+    """The model as a function of the embeddings of several documents of one length.
+
+    A batch mixes rows of different documents, and the model needs each row's own ids and mask
+    beside its embeddings, while the engine passes embeddings alone. So each document's input and
+    baseline embeddings carry one more feature, the document's index (``tagged``): equal at both
+    ends of the path, it stays exact at every path point, and its attribution, (x - x') * g, is 0.
+    """
+
+    def __init__(self, model: EmbeddingModel, ids: Tensor, masks: Tensor):
+        super().__init__()
+        self.inner, self.model, self.ids, self.masks = model.module, model, ids, masks
+
+    def forward(self, tagged: Tensor) -> Tensor:
+        rows = tagged[:, 0, -1].long()
+        return self.model.with_embeddings(self.ids[rows], self.masks[rows], tagged[..., :-1])
+
+
+def tagged(embeddings: Tensor) -> Tensor:
+    """[N, ..., L, D] embeddings of N documents -> [N, ..., L, D + 1], the last feature each row's
+    document index (for DocumentRows)."""
+    index = torch.arange(len(embeddings), dtype=embeddings.dtype, device=embeddings.device)
+    index = index.view((-1,) + (1,) * (embeddings.dim() - 1)).expand(embeddings.shape[:-1] + (1,))
+    return torch.cat([embeddings, index], dim=-1)
 
 
 def torch_text_model(module: nn.Module, embedding_layer: str | None, tokenizer: TextTokenizer, score: ScoreKind,
