@@ -39,6 +39,7 @@ from igcli.jobs.image_job import ImageJob
 from igcli.outputs.heatmap import render_overlay, signed_map
 from igcli.quadrature import Rule
 from igcli.run import explain_inputs
+from comparison import print_table, run_with_maps
 from variants import applied, overrides, threads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,31 +126,16 @@ def main() -> None:
                     start = time.perf_counter()
                     explain_inputs(config, [str(scratch / "images")], scratch / f"igcli{index}-{repeat}")
                     times[variant].append(time.perf_counter() - start)
-        results = {variant: _with_maps(configured(variant, "npy"), scratch, f"maps{index}")
+        results = {variant: run_with_maps(configured(variant, "npy"), scratch / "images", scratch / f"maps{index}")
                    for index, variant in enumerate(variants)}
-    captum_seconds = statistics.median(times["captum"])
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.images} images, medians of {args.repeats} alternating runs, igcli overrides: "
           f"{' '.join(args.sets) or 'none'} (igcli's time includes loading the model)")
-    print("| run | images/s | vs captum | gradient evals/image | completeness error | map error, max pixel "
-          "| map error, L2 |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| captum loop (GL, 50 steps) | {args.images / captum_seconds:.1f} | 1.00x | 50 | "
-          + " | ".join(f"{v:.2e}" for v in accuracy(captum_maps, reference)) + " |")
-    for variant, (maps, evals, summary) in results.items():
-        seconds = statistics.median(times[variant])
-        name = variant or f"{configs[variant].method.value}, tol {configs[variant].tolerance}"
-        print(f"| igcli explain ({name}) | {args.images / seconds:.1f} | {captum_seconds / seconds:.2f}x | "
-              f"{evals:.1f} | " + " | ".join(f"{v:.2e}" for v in accuracy(maps, reference))
-              + f" |{'' if summary.failed == 0 else f' ({summary.failed} failed)'}")
-
-
-def _with_maps(config, scratch: Path, name: str) -> tuple[dict[str, np.ndarray], float, object]:
-    """One more, untimed run that also saves the .npy attributions: maps, mean evaluations, summary."""
-    summary = explain_inputs(config, [str(scratch / "images")], scratch / name)
-    rows = [json.loads(line) for line in (scratch / name / "results.jsonl").read_text().splitlines()]
-    maps = {Path(r["input"]).name: np.load(scratch / name / r["outputs"]["attributions"]) for r in rows}
-    return maps, statistics.mean(r["gradient_evals"] for r in rows), summary
+    rows = [(variant or f"{configs[variant].method.value}, tol {configs[variant].tolerance}",
+             statistics.median(times[variant]), evals, accuracy(maps, reference), summary.failed)
+            for variant, (maps, evals, summary) in results.items()]
+    print_table("image", "pixel", args.images, statistics.median(times["captum"]), accuracy(captum_maps, reference),
+                rows)
 
 
 if __name__ == "__main__":
