@@ -93,9 +93,9 @@ class DocumentRows(nn.Module):
         super().__init__()
         self.inner, self.model, self.ids, self.masks = model.module, model, ids, masks
 
-    def forward(self, tagged: Tensor) -> Tensor:
-        rows = tagged[:, 0, -1].long()
-        return self.model.with_embeddings(self.ids[rows], self.masks[rows], tagged[..., :-1])
+    def forward(self, embeddings: Tensor) -> Tensor:
+        rows = embeddings[:, 0, -1].long()  # each row's document, from its tag
+        return self.model.with_embeddings(self.ids[rows], self.masks[rows], embeddings[..., :-1])
 
 
 def tagged(embeddings: Tensor) -> Tensor:
