@@ -220,6 +220,7 @@ def test_hugging_face_model_from_a_local_folder(tmp_path, monkeypatch):
     texts.mkdir()
     (texts / "one.txt").write_text("the movie was not very good !", encoding="utf-8")
     (texts / "two.txt").write_text("a great film , the cats sat on the mat .", encoding="utf-8")
+    (texts / "three.txt").write_text("the film was not very bad !", encoding="utf-8")  # batched with one.txt
     config = tmp_path / "hf.yaml"
     config.write_text("model: {path: bert, score: softmax}\ninput: {kind: text}\nbaseline: {kind: pad}\n"
                       "target: {top_k: 2}\ntolerance: 0.005\n", encoding="utf-8")
@@ -227,14 +228,15 @@ def test_hugging_face_model_from_a_local_folder(tmp_path, monkeypatch):
     result = run("explain", "-c", config, texts, "-o", out)
     assert result.exit_code == 0, result.output
     rows = records(out)
-    assert [(r["relpath"], r["target"]["rank"]) for r in rows] == [("one.txt", 1), ("one.txt", 2),
-                                                                    ("two.txt", 1), ("two.txt", 2)]
+    assert [(r["relpath"], r["target"]["rank"]) for r in rows] == [
+        ("one.txt", 1), ("one.txt", 2), ("three.txt", 1), ("three.txt", 2), ("two.txt", 1), ("two.txt", 2)]
     assert {r["target"]["label"] for r in rows} == {"negative", "positive"}  # labels from the model's config
     for row in rows:
         assert row["completeness"]["rel_error"] <= 0.005
-        assert [t["token"] for t in row["tokens"]][:2] == ["[CLS]", "the" if row["relpath"] == "one.txt" else "a"]
+        assert [t["token"] for t in row["tokens"]][:2] == ["[CLS]", "a" if row["relpath"] == "two.txt" else "the"]
         assert row["tokens"][-1]["token"] == "[SEP]"
-    words = [w["word"] for w in rows[2]["words"]]
+    assert len(rows[0]["tokens"]) == len(rows[2]["tokens"]) != len(rows[4]["tokens"])
+    words = [w["word"] for w in rows[4]["words"]]
     assert "cats" in words  # "cat" + "##s" merged back into the word
 
 
