@@ -30,7 +30,7 @@ class ModelSection(Section):
     score: ScoreKind = ScoreKind.softmax
     labels: Path | None = None  # one label per line, line i = class i
     trust_pickle: bool = False  # allow a fully pickled nn.Module (runs code from the file)
-    backend: Literal["auto", "torch", "onnxruntime"] = "auto"  # auto: onnxruntime for .onnx, else torch
+    backend: Literal["auto", "torch", "onnxruntime"] = "auto"  # auto: see models.loading.load_model
     tokenizer: Path | None = None  # text: tokenizer.json or vocab.txt (HF folders bring their own)
     embedding_layer: str | None = None  # text: the embedding module (torch), or embedding tensor (ONNX)
     threads: int = Field(0, ge=0)  # intra-op threads for torch / onnxruntime; 0 = their default

@@ -1,4 +1,4 @@
-"""ONNX end to end: gradient graphs from torch and from plain ONNX, run on onnxruntime."""
+"""ONNX end to end: gradient graphs from torch and from plain ONNX on onnxruntime, converted graphs on torch."""
 import json
 
 import onnx
@@ -14,6 +14,7 @@ from igcli.models.base import ScoreKind
 from igcli.models.export import read_info
 from igcli.models.loading import build_gradient_graph, load_model
 from igcli.models.onnx_backend import OnnxRuntimeBackend
+from igcli.models.torch_backend import TorchBackend
 from igcli.quadrature import Rule
 
 from .conftest import DIGITS_CONFIG, SAMPLE_DATA, needs_maxpool_export
@@ -38,8 +39,8 @@ def test_opset11_cnn_with_constant_weights_ig_on_onnxruntime_equals_torch(tmp_pa
     path = tmp_path / "vendor.onnx"
     onnx.save(opset11_cnn(), path)
     x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    on_ort = ig(load_model(path, None, "logits", CPU), x)
-    on_torch = ig(load_model(path, None, "logits", CPU, backend="torch"), x)
+    on_ort = ig(load_model(path, None, "logits", CPU, backend="onnxruntime"), x)
+    on_torch = ig(load_model(path, None, "logits", CPU), x)  # auto: a free batch axis runs on torch
     for a, b in zip(on_ort, on_torch):
         assert a.target == b.target
         assert float((a.attributions - b.attributions).abs().max() / b.attributions.abs().max()) <= 1e-4
@@ -100,14 +101,28 @@ def test_token_id_inputs_point_to_text_support(tmp_path):
         load_model(path, None, "logits", CPU)
 
 
-def test_free_spatial_dims_need_a_configured_size(tmp_path):
+def test_free_spatial_dims_need_a_configured_size_for_a_gradient_graph(tmp_path):
     model = single_op_model("Relu", ("H", "W"))
     path = tmp_path / "free.onnx"
     onnx.save(model, path)
     with pytest.raises(ModelError, match="set input.resize"):
-        load_model(path, None, "logits", CPU)
-    backend = load_model(path, None, "logits", CPU, input_shape=(3, 5))
+        load_model(path, None, "logits", CPU, backend="onnxruntime")
+    backend = load_model(path, None, "logits", CPU, backend="onnxruntime", input_shape=(3, 5))
     assert backend.scores(torch.ones(2, 3, 5)).shape == (2, 15)
+    # On torch (the default for a free batch axis) the converted graph takes any size.
+    assert load_model(path, None, "logits", CPU).scores(torch.ones(2, 4, 6)).shape == (2, 24)
+
+
+@needs_maxpool_export
+def test_auto_backend_runs_free_batch_onnx_on_torch_and_the_rest_on_onnxruntime(tmp_path):
+    assert isinstance(load_model(MODELS / "digits_cnn.onnx", None, "softmax", CPU), TorchBackend)
+    graph, _ = build_gradient_graph(MODELS / "digits_cnn.pt2", None, ScoreKind.softmax)
+    onnx.save(graph, tmp_path / "digits.grad.onnx")
+    assert isinstance(load_model(tmp_path / "digits.grad.onnx", None, "softmax", CPU), OnnxRuntimeBackend)
+    fixed = single_op_model("Tanh", (4,))
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3
+    onnx.save(fixed, tmp_path / "fixed.onnx")
+    assert isinstance(load_model(tmp_path / "fixed.onnx", None, "logits", CPU), OnnxRuntimeBackend)
 
 
 @needs_maxpool_export
@@ -132,15 +147,19 @@ def test_cli_export_inspect_and_explain_on_onnx(tmp_path):
     assert plain["unsupported_ops"] == {} and plain["inputs"][0]["shape"][1:] == [1, 32, 32]
 
     outputs = {}
-    for name, model in (("grad", grad), ("plain", MODELS / "digits_cnn.onnx")):
+    runs = {"grad": (grad, "auto"), "plain": (MODELS / "digits_cnn.onnx", "onnxruntime"),
+            "plain on torch": (MODELS / "digits_cnn.onnx", "auto")}
+    for name, (model, backend) in runs.items():
         out = tmp_path / name
         result = runner.invoke(main, ["explain", "-c", str(DIGITS_CONFIG), str(SAMPLE_DATA / "images"), "-o", str(out),
-                                      "--model", str(model), "--set", "model.score=logits", "--steps", "32", "-q"])
+                                      "--model", str(model), "--set", "model.score=logits", "--steps", "32", "-q",
+                                      "--set", f"model.backend={backend}"])
         assert result.exit_code == 0, result.output
         outputs[name] = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(outputs["grad"]) == 12
-    for a, b in zip(outputs["grad"], outputs["plain"]):
+    for a, b, c in zip(outputs["grad"], outputs["plain"], outputs["plain on torch"]):
         assert a["score"] == "logits" and a["attribution_sum"] == pytest.approx(b["attribution_sum"], rel=1e-5)
+        assert c["attribution_sum"] == pytest.approx(b["attribution_sum"], rel=1e-5)
         assert a["attribution_sum"] == pytest.approx(a["f_input"] - a["f_baseline"], rel=0.05)
     assert list((tmp_path / "cache" / "gradient-graphs").glob("digits_cnn-*.grad.onnx"))  # built once, cached
 

@@ -50,9 +50,12 @@ def load_model(
 ) -> Backend:
     """Load the model and wrap it in the backend that runs it.
 
-    ``backend`` auto runs ONNX files on onnxruntime and torch models on torch; onnxruntime for a
-    torch model, or for a plain ONNX model, first builds an igcli gradient graph (cached by model
-    hash), which needs ``input_shape`` (without the batch axis) unless the model fixes it.
+    ``backend`` auto runs torch models, and plain ONNX models whose batch axis is free (converted
+    to torch), on torch, and gradient graphs and ONNX models fixed to one batch size on
+    onnxruntime: on the CPU a converted ONNX model's forward + input gradient ran at twice the
+    rate of its gradient graph on onnxruntime (benchmarks/RESULTS.md). onnxruntime for a torch
+    model, or for a plain ONNX model, first builds an igcli gradient graph (cached by model hash),
+    which needs ``input_shape`` (without the batch axis) unless the model fixes it.
     ``precision`` below float32 needs the torch backend (autocast is torch's).
     """
     if path is not None and not path.exists():
@@ -60,9 +63,8 @@ def load_model(
     if threads > 0:
         torch.set_num_threads(threads)
     onnx_file = path is not None and factory is None and path.suffix.lower() == ".onnx"
-    if Precision(precision) is not Precision.float32 and (backend == "onnxruntime" or onnx_file and backend != "torch"):
-        raise ModelError(f"model.precision {Precision(precision).value} runs on the torch backend only; set "
-                         "model.backend: torch (plain ONNX files run there too) or model.precision: float32")
+    if backend == "onnxruntime":
+        _require_float32(precision)
     if onnx_file:
         return _load_onnx(path, ScoreKind(score), device, backend, threads, input_shape, precision)
     module = load_module(path, factory, trust_pickle)
@@ -94,11 +96,13 @@ def _load_onnx(path: Path, score: ScoreKind, device: torch.device, backend: str,
         if info.score is not score:
             raise ModelError(f"{path}: exported with score '{info.score.value}' but model.score is "
                              f"'{score.value}'; set model.score: {info.score.value} or export again with --score")
+        _require_float32(precision)
         return OnnxRuntimeBackend(model.SerializeToString(), info, device, threads)
     spec = check_differentiable_input(model, path)
     _warn_double_softmax(model, path, score)
-    if backend == "torch":
+    if backend == "torch" or backend == "auto" and not _fixed_batch(spec):
         return TorchBackend(onnx_to_torch(model, path), score, device, precision)
+    _require_float32(precision)
     shape, fixed_batch = resolve_input_shape(spec, input_shape, path)
     graph = cached_gradient_graph(path, score, shape, lambda: onnx_to_torch(model, path), "", fixed_batch)
     return OnnxRuntimeBackend(graph.SerializeToString(), read_info(graph), device, threads)
@@ -109,6 +113,17 @@ def _warn_double_softmax(model, path: Path, score: ScoreKind) -> None:
     if score is ScoreKind.softmax and producers.get(model.graph.output[0].name) in ("Softmax", "Sigmoid"):
         log.warning("%s already ends in %s, and model.score softmax applies another; set model.score: logits "
                     "to attribute the model's own probabilities", path, producers[model.graph.output[0].name])
+
+
+def _fixed_batch(spec: TensorSpec) -> bool:
+    batch = spec.shape[0] if spec.shape else None
+    return isinstance(batch, int) and batch > 0
+
+
+def _require_float32(precision: Precision) -> None:
+    if Precision(precision) is not Precision.float32:
+        raise ModelError(f"model.precision {Precision(precision).value} runs on the torch backend only; set "
+                         "model.backend: torch (plain ONNX files run there too) or model.precision: float32")
 
 
 def resolve_input_shape(spec: TensorSpec, configured: tuple[int, ...] | None, path: Path):

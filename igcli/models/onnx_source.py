@@ -78,11 +78,12 @@ def check_differentiable_input(model, path: Path) -> TensorSpec:
 
 
 def require(module: str):
-    """Import an optional dependency of gradient-graph building, or say how to install it."""
+    """Import an optional dependency of differentiating ONNX models, or say how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ModelError(f"building gradient graphs needs {module}: pip install 'igcli[onnx]'") from None
+        raise ModelError(f"differentiating ONNX models (or building gradient graphs) needs {module}: "
+                         "pip install 'igcli[onnx]'") from None
 
 
 def unsupported_ops(model) -> list[tuple[str, list[str]]]:
