@@ -282,6 +282,7 @@ def manifest(config: Config, job: Job, summary: RunSummary, started: datetime, s
         "started": started.isoformat(timespec="seconds"),
         "finished": None if state == "running" else datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(job.device),
+        "runtime": job.runtime,
         "versions": versions(),
         "config": resolved(config),
         "totals": summary.to_json(),

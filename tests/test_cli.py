@@ -42,6 +42,7 @@ def test_explain_sample_data_end_to_end(sample_tree, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["totals"]["records"] == len(SAMPLE_NAMES) and manifest["totals"]["failed"] == 0
     assert manifest["config"]["method"] == "adaptive" and manifest["device"] == DEVICE_AUTO
+    assert manifest["runtime"] == "torch"
     assert "max relative completeness error" in result.stderr
 
 

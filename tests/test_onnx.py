@@ -156,6 +156,8 @@ def test_cli_export_inspect_and_explain_on_onnx(tmp_path):
                                       "--set", f"model.backend={backend}"])
         assert result.exit_code == 0, result.output
         outputs[name] = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        expected = "torch" if name == "plain on torch" else "onnxruntime"
+        assert json.loads((out / "manifest.json").read_text())["runtime"] == expected
     assert len(outputs["grad"]) == 12
     for a, b, c in zip(outputs["grad"], outputs["plain"], outputs["plain on torch"]):
         assert a["score"] == "logits" and a["attribution_sum"] == pytest.approx(b["attribution_sum"], rel=1e-5)

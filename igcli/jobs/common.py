@@ -22,6 +22,7 @@ BASELINE_WARNING = "F(baseline)="  # how a record's baseline warning begins; the
 
 class Job(Protocol):
     device: torch.device
+    runtime: str  # what runs the model: torch | onnxruntime (model.backend auto decides by model)
     chunk_size: int  # inputs read ahead and explained together
 
     def read(self, refs: Iterable[InputRef]) -> Iterator[AnySample | Failure]:

@@ -40,6 +40,7 @@ class ImageJob:
         self.backend = load_model(section.path, section.factory, section.score, self.device, section.trust_pickle,
                                   backend=section.backend, threads=section.threads, precision=section.precision,
                                   input_shape=config.input.model_shape())
+        self.runtime = self.backend.runtime
         self.labels = read_labels(section.labels) if section.labels else None
         self.target = resolve_target(config.target, self.labels)
         norm = Normalization(tuple(config.input.mean), tuple(config.input.std))

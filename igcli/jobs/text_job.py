@@ -31,6 +31,7 @@ class TextJob:
     # Documents of one length share batches (see explain), so a chunk holds enough of them to fill
     # batches on short texts; texts are small in memory.
     chunk_size = 64
+    runtime = "torch"  # text models run on torch, ONNX ones converted (models.onnx_text)
 
     def __init__(self, config: Config):
         self.config = config

@@ -52,6 +52,7 @@ class Backend(Protocol):
     device: torch.device
     dtype: torch.dtype
     score_kind: ScoreKind
+    runtime: str  # what runs the model: torch | onnxruntime
 
     def scores(self, x: Tensor) -> Tensor:
         """F(x) as [B, classes], without gradients."""

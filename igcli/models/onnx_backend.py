@@ -19,6 +19,8 @@ ORT_TYPES = {"tensor(float)": torch.float32, "tensor(double)": torch.float64, "t
 class OnnxRuntimeBackend:
     """Scores and input gradients from one run of a gradient graph on ONNX Runtime."""
 
+    runtime = "onnxruntime"
+
     def __init__(self, model_bytes: bytes, info: GradientGraphInfo, device: torch.device, threads: int = 0):
         import onnxruntime as ort
 

@@ -23,6 +23,8 @@ class TorchBackend:
     ``scores`` -- F(x) and F(x'), which every completeness error is measured against -- stay float32.
     """
 
+    runtime = "torch"
+
     def __init__(self, module: nn.Module, score_kind: ScoreKind, device: torch.device | str = "cpu",
                  precision: Precision | str = Precision.float32, channels_last: bool = True):
         self.device = torch.device(device)
