@@ -41,8 +41,8 @@ def nodes(rule: Rule, steps: int) -> Nodes:
 
     Riemann rules use m points with weight 1/m; the trapezoid uses m intervals, so m + 1 points
     with the two endpoints weighted 1/(2m); Gauss-Legendre uses m nodes mapped from [-1, 1].
-    Cached: the engine asks once per chunk, a text chunk can be one document, and Gauss-Legendre's
-    eigenvalue solve costs ~0.4 ms.
+    Cached: the engine asks once per call, a text job calls it once per group of same-length
+    documents (often a single one), and Gauss-Legendre's eigenvalue solve costs ~0.4 ms.
     """
     table = _table(Rule(rule), steps)
     table.alphas.setflags(write=False)
