@@ -1,15 +1,48 @@
-"""The parts of the end-to-end benchmarks that do not depend on the input kind: the untimed run
-that saves the maps, and the table of rates and accuracies against the captum loop."""
+"""The parts of the end-to-end benchmarks that do not depend on the input kind: the alternating
+timed runs, the untimed run that saves the maps, the accuracy measures, and the table of rates
+and accuracies against the captum loops."""
 from __future__ import annotations
 
 import json
 import statistics
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from igcli.run import explain_inputs
+from variants import applied, threads
+
+CaptumLoop = Callable[[Path], tuple[float, dict[str, np.ndarray]]]  # output folder -> (seconds, maps)
+
+
+def time_alternately(repeats: int, captum: dict[str, CaptumLoop], configs: dict, inputs: Path,
+                     scratch: Path) -> tuple[dict[str, list[float]], dict[str, dict[str, np.ndarray]]]:
+    """Each captum loop, then igcli with each variant's config (``configs``: variant -> Config), in
+    turn, ``repeats`` times: a shared machine drifts between back-to-back runs by more than the
+    effects measured. Returns every run's seconds by name, and each captum loop's last maps."""
+    times: dict[str, list[float]] = {name: [] for name in [*captum, *configs]}
+    maps: dict[str, dict[str, np.ndarray]] = {}
+    for repeat in range(repeats):
+        for index, (name, loop) in enumerate(captum.items()):
+            seconds, maps[name] = loop(scratch / f"captum{index}-{repeat}")
+            times[name].append(seconds)
+        for index, (variant, config) in enumerate(configs.items()):
+            with applied(threads(variant)):
+                start = time.perf_counter()
+                explain_inputs(config, [str(inputs)], scratch / f"igcli{index}-{repeat}")
+                times[variant].append(time.perf_counter() - start)
+    return times, maps
+
+
+def mean_errors(compared: Iterable[tuple[np.ndarray, np.ndarray, float]]) -> tuple[float, float, float]:
+    """Over (attributions, reference attributions, F(x) - F(x')) per input, the means of: the
+    completeness error relative to |F(x) - F(x')|, max|A - A_ref| / max|A_ref|, and the relative
+    L2 error ||A - A_ref|| / ||A_ref||."""
+    errors = [(abs(a.sum() - delta) / abs(delta), np.abs(a - ref).max() / np.abs(ref).max(),
+               np.linalg.norm(a - ref) / np.linalg.norm(ref)) for a, ref, delta in compared]
+    return tuple(float(np.mean(column)) for column in zip(*errors))
 
 
 def run_with_maps(config, inputs: Path, out: Path) -> tuple[dict[str, np.ndarray], float, object]:

@@ -20,6 +20,7 @@ attributions that the accuracy columns are computed from.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import shutil
@@ -39,9 +40,8 @@ from igcli.jobs.image_job import ImageJob
 from igcli.models.loading import load_module
 from igcli.outputs.heatmap import render_overlay, signed_map
 from igcli.quadrature import Rule
-from igcli.run import explain_inputs
-from comparison import print_table, run_with_maps
-from variants import applied, overrides, threads
+from comparison import mean_errors, print_table, run_with_maps, time_alternately
+from variants import overrides
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "digits.yaml"
@@ -87,14 +87,8 @@ def reference_maps(job: ImageJob, folder: Path) -> dict[str, tuple[np.ndarray, f
 
 
 def accuracy(maps: dict[str, np.ndarray], reference: dict[str, tuple[np.ndarray, float]]) -> tuple[float, ...]:
-    """Means of: completeness error, max-pixel map error, relative L2 map error."""
-    completeness, worst_pixel, l2 = [], [], []
-    for name, attributions in maps.items():
-        ref, delta = reference[name.split("_", 1)[1]]
-        completeness.append(abs(attributions.sum() - delta) / abs(delta))
-        worst_pixel.append(np.abs(attributions - ref).max() / np.abs(ref).max())
-        l2.append(np.linalg.norm(attributions - ref) / np.linalg.norm(ref))
-    return float(np.mean(completeness)), float(np.mean(worst_pixel)), float(np.mean(l2))
+    """mean_errors, each copy of an image against its sample's reference."""
+    return mean_errors((a, *reference[name.split("_", 1)[1]]) for name, a in maps.items())
 
 
 def main() -> None:
@@ -123,17 +117,9 @@ def main() -> None:
         # format); the tuned loop gets igcli's copy of it (parameters frozen, channels-last).
         captum_modules = {CAPTUM: load_module(job.config.model.path, job.config.model.factory),
                           CAPTUM_TUNED: job.backend.module}
-        times: dict[str, list[float]] = {name: [] for name in [*captum_modules, *variants]}
-        captum_maps: dict[str, dict[str, np.ndarray]] = {}
-        for repeat in range(args.repeats):
-            for index, (name, module) in enumerate(captum_modules.items()):
-                seconds, captum_maps[name] = captum_loop(module, job, scratch / "images", scratch / f"captum{index}-{repeat}")
-                times[name].append(seconds)
-            for index, (variant, config) in enumerate(configs.items()):
-                with applied(threads(variant)):
-                    start = time.perf_counter()
-                    explain_inputs(config, [str(scratch / "images")], scratch / f"igcli{index}-{repeat}")
-                    times[variant].append(time.perf_counter() - start)
+        loops = {name: functools.partial(captum_loop, module, job, scratch / "images")
+                 for name, module in captum_modules.items()}
+        times, captum_maps = time_alternately(args.repeats, loops, configs, scratch / "images", scratch)
         results = {variant: run_with_maps(configured(variant, "npy"), scratch / "images", scratch / f"maps{index}")
                    for index, variant in enumerate(variants)}
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "

@@ -19,6 +19,7 @@ more, untimed run saves the .npy attributions the accuracy columns come from.
 from __future__ import annotations
 
 import argparse
+import functools
 import html
 import json
 import platform
@@ -36,9 +37,8 @@ from igcli.config import load_config
 from igcli.engine import Quadrature, TargetSpec, explain
 from igcli.jobs.text_job import TextJob, load_text_model
 from igcli.quadrature import Rule
-from igcli.run import explain_inputs
-from comparison import print_table, run_with_maps
-from variants import applied, overrides, threads
+from comparison import mean_errors, print_table, run_with_maps, time_alternately
+from variants import overrides
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "questions.yaml"
@@ -104,14 +104,8 @@ def reference_maps(job: TextJob, texts: list[str]) -> list[tuple[np.ndarray, flo
 
 
 def accuracy(maps: dict[str, np.ndarray], reference: list[tuple[np.ndarray, float]]) -> tuple[float, ...]:
-    """Means of: completeness error, max-element map error, relative L2 map error."""
-    completeness, worst, l2 = [], [], []
-    for name, attributions in maps.items():
-        ref, delta = reference[int(Path(name).stem.split("_")[1])]
-        completeness.append(abs(attributions.sum() - delta) / abs(delta))
-        worst.append(np.abs(attributions - ref).max() / np.abs(ref).max())
-        l2.append(np.linalg.norm(attributions - ref) / np.linalg.norm(ref))
-    return float(np.mean(completeness)), float(np.mean(worst)), float(np.mean(l2))
+    """mean_errors, each file against the reference of the text it holds (its name's suffix)."""
+    return mean_errors((a, *reference[int(Path(name).stem.split("_")[1])]) for name, a in maps.items())
 
 
 def main() -> None:
@@ -141,17 +135,8 @@ def main() -> None:
         # igcli's copy of it (parameters frozen).
         captum_modules = {CAPTUM: load_text_model(job.config, torch.device("cpu")).module,
                           CAPTUM_TUNED: job.model.module}
-        times: dict[str, list[float]] = {name: [] for name in [*captum_modules, *variants]}
-        captum_maps: dict[str, dict[str, np.ndarray]] = {}
-        for repeat in range(args.repeats):
-            for index, (name, module) in enumerate(captum_modules.items()):
-                seconds, captum_maps[name] = captum_loop(module, job, files, scratch / f"captum{index}-{repeat}")
-                times[name].append(seconds)
-            for index, (variant, config) in enumerate(configs.items()):
-                with applied(threads(variant)):
-                    start = time.perf_counter()
-                    explain_inputs(config, [str(scratch / "texts")], scratch / f"igcli{index}-{repeat}")
-                    times[variant].append(time.perf_counter() - start)
+        loops = {name: functools.partial(captum_loop, module, job, files) for name, module in captum_modules.items()}
+        times, captum_maps = time_alternately(args.repeats, loops, configs, scratch / "texts", scratch)
         results = {variant: run_with_maps(configured(variant, "npy"), scratch / "texts", scratch / f"maps{index}")
                    for index, variant in enumerate(variants)}
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
