@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Precision, ScoreKind, apply_score
+from .fold import fold_batch_norms
 
 
 FLOAT16_GRAD_SCALE = 1024.0
@@ -15,9 +16,10 @@ FLOAT16_GRAD_SCALE = 1024.0
 class TorchBackend:
     """Runs an ``nn.Module`` (eager, TorchScript or an exported program's module) in eval mode.
 
-    Parameters are frozen once here, so a backward computes input gradients only. Convolutional
-    models run channels-last, whose pooling and convolution kernels are faster on the CPU as on
-    GPUs; oneDNN keeps kernels per batch shape, which the engine bounds by padding batches to a few
+    Parameters are frozen once here, so a backward computes input gradients only, and batch
+    norms are folded into the layers before them where the model can be traced (models/fold.py).
+    Convolutional models run channels-last, whose pooling and convolution kernels are faster on
+    the CPU as on GPUs; oneDNN keeps kernels per batch shape, which the engine bounds by padding batches to a few
     sizes (engine.SHAPE_BUCKETS: without it, channels-last grew memory with every new size). With a
     ``precision`` below float32, path points run under autocast (accumulation stays float32), while
     ``scores`` -- F(x) and F(x'), which every completeness error is measured against -- stay float32.
@@ -28,8 +30,8 @@ class TorchBackend:
     def __init__(self, module: nn.Module, score_kind: ScoreKind, device: torch.device | str = "cpu",
                  precision: Precision | str = Precision.float32, channels_last: bool = True):
         self.device = torch.device(device)
-        self.module = module.to(self.device)
-        set_eval(self.module)
+        set_eval(module)
+        self.module = fold_batch_norms(module.to(self.device))
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)
         self.dtype = _floating_dtype(self.module)
