@@ -3,6 +3,7 @@
 settings are timed in one process, alternating, against the same captum runs."""
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -13,8 +14,9 @@ from igcli.inputs import prefetch
 from igcli.outputs import writer
 
 # writers: writer threads; read_ahead: inputs decoded ahead; in_flight: chunks explained at once;
-# cudnn_benchmark=1: cuDNN's autotuner.
-THREAD_KEYS = ("writers", "read_ahead", "in_flight", "cudnn_benchmark")
+# cudnn_benchmark=1: cuDNN's autotuner; switch_us: the interpreter's thread switch interval (µs),
+# how long a thread that launches GPU work may wait for the GIL while another holds it.
+THREAD_KEYS = ("writers", "read_ahead", "in_flight", "cudnn_benchmark", "switch_us")
 
 
 def overrides(variant: str) -> list[str]:
@@ -33,8 +35,12 @@ def applied(settings: dict[str, int]) -> Iterator[None]:
     writer.WRITER_THREADS, prefetch.READ_AHEAD = settings.get("writers"), settings.get("read_ahead")
     overlap.CHUNKS_IN_FLIGHT = settings.get("in_flight")
     torch.backends.cudnn.benchmark = bool(settings.get("cudnn_benchmark"))
+    interval = sys.getswitchinterval()
+    if "switch_us" in settings:
+        sys.setswitchinterval(settings["switch_us"] / 1e6)
     try:
         yield
     finally:
         writer.WRITER_THREADS = prefetch.READ_AHEAD = overlap.CHUNKS_IN_FLIGHT = None
         torch.backends.cudnn.benchmark = False
+        sys.setswitchinterval(interval)
