@@ -194,11 +194,19 @@ class _PathIntegral:
         like = self.integral
         alphas = torch.tensor(alphas, dtype=like.dtype, device=like.device)  # a copy: cached tables are read-only
         weights = torch.tensor(weights, dtype=like.dtype, device=like.device)
-        path = active.repeat_interleave(len(alphas))
+        n = len(alphas)
+        path = active.repeat_interleave(n)
         point_weights = weights.repeat(len(active))
         broadcast = (-1,) + (1,) * (like.dim() - 1)
         for batch, _, grads in self.evaluate_batches(path, alphas.repeat(len(active))):
-            like.index_add_(0, path[batch], grads * point_weights[batch].view(broadcast))
+            # Point i is node i % n of path slot i // n. The batch's rows, laid out as [slots, n]
+            # and summed over the nodes, add once to each path: a scatter-add (index_add_) would
+            # add in whatever order CUDA's atomics land, and runs would differ in the last bits.
+            first, last = batch.start // n, (batch.stop - 1) // n
+            rows = like.new_zeros(((last - first + 1) * n,) + like.shape[1:])
+            placed = slice(batch.start - first * n, batch.stop - first * n)
+            torch.mul(grads, point_weights[batch].view(broadcast), out=rows[placed])
+            like.index_add_(0, active[first : last + 1], rows.view((-1, n) + like.shape[1:]).sum(1))
 
     def evaluate_batches(self, path: Tensor, alpha: Tensor) -> Iterator[tuple[slice, Tensor, Tensor]]:
         """For points (path[i], alpha[i]), ``batch_size`` at a time: (slice, F_target, dF_target/dx)."""

@@ -204,3 +204,25 @@ def test_parameters_never_get_gradients():
     x = inputs((2, 1, 8, 8))
     integrated_gradients(model, x, torch.zeros_like(x), steps=8)
     assert all(p.grad is None and not p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("rule", [Rule.gausslegendre, Rule.adaptive])
+def test_sums_into_attributions_never_repeat_an_index_in_one_scatter(monkeypatch, rule):
+    """On CUDA a scatter-add with a repeated index adds in whatever order its atomics land, so
+    runs would differ in the last bits (and the adaptive rule could bisect other intervals)."""
+    calls = []
+    plain = torch.Tensor.index_add_
+
+    def recording(self, dim, index, source, **kwargs):
+        calls.append(index.tolist())
+        return plain(self, dim, index, source, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "index_add_", recording)
+    x = inputs((3, 1, 8, 8))
+    base = torch.zeros(3, 1, 1, 8, 8, dtype=torch.float64)
+    quad = Quadrature(rule, 24 if rule is Rule.gausslegendre else None, tolerance=1e-4, map_tolerance=0.01)
+    results = {size: explain(backend(small_cnn()), x, base, TargetSpec("top_k", 2), quad, batch_size=size)
+               for size in (7, 1000)}  # 7: batches end mid-path
+    assert calls and all(len(set(index)) == len(index) for index in calls)
+    for a, b in zip(*results.values()):
+        torch.testing.assert_close(a.attributions, b.attributions, rtol=1e-12, atol=1e-15)
