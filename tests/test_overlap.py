@@ -68,8 +68,8 @@ def test_leaving_early_starts_no_more_work_and_waits_for_the_running_one():
     assert len(started) <= 5 and sorted(finished) == sorted(started)
 
 
-def test_two_chunks_at_a_time_on_cuda_one_elsewhere_unless_asked(monkeypatch):
-    assert chunks_in_flight(torch.device("cpu")) == 1 and chunks_in_flight(torch.device("cuda")) == 2
+def test_one_chunk_at_a_time_unless_asked(monkeypatch):
+    assert chunks_in_flight(torch.device("cpu")) == chunks_in_flight(torch.device("cuda")) == 1
     monkeypatch.setattr(overlap, "CHUNKS_IN_FLIGHT", 3)
     assert chunks_in_flight(torch.device("cpu")) == 3
 
