@@ -56,20 +56,6 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
     return refinement.attributions(), steps, steps + 1
 
 
-def _add_rows(target: Tensor, index: np.ndarray, rows: Tensor) -> None:
-    """target[index[j]] += rows[j] in a fixed order, the same on every run: CUDA's scatter-add
-    (index_add_ with repeated indices) adds in whatever order its atomics land, and the running
-    norms it feeds decide which intervals are bisected. One index_add_ per rank of a row among
-    those of its index, so no index repeats within a call."""
-    order = np.argsort(index, kind="stable")
-    ranked = index[order]
-    rank = np.empty(len(index), dtype=np.int64)
-    rank[order] = np.arange(len(index)) - np.searchsorted(ranked, ranked)
-    for r in range(int(rank.max()) + 1 if len(rank) else 0):
-        picked = np.flatnonzero(rank == r)
-        target.index_add_(0, _on(target, index[picked]), rows[_on(rows, picked)])
-
-
 def _on(like: Tensor, values: np.ndarray) -> Tensor:
     return torch.from_numpy(values).to(like.device)
 
@@ -239,4 +225,11 @@ class _Refinement:
         change = density[_on(density, iv.left[chosen])]
         change += density[_on(density, iv.right[chosen])]
         change.mul_(-h / 4).add_(density[_on(density, middle)].mul_(h / 2))  # in place: fewer large temporaries
-        _add_rows(self.running, iv.path[chosen], change)
+        # Summed per path by a matrix product, as in _trapezoid: a scatter-add with repeated paths
+        # (index_add_) adds in whatever order CUDA's atomics land, and these norms decide which
+        # intervals are bisected.
+        paths, slot = np.unique(iv.path[chosen], return_inverse=True)
+        one_hot = np.zeros((len(paths), len(chosen)))
+        one_hot[slot, np.arange(len(chosen))] = 1
+        summed = _on(change, one_hot).to(change.dtype) @ change.flatten(1)
+        self.running.index_add_(0, _on(self.running, paths), summed.view((len(paths),) + change.shape[1:]))
