@@ -54,19 +54,24 @@ def run_with_maps(config, inputs: Path, out: Path) -> tuple[dict[str, np.ndarray
     return maps, statistics.mean(r["gradient_evals"] for r in rows), summary
 
 
-def print_table(unit: str, element: str, count: int, captum_rows: list[tuple[str, float, Sequence[float]]],
-                rows: list[tuple[str, float, float, Sequence[float], int]]) -> None:
-    """``captum_rows``: (name, median seconds, accuracy triple) of the reference captum loop and the
-    tuned one; ``rows``: igcli's (name, median seconds, evaluations per input, accuracy triple,
-    failed inputs); ``unit``: what an input is (image), ``element``: what a map is made of."""
+def print_table(unit: str, element: str, count: int, times: dict[str, list[float]],
+                captum_maps: dict[str, dict[str, np.ndarray]], results: dict[str, tuple],
+                accuracy: Callable[[dict[str, np.ndarray]], Sequence[float]], as_given: str) -> None:
+    """The table of rates (medians of ``times``) and accuracies: the reference captum loop and the
+    tuned one (``captum_maps``, in that order), then igcli per variant (``results``: variant ->
+    run_with_maps' answer). ``accuracy``: maps -> the three errors; ``as_given``: the name of
+    the variant '' (the config as given); ``unit``: what an input is (image), ``element``: what a map
+    is made of."""
     print(f"| run | {unit}s/s | vs captum | vs tuned captum | gradient evals/{unit} | completeness error "
           f"| map error, max {element} | map error, L2 |")
     print("|---|---|---|---|---|---|---|---|")
-    (_, reference, _), (_, tuned, _) = captum_rows
-    for name, seconds, accuracy in captum_rows:
-        print(f"| {name} | {count / seconds:.1f} | {reference / seconds:.2f}x | {tuned / seconds:.2f}x | 50 | "
-              + " | ".join(f"{v:.2e}" for v in accuracy) + " |")
-    for name, seconds, evals, accuracy, failed in rows:
-        print(f"| igcli explain ({name}) | {count / seconds:.1f} | {reference / seconds:.2f}x | {tuned / seconds:.2f}x "
-              f"| {evals:.1f} | " + " | ".join(f"{v:.2e}" for v in accuracy)
-              + f" |{'' if failed == 0 else f' ({failed} failed)'}")
+    reference, tuned = (statistics.median(times[loop]) for loop in captum_maps)
+    for loop, maps in captum_maps.items():
+        seconds = statistics.median(times[loop])
+        print(f"| {loop} | {count / seconds:.1f} | {reference / seconds:.2f}x | {tuned / seconds:.2f}x | 50 | "
+              + " | ".join(f"{v:.2e}" for v in accuracy(maps)) + " |")
+    for variant, (maps, evals, summary) in results.items():
+        seconds = statistics.median(times[variant])
+        print(f"| igcli explain ({variant or as_given}) | {count / seconds:.1f} | {reference / seconds:.2f}x "
+              f"| {tuned / seconds:.2f}x | {evals:.1f} | " + " | ".join(f"{v:.2e}" for v in accuracy(maps))
+              + f" |{'' if summary.failed == 0 else f' ({summary.failed} failed)'}")

@@ -24,7 +24,6 @@ import functools
 import json
 import platform
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -125,12 +124,9 @@ def main() -> None:
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.images} images, medians of {args.repeats} alternating runs, igcli overrides: "
           f"{' '.join(args.sets) or 'none'} (igcli's time includes loading the model)")
-    rows = [(variant or f"{configs[variant].method.value}, tol {configs[variant].tolerance}",
-             statistics.median(times[variant]), evals, accuracy(maps, reference), summary.failed)
-            for variant, (maps, evals, summary) in results.items()]
-    captum_rows = [(name, statistics.median(times[name]), accuracy(captum_maps[name], reference))
-                   for name in captum_modules]
-    print_table("image", "pixel", args.images, captum_rows, rows)
+    as_given = configured("", "none")
+    print_table("image", "pixel", args.images, times, captum_maps, results, lambda maps: accuracy(maps, reference),
+                f"{as_given.method.value}, tol {as_given.tolerance}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import functools
 import html
 import json
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -142,12 +141,9 @@ def main() -> None:
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.documents} documents ({len(texts)} distinct), medians of {args.repeats} alternating runs "
           "(igcli's time includes loading the model)")
-    rows = [(variant or f"{configs[variant].method.value}, steps {configs[variant].steps}",
-             statistics.median(times[variant]), evals, accuracy(maps, reference), summary.failed)
-            for variant, (maps, evals, summary) in results.items()]
-    captum_rows = [(name, statistics.median(times[name]), accuracy(captum_maps[name], reference))
-                   for name in captum_modules]
-    print_table("document", "element", args.documents, captum_rows, rows)
+    as_given = configured("", "none")
+    print_table("document", "element", args.documents, times, captum_maps, results,
+                lambda maps: accuracy(maps, reference), f"{as_given.method.value}, steps {as_given.steps}")
 
 
 if __name__ == "__main__":
