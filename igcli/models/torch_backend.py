@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from .base import Precision, ScoreKind, apply_score
 from .fold import fold_batch_norms
+from .pool_first import pool_before_relu
 
 
 FLOAT16_GRAD_SCALE = 1024.0
@@ -16,8 +17,9 @@ FLOAT16_GRAD_SCALE = 1024.0
 class TorchBackend:
     """Runs an ``nn.Module`` (eager, TorchScript or an exported program's module) in eval mode.
 
-    Parameters are frozen once here, so a backward computes input gradients only, and batch
-    norms are folded into the layers before them where the model can be traced (models/fold.py).
+    Parameters are frozen once here, so a backward computes input gradients only. Where the model
+    can be traced, batch norms are folded into the layers before them (models/fold.py) and max
+    pools run before the ReLUs that feed them (models/pool_first.py).
     Convolutional models run channels-last, whose pooling and convolution kernels are faster on
     the CPU as on GPUs; oneDNN keeps kernels per batch shape, which the engine bounds by padding batches to a few
     sizes (engine.SHAPE_BUCKETS: without it, channels-last grew memory with every new size). With a
@@ -31,7 +33,7 @@ class TorchBackend:
                  precision: Precision | str = Precision.float32, channels_last: bool = True):
         self.device = torch.device(device)
         set_eval(module)
-        self.module = fold_batch_norms(module.to(self.device))
+        self.module = pool_before_relu(fold_batch_norms(module.to(self.device)))
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)
         self.dtype = _floating_dtype(self.module)
