@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def output_stem(relpath: str) -> str:
@@ -24,6 +27,7 @@ class Sample:
     pixels: Tensor  # the image the model saw, [C, H, W] in [0, 1], before normalisation
     warnings: list[str] = field(default_factory=list)
     digest: str = ""  # sha256 of the input's bytes: with the run's key, what --resume compares
+    preview: Image.Image | None = None  # the file as decoded, small: report.html's thumbnail (previews.py)
 
 
 @dataclass

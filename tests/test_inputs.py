@@ -10,6 +10,8 @@ from igcli.baselines import Normalization
 from igcli.errors import InputError
 from igcli.inputs.discover import InputRef, discover_inputs
 from igcli.inputs.images import ImagePreprocess, read_image
+from igcli.outputs import report
+from igcli.outputs.report import thumbnail
 
 EXTENSIONS = (".png", ".jpg")
 
@@ -70,6 +72,27 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
     image.save(path, exif=exif)
     assert pixels_of(path, ImagePreprocess()).shape == (3, 40, 20)
+
+
+@pytest.mark.parametrize("name,mode,size,orientation", [
+    ("wide.jpg", "RGB", (500, 375), 6), ("palette.png", "P", (90, 30), None), ("small.png", "L", (32, 32), None),
+    ("alpha.png", "RGBA", (130, 64), None),
+])
+def test_the_readers_preview_is_the_reports_thumbnail_of_the_file(tmp_path, name, mode, size, orientation):
+    """The report shows the preview a run's reader made, or (igcli report, --resume) one made from
+    the file: the same page either way, so the two must be the same pixels."""
+    path = tmp_path / name
+    g = np.random.default_rng(0)
+    image = Image.fromarray(g.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    image.save(path, exif=exif) if orientation else image.save(path)
+    sample = read_image(InputRef(path, name), ImagePreprocess(mode="L", resize=(32, 32)))
+    assert sample.preview.mode in ("L", "RGB") and max(sample.preview.size) <= 64
+    if orientation:  # turned as the model saw it: 375 wide, 500 high, reduced by 8 (rounding up)
+        assert sample.preview.size == (47, 63)
+    assert thumbnail(sample.preview) == report._file_thumbnail(path)
 
 
 def test_sixteen_bit_png_keeps_its_range(tmp_path):

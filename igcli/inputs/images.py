@@ -12,6 +12,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..baselines import Normalization
 from ..errors import InputError
+from ..previews import preview
 from ..records import Sample
 from .discover import InputRef, read_input
 
@@ -31,7 +32,7 @@ class ImagePreprocess:
 def read_image(ref: InputRef, prep: ImagePreprocess) -> Sample:
     """The image at ``ref`` as the model will see it."""
     data = read_input(ref, "an image")
-    image, notes = open_image(ref, data, prep.mode)
+    image, preview, notes = open_image(ref, data, prep.mode)
     try:
         image = preprocess(image, prep)
     except ValueError as error:
@@ -39,11 +40,12 @@ def read_image(ref: InputRef, prep: ImagePreprocess) -> Sample:
     array = np.asarray(image, dtype=np.float32) / 255.0
     pixels = torch.from_numpy(array.reshape(image.height, image.width, -1)).permute(2, 0, 1).contiguous()
     return Sample(str(ref.path), ref.relpath, prep.normalization.apply(pixels), pixels, notes,
-                  hashlib.sha256(data).hexdigest())
+                  hashlib.sha256(data).hexdigest(), preview)
 
 
-def open_image(ref: InputRef, data: bytes, mode: str) -> tuple[Image.Image, list[str]]:
-    """Decode fully (so truncation shows here), apply EXIF orientation, convert to ``mode``."""
+def open_image(ref: InputRef, data: bytes, mode: str) -> tuple[Image.Image, Image.Image, list[str]]:
+    """Decode fully (so truncation shows here), apply EXIF orientation, convert to ``mode``; with
+    the report's preview of the file (previews.file_preview) while it is decoded."""
     notes: list[str] = []
     if not data:
         raise InputError(f"{ref.path}: empty file (0 bytes)")
@@ -55,7 +57,7 @@ def open_image(ref: InputRef, data: bytes, mode: str) -> tuple[Image.Image, list
                     notes.append(f"{opened.n_frames} frames; explained the first")
                 opened.load()
                 image = ImageOps.exif_transpose(opened) or opened
-                return _convert(image, mode), notes
+                return _convert(image, mode), preview(image), notes
     except UnidentifiedImageError:
         raise InputError(f"{ref.path}: not an image Pillow can read (is it really {ref.path.suffix or 'an image'}?)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -16,14 +16,15 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Iterator
 
 from PIL import Image
 
 from ..atomic_files import write_atomic
+from ..previews import file_preview, preview
 from .text_view import word_spans
 
-THUMBNAIL = 64  # pixels, the longer side
 # Thumbnail threads, up to 8: rows cost ~4 ms each in Pillow, which releases the GIL (with 2 threads a
 # 192-image run on the 16-core H100 machine spent 0.8 s here, an eighth of its run).
 THREADS = max(2, min(8, os.cpu_count() or 1))
@@ -32,14 +33,13 @@ COLUMNS = ("#", "input", "image", "heatmap / words", "target", "F(x)", "F(x')", 
            "status")
 
 
-def write_report(out_dir: Path, heatmap_thumbnails: Mapping[str, str] | None = None) -> Path:
+def write_report(out_dir: Path, made: Thumbnails | None = None) -> Path:
     """(Re)build ``out_dir/report.html`` from ``out_dir/results.jsonl``; returns its path.
 
-    ``heatmap_thumbnails``: ``thumbnail`` of heatmaps a run still held in memory, by their path
-    relative to ``out_dir``; the others are read back from their files (the same bytes: PNG is
-    lossless), which cost ~0.6 ms a row more, as much as the rest of the row.
+    ``made``: thumbnails a run made while it held the images; the others come from the files (the
+    same bytes), which costs a decode per picture.
     """
-    made = heatmap_thumbnails or {}
+    made = Thumbnails() if made is None else made
     results = out_dir / "results.jsonl"
     target = out_dir / "report.html"
 
@@ -85,8 +85,7 @@ def _status(record: dict[str, Any]) -> str:
     return "ok" if record["completeness"]["converged"] else "unconverged"
 
 
-def _row(number: int, record: dict[str, Any], status: str, out_dir: Path,
-         pictures: Mapping[str, str] | None) -> str:
+def _row(number: int, record: dict[str, Any], status: str, out_dir: Path, pictures: Thumbnails | None) -> str:
     """The record's table row; ``pictures`` None: without thumbnails, else those already made."""
     e = html.escape
     source = str(record.get("input", ""))
@@ -102,11 +101,11 @@ def _row(number: int, record: dict[str, Any], status: str, out_dir: Path,
     rel = record["completeness"]["rel_error"]
     outputs = record.get("outputs") or {}
     picture = f'<div class="words">{word_spans(record["words"])}</div>' if "words" in record else \
-        _heatmap_thumbnail(outputs["heatmap"], out_dir, pictures) if "heatmap" in outputs and pictures is not None else ""
+        pictures.heatmap(outputs["heatmap"], out_dir) if "heatmap" in outputs and pictures is not None else ""
     warnings = "".join(f'<div class="warn">{e(w)}</div>' for w in record.get("warnings", []))
     cells = [
         _cell(number), _cell(source, e(source) + warnings),
-        _cell("", _file_thumbnail(Path(source)) if pictures is not None and "words" not in record else ""),
+        _cell("", pictures.input(source) if pictures is not None and "words" not in record else ""),
         _cell("", picture),
         _cell(name, e(name)), _cell(record["f_input"], f"{record['f_input']:.4g}"),
         _cell(record["f_baseline"], f"{record['f_baseline']:.4g}"),
@@ -121,26 +120,34 @@ def _cell(sort_value: Any, content: str | None = None) -> str:
     return f'<td data-v="{html.escape(str(sort_value), quote=True)}">{shown}</td>'
 
 
+@dataclass
+class Thumbnails:
+    """``thumbnail``s already made, by the paths the records give: inputs' sources and heatmaps'
+    paths below the output folder. Those missing are made from the files."""
+
+    inputs: dict[str, str] = field(default_factory=dict)
+    heatmaps: dict[str, str] = field(default_factory=dict)
+
+    def input(self, source: str) -> str:
+        return self.inputs.get(source) or _file_thumbnail(Path(source))
+
+    def heatmap(self, relative: str, out_dir: Path) -> str:
+        return self.heatmaps.get(relative) or _file_thumbnail(out_dir / relative)
+
+
 def thumbnail(image: Image.Image) -> str:
-    """A small JPEG of ``image`` as an <img> with a data URI."""
-    image = image if image.mode in ("L", "RGB") else image.convert("RGB")
-    factor = -(-max(image.size) // THUMBNAIL)
-    small = image.reduce(factor) if factor > 1 else image  # box filter by an integer: ~3x faster
+    """A small JPEG of ``image`` (see previews.preview) as an <img> with a data URI."""
     buffer = io.BytesIO()
-    small.convert("RGB").save(buffer, format="JPEG", quality=85)
+    preview(image).convert("RGB").save(buffer, format="JPEG", quality=85)
     data = base64.b64encode(buffer.getvalue()).decode()
     return f'<img alt="" src="data:image/jpeg;base64,{data}">'
 
 
-def _heatmap_thumbnail(relative: str, out_dir: Path, made: Mapping[str, str]) -> str:
-    return made.get(relative) or _file_thumbnail(out_dir / relative)
-
-
 def _file_thumbnail(path: Path) -> str:
-    """``thumbnail`` of the image at ``path``, or '' when it cannot be read now."""
+    """``thumbnail`` of the image file at ``path`` as its reader saw it, or '' when it cannot be read now."""
     try:
         with Image.open(path) as opened:
-            return thumbnail(opened)
+            return thumbnail(file_preview(opened))
     except (OSError, ValueError, Image.DecompressionBombError):
         return ""
 
