@@ -27,7 +27,7 @@ from torch import Tensor
 REFINE_SHARE = 0.34  # of a path's intervals bisected per round: the worst third (measured best of 1/4..1/2)
 INITIAL_INTERVALS = 4
 
-Evaluate = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+Evaluate = Callable[[np.ndarray, np.ndarray], tuple[Tensor, Tensor]]  # (path, alpha) per point -> F, dF/dx
 
 
 def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad) -> tuple:
@@ -43,14 +43,14 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
     """
     refinement = _Refinement(deltas, f_delta, noise, quad)
     path, alpha = refinement.first_points()
-    scores, grads = evaluate(_on(deltas, path), _on(deltas, alpha))
+    scores, grads = evaluate(path, alpha)
     refinement.start(path, alpha, scores, grads)
     while True:
         chosen = refinement.worst_intervals()
         if len(chosen) == 0:
             break
         path, alpha = refinement.midpoints(chosen)
-        scores, grads = evaluate(_on(deltas, path), _on(deltas, alpha))
+        scores, grads = evaluate(path, alpha)
         refinement.split(chosen, scores, grads)
     steps = torch.from_numpy(refinement.intervals_per_path())
     return refinement.attributions(), steps, steps + 1

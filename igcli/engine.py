@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 from typing import Iterator, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -129,12 +130,16 @@ def explain(
     batch = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
     inputs = inputs.to(backend.device, backend.dtype)
     flat_baselines = baselines.to(backend.device, backend.dtype).flatten(0, 1)
+    # One baseline for every input (black, zeros, a constant, a file): F(x') and, per target, the
+    # gradient at alpha 0 are the same for all paths, and are computed once.
+    common_start = bool((flat_baselines == flat_baselines[:1]).all())
+    ends = flat_baselines[:1] if common_start else flat_baselines
     # One pass for both ends: on a GPU a second small forward costs as much as a large one.
-    f_ends = batched_scores(backend, torch.cat([inputs, flat_baselines]), batch.points)
-    f_inputs, f_baselines = f_ends[: len(inputs)], f_ends[len(inputs):]
+    f_ends = batched_scores(backend, torch.cat([inputs, ends]), batch.points)
+    f_inputs, f_baselines = f_ends[: len(inputs)], f_ends[len(inputs):].expand(len(flat_baselines), -1)
     targets = resolve_targets(f_inputs, target)
     paths, groups = _make_paths(targets, baselines.shape[1], f_inputs, f_baselines, target.kind == "top_k")
-    path_integral = _PathIntegral(backend, inputs, flat_baselines, paths, f_inputs.shape[1], batch)
+    path_integral = _PathIntegral(backend, inputs, flat_baselines, paths, f_inputs.shape[1], batch, common_start)
     attributions, steps, evals = path_integral.run(quadrature)
     return _combine(groups, paths, attributions, steps, evals, quadrature.tolerance)
 
@@ -156,18 +161,22 @@ class _PathIntegral:
     """The running integral of the target's gradient along each path."""
 
     def __init__(self, backend: Backend, inputs: Tensor, baselines: Tensor, paths: _Paths, classes: int,
-                 batch: BatchSize):
+                 batch: BatchSize, common_start: bool = False):
         self.backend, self.paths, self.classes, self.batch = backend, paths, classes, batch
         self.starts = baselines[paths.baseline_row]
         self.deltas = inputs[paths.input_index] - self.starts
         self.integral: Tensor | None = None  # fixed rules' running sum of weighted gradients
+        self.common_start = common_start  # every path starts at the same point
+        self.targets = paths.target.cpu().numpy()
+        self.reused = np.zeros(len(self.targets), dtype=np.int64)  # evaluations taken from another path
 
     def run(self, quad: Quadrature) -> tuple[Tensor, Tensor, Tensor]:
         """Integrate every path; returns the attributions, and the steps and gradient evaluations
         each path used."""
         if quad.rule is Rule.adaptive:
             delta = self.paths.f_input - self.paths.f_baseline
-            return integrate_locally(self.evaluate, self.deltas, delta, self.paths.noise, quad)
+            attributions, steps, evals = integrate_locally(self.evaluate, self.deltas, delta, self.paths.noise, quad)
+            return attributions, steps, evals - torch.from_numpy(self.reused)
         self.integral = torch.zeros_like(self.deltas)
         count = len(self.paths.target)
         steps = torch.zeros(count, dtype=torch.long)
@@ -246,10 +255,34 @@ class _PathIntegral:
             second = self._scores_and_grads(points[half:], selector[half:])
             return torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
 
-    def evaluate(self, path: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
-        """F_target and its input gradient at every point (path[i], alpha[i])."""
-        parts = list(self.evaluate_batches(path, alpha))
-        return torch.cat([s for _, s, _ in parts]), torch.cat([g for _, _, g in parts])
+    def evaluate(self, path: np.ndarray, alpha: np.ndarray) -> tuple[Tensor, Tensor]:
+        """F_target and its input gradient at every point (path[i], alpha[i]); a point that another
+        path shares (``_distinct_points``) is evaluated once."""
+        keep, rows = self._distinct_points(path, alpha)
+        device = self.deltas.device
+        parts = list(self.evaluate_batches(torch.from_numpy(path[keep]).to(device),
+                                           torch.from_numpy(alpha[keep]).to(device)))
+        scores, grads = torch.cat([s for _, s, _ in parts]), torch.cat([g for _, _, g in parts])
+        if rows is None:
+            return scores, grads
+        rows = torch.from_numpy(rows).to(device)
+        return scores[rows], grads[rows]
+
+    def _distinct_points(self, path: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The points to evaluate, in their order, and each point's row among them (None: all).
+        Where all paths start at the same baseline, their alpha-0 points with one target are one
+        point; the paths that reuse it are counted in ``reused``."""
+        at_start = alpha == 0
+        everything = np.arange(len(path))
+        if not self.common_start or np.count_nonzero(at_start) < 2:
+            return everything, None
+        key = np.where(at_start, self.targets[path], -1 - everything)  # other points: a key of their own
+        _, first, rows = np.unique(key, return_index=True, return_inverse=True)
+        keep = np.sort(first)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first)] = np.arange(len(first))
+        np.add.at(self.reused, path[np.setdiff1d(everything, keep)], 1)
+        return keep, rank[rows.ravel()]
 
     def attributions(self) -> Tensor:
         return self.deltas * self.integral

@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from igcli import engine
 from igcli.engine import Quadrature, TargetSpec, explain
 from igcli.quadrature import Rule
 
@@ -71,8 +72,11 @@ def test_stops_within_tolerance_on_a_cnn(score):
                       TargetSpec("predicted"), adaptive(tolerance=0.005))
     for result in results:
         assert result.converged and result.rel_error <= 0.005
-        assert result.gradient_evals == result.steps + 1  # every evaluation is a node of the final rule
         assert result.attribution_sum == pytest.approx(result.f_input - result.f_baseline, rel=0.005)
+    # Every evaluation is a node of the final rule, and the paths share their start (the same
+    # baseline): one gradient at alpha 0 per target.
+    reused = len(results) - len({r.target for r in results})
+    assert sum(r.gradient_evals for r in results) == sum(r.steps + 1 for r in results) - reused
 
 
 def test_converges_to_the_integral_on_a_smooth_net():
@@ -91,7 +95,7 @@ def test_fixed_steps_spend_exactly_that_many_intervals():
     for steps in (1, 3, 4, 25):
         results = explain(backend(small_cnn()), x, torch.zeros(2, 1, 1, 8, 8, dtype=torch.float64),
                           TargetSpec("index", 1), adaptive(steps=steps))
-        assert [(r.steps, r.gradient_evals) for r in results] == [(steps, steps + 1)] * 2
+        assert [(r.steps, r.gradient_evals) for r in results] == [(steps, steps + 1), (steps, steps)]  # one start
 
 
 def test_gives_up_at_max_steps_and_says_so():
@@ -137,6 +141,43 @@ def test_map_tolerance_refines_where_completeness_alone_would_stop():
         results = explain(backend(model), x, baseline, TargetSpec("index", 0), quad)
         errors[name] = max(float((r.attributions - e).norm() / e.norm()) for r, e in zip(results, exact))
     assert errors["map"] <= 0.005 < errors["completeness"]
+
+
+@pytest.mark.parametrize("map_tolerance", [None, 0.05])
+def test_paths_from_one_baseline_share_their_first_gradient_and_nothing_else(monkeypatch, map_tolerance):
+    """With one baseline for all inputs (black, zeros), F(x') is computed once and the gradient at
+    alpha 0 once per target; each path gets what it would get alone, for one evaluation less."""
+    x = inputs((6, 1, 8, 8), seed=5) * 2
+    base = torch.full((6, 1, 1, 8, 8), -0.5, dtype=torch.float64)
+    runner = backend(small_cnn(), "softmax")
+    quad = Quadrature(Rule.adaptive, None, tolerance=0.01, max_steps=512, map_tolerance=map_tolerance)
+    rows = {"scores": 0, "points": 0}
+    real_scores, real_batches = engine.batched_scores, engine._PathIntegral.evaluate_batches
+
+    def count_scores(backend_, x_, batch_size):
+        rows["scores"] += len(x_)
+        return real_scores(backend_, x_, batch_size)
+
+    def count_points(self, path, alpha):
+        rows["points"] += len(path)
+        return real_batches(self, path, alpha)
+
+    monkeypatch.setattr(engine, "batched_scores", count_scores)
+    monkeypatch.setattr(engine._PathIntegral, "evaluate_batches", count_points)
+    together = explain(runner, x, base, TargetSpec("top_k", 2), quad)
+    shared = dict(rows)
+    alone = [r for n in range(6) for r in explain(runner, x[n:n + 1], base[n:n + 1], TargetSpec("top_k", 2), quad)]
+    targets = {r.target for r in together}
+    assert len(targets) < len(together)  # some targets recur: something to share
+    assert shared["scores"] == 6 + 1  # F(x) for each input, F(x') once
+    assert shared["points"] == sum(r.gradient_evals for r in together)
+    assert sum(r.gradient_evals for r in alone) - sum(r.gradient_evals for r in together) == \
+        len(together) - len(targets)
+    for a, b in zip(together, alone, strict=True):
+        assert (a.target, a.steps, a.converged) == (b.target, b.steps, b.converged)
+        assert a.gradient_evals in (b.gradient_evals, b.gradient_evals - 1)
+        torch.testing.assert_close(a.attributions, b.attributions, rtol=1e-10, atol=1e-13)
+        assert a.f_baseline == pytest.approx(b.f_baseline, rel=1e-12)
 
 
 @pytest.mark.parametrize("map_tolerance", [None, 0.05])
