@@ -27,7 +27,9 @@ def error_of(path, overrides=()) -> str:
 
 def test_sample_config_loads_with_paths_taken_from_its_folder():
     config = load_config(DIGITS_CONFIG)
-    assert config.model.path.resolve() == (DIGITS_CONFIG.parent.parent / "sample_data/models/digits_cnn.pt2").resolve()
+    models = DIGITS_CONFIG.parent.parent / "sample_data" / "models"
+    assert config.model.path.resolve() == (models / "digits_cnn_state.pt").resolve()
+    assert config.model.factory == f"{models / 'digits_cnn.py'}:build_model"
     assert config.model.path.exists() and config.model.labels.exists()
     assert config.method is Rule.adaptive and config.steps == "auto"
 

@@ -26,6 +26,15 @@ def test_formats_compute_the_same_function_as_the_exported_program(path, factory
     torch.testing.assert_close(other, reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["digits_cnn.pt2", "digits_cnn.ts", "digits_cnn.onnx"])
+def test_a_whole_model_file_is_loaded_as_it_is_when_a_factory_is_configured(name, digits_batch):
+    """The sample config names a factory for its state_dict; `--model digits_cnn.pt2` replaces both."""
+    factory = f"{MODELS / 'digits_cnn.py'}:build_model"
+    reference = load_model(MODELS / "digits_cnn_state.pt", factory, "logits", CPU).scores(digits_batch)
+    other = load_model(MODELS / name, factory, "logits", CPU).scores(digits_batch)
+    torch.testing.assert_close(other, reference, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("batch", [1, 7, 64])
 def test_exported_program_has_a_dynamic_batch(batch):
     runner = load_model(MODELS / "digits_cnn.pt2", None, "softmax", CPU)

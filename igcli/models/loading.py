@@ -62,7 +62,7 @@ def load_model(
         raise ModelError(f"{path}: model file not found; check model.path or --model")
     if threads > 0:
         torch.set_num_threads(threads)
-    onnx_file = path is not None and factory is None and path.suffix.lower() == ".onnx"
+    onnx_file = path is not None and path.suffix.lower() == ".onnx"
     if backend == "onnxruntime":
         _require_float32(precision)
     if onnx_file:
@@ -83,7 +83,15 @@ def load_module(path: Path | None, factory: str | None, trust_pickle: bool = Fal
     """The torch module from a factory (with an optional state_dict) or a model file."""
     if path is not None and not path.exists():
         raise ModelError(f"{path}: model file not found; check model.path or --model")
-    return _build_from_factory(factory, path) if factory is not None else _load_file(path, trust_pickle)
+    if factory is not None and not whole_model_file(path):
+        return _build_from_factory(factory, path)
+    return _load_file(path, trust_pickle)
+
+
+def whole_model_file(path: Path | None) -> bool:
+    """A file that holds its architecture (.onnx, .pt2, .ts): loaded as it is, without model.factory,
+    which builds the model for a state_dict only (so ``--model file.pt2`` works with any config)."""
+    return path is not None and path.suffix.lower() in (".onnx", ".pt2", ".ts")
 
 
 def _load_onnx(path: Path, score: ScoreKind, device: torch.device, backend: str, threads: int,
@@ -277,7 +285,7 @@ def build_gradient_graph(path: Path, factory: str | None, score: ScoreKind, trus
     random batch); the check runs the exported graph on onnxruntime.
     """
     fixed_batch = None
-    if factory is None and path.suffix.lower() == ".onnx":
+    if path is not None and path.suffix.lower() == ".onnx":
         model = read_onnx(path)
         if read_info(model) is not None:
             raise ModelError(f"{path}: already an igcli gradient graph")
