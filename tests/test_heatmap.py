@@ -1,7 +1,13 @@
+import io
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
 
 from igcli.outputs.heatmap import MIN_SIDE, NEGATIVE, POSITIVE, render_bare, render_overlay, signed_map
+from igcli.outputs.png import png_bytes
 
 
 def attributions():
@@ -47,3 +53,44 @@ def test_colours_and_size():
 
 def test_all_zero_attributions_render_blank():
     assert not signed_map(np.zeros((1, 3, 3)), "all", 99).any()
+
+
+def _decoded(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        image.verify()  # chunk CRCs and structure
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG" and image.mode == "RGB"
+        return np.asarray(image)
+
+
+@pytest.mark.parametrize("shape,factor", [((32, 32), 8), ((28, 20), 10), ((224, 224), 2), ((300, 257), 1),
+                                          ((1, 1), 1), ((1, 9), 3), ((9, 1), 3)])
+def test_png_bytes_decode_to_the_same_pixels_as_the_heatmap(shape, factor):
+    rng = np.random.default_rng(sum(shape))
+    values = np.clip(rng.normal(0, 0.5, shape), -1, 1)
+    pixels = rng.random((1, *shape))
+    image = render_overlay(pixels, values, 0.6)
+    small = np.asarray(image.resize(shape[::-1], Image.Resampling.NEAREST))
+    enlarged = np.repeat(np.repeat(small, factor, axis=0), factor, axis=1)
+    for rgb in (np.asarray(image), enlarged, enlarged[:, ::-1]):
+        assert np.array_equal(_decoded(png_bytes(rgb)), rgb)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 2**32 - 1), st.floats(0, 1))
+def test_png_bytes_round_trip_any_rgb_image(height, width, seed, repeat_share):
+    """Rows that repeat the row above (Up filter), wrap-around differences (Sub), any size."""
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    for row in range(1, height):
+        if rng.random() < repeat_share:
+            rgb[row] = rgb[row - 1]
+    assert np.array_equal(_decoded(png_bytes(rgb)), rgb)
+    assert np.array_equal(_decoded(png_bytes(rgb[:, ::-1])), rgb[:, ::-1])  # a non-contiguous view
+
+
+def test_png_bytes_refuses_what_is_not_8_bit_rgb():
+    with pytest.raises(ValueError, match="uint8"):
+        png_bytes(np.zeros((4, 4), dtype=np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        png_bytes(np.zeros((4, 4, 3), dtype=np.float32))
