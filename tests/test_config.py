@@ -89,16 +89,17 @@ def test_numbers_and_names_are_validated_not_trusted(tmp_path_factory, steps, ba
         assert error_of(path).startswith(f"{path}:")
 
 
-def test_adaptive_chunks_fill_two_batches_within_the_gradient_budget():
+def test_adaptive_chunks_fill_three_batches_within_the_gradient_budget():
     from igcli.jobs.image_job import ADAPTIVE_GRADIENT_BYTES, ADAPTIVE_POINTS_PER_PATH, _inputs_per_chunk
 
     def chunk(*sets: str) -> int:
         return _inputs_per_chunk(load_config(DIGITS_CONFIG, [(text, "--set") for text in sets]))
 
     # The sample config: adaptive, batch 128, a first round of 5 points per input.
-    assert chunk() == -(-2 * 128 // 5) and chunk("batch_size=64") == -(-2 * 64 // 5)
+    assert chunk() == -(-3 * 128 // 5) == 77 and chunk("batch_size=64") == -(-3 * 64 // 5)
+    assert chunk("batch_size=256") == 96  # at most MAX_INPUTS_PER_CHUNK
     assert chunk("method=gausslegendre", "steps=50") == -(-128 // 51)  # fixed rules: one batch
-    assert chunk("target.top_k=3") == -(-2 * 128 // 15)
+    assert chunk("target.top_k=3") == -(-3 * 128 // 15)
     large = ("input.mode=RGB", "input.resize=[512, 512]", "input.mean=[0.5, 0.5, 0.5]", "input.std=[0.5, 0.5, 0.5]")
     assert 1 <= chunk(*large) < chunk()
     assert chunk(*large) * ADAPTIVE_POINTS_PER_PATH * 3 * 512 * 512 * 4 <= ADAPTIVE_GRADIENT_BYTES

@@ -94,7 +94,7 @@ def wait_for_records(process: subprocess.Popen, out: Path, count: int) -> None:
 
 
 def test_resume_reuses_what_still_matches_and_recomputes_the_rest(sample_tree, tmp_path):
-    out, small_chunks = tmp_path / "out", ["--steps", 8, "--batch-size", 8]  # chunks of 4 inputs (2 batches of 5 points)
+    out, small_chunks = tmp_path / "out", ["--steps", 8, "--batch-size", 6]  # chunks of 4 inputs (5 points each: 3 batches)
     assert run("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", out, *small_chunks).exit_code == 0
     before = {r["input"]: r for r in lines(out)}
     changed, stripped = sample_tree / IMAGES[0].name, IMAGES[6].name
@@ -178,7 +178,7 @@ def test_the_manifest_is_rewritten_with_running_totals(tmp_path, monkeypatch):
     monkeypatch.setattr(writer_module, "write_bytes_atomic", spy)
     folder = many_images(tmp_path / "images", 1)
     assert run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "out", "--steps", 4,
-               "--batch-size", 10).exit_code == 0
+               "--batch-size", 6).exit_code == 0
     running = [m for m in written if m["state"] == "running"]
     assert len(running) >= 3 and running[-1]["finished"] is None
     counts = [m["totals"]["records"] for m in running]

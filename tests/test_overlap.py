@@ -117,7 +117,7 @@ def test_a_stop_with_chunks_in_flight_keeps_what_was_written(tmp_path, monkeypat
         (folder / f"{index}_bad.png").write_text("not an image")
     out = tmp_path / "out"
     result = run("explain", "-c", DIGITS_CONFIG, folder, "-o", out, "--max-errors", 2, "--steps", 4,
-                 "--batch-size", 8)
+                 "--batch-size", 6)  # chunks of 4 inputs
     assert result.exit_code == 1 and "--max-errors 2" in result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]

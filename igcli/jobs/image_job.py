@@ -21,11 +21,12 @@ from ..quadrature import Rule
 from ..records import Attribution, Failure, Sample, output_stem
 from .common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
 
-MAX_INPUTS_PER_CHUNK = 64
+MAX_INPUTS_PER_CHUNK = 96
 # The adaptive rule's rounds shrink as paths converge, and each round's last batch is partly
 # padding: a chunk whose first round fills two batches had 4% padding on the sample job against
-# 9% at one batch, and ran 6% faster (benchmarks/RESULTS.md).
-ADAPTIVE_FIRST_ROUND_BATCHES = 2
+# 9% at one batch, and ran 6% faster; three batches (77 inputs) ran the engine 13% faster again
+# once the model itself got faster, four 11%, eight 1% (benchmarks/RESULTS.md).
+ADAPTIVE_FIRST_ROUND_BATCHES = 3
 # The adaptive rule keeps every evaluated point's gradient (times x - x') until its chunk is done:
 # at ~48 points a path (the sample job averages 22), keep a chunk's within this many bytes.
 ADAPTIVE_GRADIENT_BYTES = 1 << 30
