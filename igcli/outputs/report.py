@@ -14,9 +14,9 @@ import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterator
 
 from PIL import Image
