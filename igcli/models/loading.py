@@ -83,12 +83,12 @@ def load_module(path: Path | None, factory: str | None, trust_pickle: bool = Fal
     """The torch module from a factory (with an optional state_dict) or a model file."""
     if path is not None and not path.exists():
         raise ModelError(f"{path}: model file not found; check model.path or --model")
-    if factory is not None and not whole_model_file(path):
+    if factory is not None and not _whole_model_file(path):
         return _build_from_factory(factory, path)
     return _load_file(path, trust_pickle)
 
 
-def whole_model_file(path: Path | None) -> bool:
+def _whole_model_file(path: Path | None) -> bool:
     """A file that holds its architecture (.onnx, .pt2, .ts): loaded as it is, without model.factory,
     which builds the model for a state_dict only (so ``--model file.pt2`` works with any config)."""
     return path is not None and path.suffix.lower() in (".onnx", ".pt2", ".ts")
