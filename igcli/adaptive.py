@@ -26,6 +26,7 @@ from torch import Tensor
 
 REFINE_SHARE = 0.34  # of a path's intervals bisected per round: the worst third (measured best of 1/4..1/2)
 INITIAL_INTERVALS = 4
+ORDERED_SCATTER_DEVICES = {"cpu"}  # where index_add_ adds rows for a repeated index in index order
 
 Evaluate = Callable[[np.ndarray, np.ndarray], tuple[Tensor, Tensor]]  # (path, alpha) per point -> F, dF/dx
 
@@ -60,6 +61,24 @@ def _on(like: Tensor, values: np.ndarray) -> Tensor:
     return torch.from_numpy(values).to(like.device)
 
 
+def _rows(tensor: Tensor, index: np.ndarray) -> Tensor:
+    # index_select, not tensor[index]: advanced indexing of whole maps ran ~7x slower on the CPU.
+    return tensor.index_select(0, _on(tensor, index))
+
+
+def _sum_rows_by_group(values: Tensor, group: np.ndarray, groups: int) -> Tensor:
+    """Row i of ``values`` summed into row group[i] of a [groups, ...] result, in a fixed order
+    on every device and run: these sums decide which intervals are bisected."""
+    if values.device.type in ORDERED_SCATTER_DEVICES:
+        # A dense one-hot product cost ~10x more than index_add_ here.
+        return values.new_zeros((groups,) + tuple(values.shape[1:])).index_add_(0, _on(values, group), values)
+    # CUDA's index_add_ adds in whatever order its atomics land; a matrix product does not.
+    one_hot = np.zeros((groups, len(group)))
+    one_hot[group, np.arange(len(group))] = 1
+    summed = _on(values, one_hot).to(values.dtype) @ values.flatten(1)
+    return summed.view((groups,) + tuple(values.shape[1:]))
+
+
 class _Intervals:
     """Every path's intervals [a, b], in no particular order: their path, end nodes, completeness
     error F(b) - F(a) - (s(a) + s(b)) (b - a) / 2, and (map-aware rule) the bound
@@ -85,6 +104,7 @@ class _Refinement:
         self.active = np.ones(self.count, dtype=bool)
         self.norms = np.zeros(self.count)  # ||A|| per path from the running trapezoid (map-aware only)
         self.alpha = np.zeros(0)
+        self.node_path = np.zeros(0, dtype=np.int64)  # each node's path
         self.score = np.zeros(0)
         self.slope = np.zeros(0)
         self.density: Tensor | None = None  # g * (x - x') per node, [capacity, ...]: grows by doubling
@@ -104,9 +124,13 @@ class _Refinement:
         self.intervals = _Intervals(np.repeat(np.arange(count), start), per_path[:, :-1].flatten(),
                                     per_path[:, 1:].flatten())
         fresh = np.arange(len(self.intervals.path))
+        bounds = None
         if self.map_aware:
             self.running = self._trapezoid(self.intervals)
-        self._update(fresh, scores, len(grads), np.arange(count))
+            # The nodes are each path's start + 1 in a row, so every jump is a difference of neighbours.
+            jumps = self.density[: self.nodes].view(count, start + 1, -1).diff(dim=1)
+            bounds = jumps.norm(dim=2).flatten() / (2 * start)
+        self._update(fresh, scores, len(grads), np.arange(count), bounds)
 
     def worst_intervals(self) -> np.ndarray:
         """Indices of the intervals to bisect this round (none once every path has stopped), in
@@ -144,8 +168,7 @@ class _Refinement:
         iv = self.intervals
         path, alpha = self.midpoints(chosen)
         middle = self._append_nodes(path, alpha, grads)
-        if self.map_aware:
-            self._update_running(chosen, middle)
+        bounds = self._bisect_map(chosen, middle) if self.map_aware else None
         right = iv.right[chosen]
         iv.right[chosen] = middle  # the left half keeps the interval's place, the right half is added
         first_new = len(iv.path)
@@ -155,7 +178,7 @@ class _Refinement:
         iv.error = np.concatenate([iv.error, np.zeros(len(path))])
         iv.bound = np.concatenate([iv.bound, np.zeros(len(path))])
         fresh = np.concatenate([chosen, np.arange(first_new, len(iv.path))])
-        self._update(fresh, scores, len(grads), np.unique(path))
+        self._update(fresh, scores, len(grads), np.unique(path), bounds)
 
     def intervals_per_path(self) -> np.ndarray:
         return np.bincount(self.intervals.path, minlength=self.count)
@@ -165,15 +188,13 @@ class _Refinement:
         return self._trapezoid(self.intervals).to(self.deltas.dtype)
 
     def _trapezoid(self, iv: _Intervals) -> Tensor:
-        # A node weighs half of each interval it ends. One matrix product rather than a scatter:
-        # the same sums in the same order on every device and run.
+        # A node weighs half of each interval it ends.
         half = (self.alpha[iv.right] - self.alpha[iv.left]) / 2
-        weights = np.zeros((self.count, self.nodes))
-        np.add.at(weights, (iv.path, iv.left), half)
-        np.add.at(weights, (iv.path, iv.right), half)
+        weight = np.bincount(iv.left, half, minlength=self.nodes) + np.bincount(iv.right, half, minlength=self.nodes)
         density = self.density[: self.nodes]
-        summed = _on(density, weights).to(density.dtype) @ density.flatten(1)
-        return summed.view((self.count,) + tuple(density.shape[1:]))
+        broadcast = (-1,) + (1,) * (density.dim() - 1)
+        weighted = density * _on(density, weight).to(density.dtype).view(broadcast)
+        return _sum_rows_by_group(weighted, self.node_path, self.count)
 
     def _append_nodes(self, path: np.ndarray, alpha: np.ndarray, grads: Tensor) -> np.ndarray:
         ids = np.arange(self.nodes, self.nodes + len(path))
@@ -182,19 +203,21 @@ class _Refinement:
             if self.density is not None:
                 grown[: self.nodes] = self.density[: self.nodes]
             self.density = grown
-        torch.mul(grads, self.deltas[_on(self.deltas, path)], out=self.density[ids[0] : ids[-1] + 1])
+        torch.mul(grads, _rows(self.deltas, path), out=self.density[ids[0] : ids[-1] + 1])
         self.nodes += len(ids)
         self.alpha = np.concatenate([self.alpha, alpha])
+        self.node_path = np.concatenate([self.node_path, path])
         return ids
 
-    def _update(self, fresh: np.ndarray, scores: Tensor, new_nodes: int, refining: np.ndarray) -> None:
-        """Fill the errors (and bounds) of the ``fresh`` intervals and the norms of the ``refining``
-        paths, with one transfer from the device for all of them."""
+    def _update(self, fresh: np.ndarray, scores: Tensor, new_nodes: int, refining: np.ndarray,
+                bounds: Tensor | None) -> None:
+        """Fill the errors (and ``bounds``, map-aware) of the ``fresh`` intervals and the norms of
+        the ``refining`` paths, with one transfer from the device for all of them."""
         iv = self.intervals
         slopes = self.density[self.nodes - new_nodes : self.nodes].flatten(1).sum(1, dtype=torch.float64)
         parts = [scores.double(), slopes]
         if self.map_aware:
-            parts += [self._bounds(iv, fresh).double(), self._norms(refining).double()]
+            parts += [bounds.double(), self._norms(refining).double()]
         host = torch.cat(parts).cpu().numpy()
         self.score = np.concatenate([self.score, host[:new_nodes]])
         self.slope = np.concatenate([self.slope, host[new_nodes : 2 * new_nodes]])
@@ -205,31 +228,21 @@ class _Refinement:
             iv.bound[fresh] = host[2 * new_nodes : 2 * new_nodes + len(fresh)]
             self.norms[refining] = host[2 * new_nodes + len(fresh):]
 
-    def _bounds(self, iv: _Intervals, fresh: np.ndarray) -> Tensor:
-        left, right = _on(self.density, iv.left[fresh]), _on(self.density, iv.right[fresh])
-        jumps = self.density[right] - self.density[left]
-        widths = _on(jumps, (self.alpha[iv.right[fresh]] - self.alpha[iv.left[fresh]]) / 2).to(jumps.dtype)
-        # Norms in the tensors' own precision: these set budgets, and float64 copies of whole maps
-        # were the largest allocations of a round.
-        return jumps.flatten(1).norm(dim=1) * widths
-
     def _norms(self, paths: np.ndarray) -> Tensor:
-        return self.running[_on(self.running, paths)].flatten(1).norm(dim=1)
+        return _rows(self.running, paths).flatten(1).norm(dim=1)
 
-    def _update_running(self, chosen: np.ndarray, middle: np.ndarray) -> None:
-        """The running trapezoid after bisecting [a, b] at m (nodes ``middle``, just added):
-        + (b - a)/2 d(m) - (b - a)/4 (d(a) + d(b)), d the density at a node."""
+    def _bisect_map(self, chosen: np.ndarray, middle: np.ndarray) -> Tensor:
+        """Bisecting [a, b] at m (nodes ``middle``, just added): add (b - a)/4 (2 d(m) - d(a) - d(b))
+        to the running trapezoid, d the density at a node; return the error bounds of every [a, m],
+        then of every [m, b], as ``_Intervals`` defines them."""
         iv, density = self.intervals, self.density
-        width = self.alpha[iv.right[chosen]] - self.alpha[iv.left[chosen]]
-        h = _on(density, width).to(density.dtype).view((-1,) + (1,) * (density.dim() - 1))
-        change = density[_on(density, iv.left[chosen])]
-        change += density[_on(density, iv.right[chosen])]
-        change.mul_(-h / 4).add_(density[_on(density, middle)].mul_(h / 2))  # in place: fewer large temporaries
-        # Summed per path by a matrix product, as in _trapezoid: a scatter-add with repeated paths
-        # (index_add_) adds in whatever order CUDA's atomics land, and these norms decide which
-        # intervals are bisected.
+        left, right = iv.left[chosen], iv.right[chosen]
+        quarter = _on(density, (self.alpha[right] - self.alpha[left]) / 4).to(density.dtype)
+        d_m = density[middle[0] : middle[-1] + 1]
+        jump_am, jump_mb = d_m - _rows(density, left), _rows(density, right).sub_(d_m)
+        bounds = torch.cat([jump_am.flatten(1).norm(dim=1), jump_mb.flatten(1).norm(dim=1)]) * quarter.repeat(2)
+        # 2 d(m) - d(a) - d(b) is the difference of the two jumps: no more passes over the maps.
+        change = jump_am.sub_(jump_mb).mul_(quarter.view((-1,) + (1,) * (density.dim() - 1)))
         paths, slot = np.unique(iv.path[chosen], return_inverse=True)
-        one_hot = np.zeros((len(paths), len(chosen)))
-        one_hot[slot, np.arange(len(chosen))] = 1
-        summed = _on(change, one_hot).to(change.dtype) @ change.flatten(1)
-        self.running.index_add_(0, _on(self.running, paths), summed.view((len(paths),) + change.shape[1:]))
+        self.running.index_add_(0, _on(self.running, paths), _sum_rows_by_group(change, slot.ravel(), len(paths)))
+        return bounds

@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from igcli import adaptive as adaptive_module
 from igcli import engine
 from igcli.engine import Quadrature, TargetSpec, explain
 from igcli.quadrature import Rule
@@ -195,3 +196,19 @@ def test_each_path_refines_as_if_it_were_alone(map_tolerance):
             (single.target, single.rank, single.steps, single.gradient_evals, single.converged)
         torch.testing.assert_close(shared.attributions, single.attributions, rtol=1e-10, atol=1e-13)
         assert shared.abs_error == pytest.approx(single.abs_error, rel=1e-6, abs=1e-15)
+
+
+@pytest.mark.parametrize("map_tolerance", [None, 0.05])
+def test_the_cpu_scatter_and_the_other_devices_product_agree(monkeypatch, map_tolerance):
+    """Per-path sums are index_add_ on the CPU and a one-hot product elsewhere (igcli.adaptive):
+    both must bisect the same intervals and give the same attributions, up to rounding."""
+    x = inputs((6, 1, 8, 8), seed=5) * 2
+    base = torch.rand(6, 2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    quad = Quadrature(Rule.adaptive, None, tolerance=0.01, max_steps=512, map_tolerance=map_tolerance)
+    scatter = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
+    monkeypatch.setattr(adaptive_module, "ORDERED_SCATTER_DEVICES", set())
+    product = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
+    assert len({r.steps for r in scatter}) > 2
+    for a, b in zip(scatter, product, strict=True):
+        assert (a.target, a.steps, a.gradient_evals, a.converged) == (b.target, b.steps, b.gradient_evals, b.converged)
+        torch.testing.assert_close(a.attributions, b.attributions, rtol=1e-12, atol=1e-15)
