@@ -47,6 +47,11 @@ class BaselinePlan:
     sigma: float | None = None
     fixed: Tensor | None = None
 
+    @property
+    def same_for_every_input(self) -> bool:
+        """True where the baselines depend only on the inputs' shape, not their pixels or path."""
+        return self.kind not in RANDOM_KINDS and self.kind is not BaselineKind.blur
+
 
 @dataclass(frozen=True)
 class Normalization:

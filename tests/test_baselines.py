@@ -47,3 +47,15 @@ def test_file_baseline_is_used_as_given():
     plan = BaselinePlan(BaselineKind.file, samples=2, fixed=fixed)
     result = make_baselines(plan, PIXELS, NORM, "x")
     assert torch.equal(result[1], fixed)
+
+
+@pytest.mark.parametrize("kind", list(BaselineKind))
+def test_kinds_said_to_be_the_same_for_every_input_are(kind):
+    """The image job makes such baselines once per chunk; a kind wrongly marked would give every
+    input the first input's baselines."""
+    if kind.value in ("pad", "token"):
+        pytest.skip("a text kind")
+    plan = BaselinePlan(kind, samples=2, sigma=1.0, fixed=torch.rand(1, 12, 10))
+    other = torch.rand(1, 12, 10, generator=torch.Generator().manual_seed(1))
+    same = torch.equal(make_baselines(plan, PIXELS, NORM, "a/b.png"), make_baselines(plan, other, NORM, "c/d.png"))
+    assert same == plan.same_for_every_input

@@ -103,9 +103,15 @@ class ImageJob:
 
     def _explain_group(self, group: list[Sample]):
         inputs = torch.stack([sample.x for sample in group])
-        baselines = torch.stack([make_baselines(self.baseline, s.pixels, self.preprocess.normalization, s.relpath)
-                                 for s in group])
-        return explain(self.backend, inputs, baselines, self.target, self.quadrature, self.batch)
+        return explain(self.backend, inputs, self._baselines(group), self.target, self.quadrature, self.batch)
+
+    def _baselines(self, group: list[Sample]) -> torch.Tensor:
+        """[inputs, samples, C, H, W]; made once for the group where every input gets the same."""
+        norm = self.preprocess.normalization
+        if self.baseline.same_for_every_input:
+            first = make_baselines(self.baseline, group[0].pixels, norm, group[0].relpath)
+            return first.expand((len(group),) + tuple(first.shape))
+        return torch.stack([make_baselines(self.baseline, s.pixels, norm, s.relpath) for s in group])
 
 
 def _baseline_plan(config: Config, preprocess: ImagePreprocess) -> BaselinePlan:
