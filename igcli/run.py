@@ -8,10 +8,11 @@ import signal
 import threading
 import time
 import zlib
+from collections import deque
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -245,15 +246,26 @@ def _chunks(items: Iterable[AnySample | Failure], size: int) -> Iterator[list[An
     ``size // 4`` (content-defined chunking), so bounds follow the names rather than positions:
     after an input is added or removed the bounds fall back in step within a chunk or two, and
     --resume finds the other chunks whole (chunks are reused whole, see _Reuse).
+
+    Where the inputs end fewer than ``size`` items after a bound, and the chunk before it has room,
+    those last items join it: a short last chunk runs every round of the adaptive rule in
+    part-filled batches (a 9-input tail cost ~4% of a 240-image run on the sample CNN).
     """
     every = max(1, size // 4)
+    source, read_back = iter(items), deque()
     chunk: list[AnySample | Failure] = []
-    for item in items:
+    while (item := read_back.popleft() if read_back else next(source, None)) is not None:
         chunk.append(item)
         boundary = len(chunk) >= size and zlib.crc32(item.relpath.encode("utf-8")) % every == 0
         if boundary or len(chunk) >= 2 * size:
+            short = min(size - 1, 2 * size - len(chunk))  # a last chunk this short joins this one
+            ahead = list(islice(source, short + 1))
+            if len(ahead) <= short:
+                yield chunk + ahead
+                return
             yield chunk
             chunk = []
+            read_back.extend(ahead)
     if chunk:
         yield chunk
 

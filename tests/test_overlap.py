@@ -112,7 +112,7 @@ def test_two_chunks_in_flight_write_the_same_tree(tmp_path, monkeypatch):
 
 def test_a_stop_with_chunks_in_flight_keeps_what_was_written(tmp_path, monkeypatch):
     monkeypatch.setattr(overlap, "CHUNKS_IN_FLIGHT", 2)
-    folder = many_images(tmp_path / "images", 2)
+    folder = many_images(tmp_path / "images", 3)  # the stop must come before the last chunk, which takes a short tail
     for index in range(6):
         (folder / f"{index}_bad.png").write_text("not an image")
     out = tmp_path / "out"
@@ -122,5 +122,5 @@ def test_a_stop_with_chunks_in_flight_keeps_what_was_written(tmp_path, monkeypat
     manifest = json.loads((out / "manifest.json").read_text())
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert manifest["state"] == "stopped" and manifest["totals"]["failed"] >= 3
-    assert manifest["totals"]["inputs"] == len(records) < 30
+    assert manifest["totals"]["inputs"] == len(records) < 42
     assert all((out / r["outputs"]["heatmap"]).exists() for r in records if r.get("error") is None)

@@ -1,6 +1,8 @@
 """Inputs for pipelines and batch jobs: stdin, --files-from, --shard, --fail-fast / --max-errors."""
 import json
+import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 from click.testing import CliRunner
 from hypothesis import given, settings
@@ -8,6 +10,7 @@ from hypothesis import strategies as st
 
 from igcli.cli import main
 from igcli.inputs.discover import InputRef, in_shard
+from igcli.run import _chunks
 
 from .conftest import DIGITS_CONFIG, SAMPLE_DATA
 
@@ -49,6 +52,22 @@ def test_shard_membership_is_a_partition(names, count):
     refs = [InputRef(Path("x"), name) for name in names]
     shards = [[ref.relpath for ref in refs if in_shard(ref, index, count)] for index in range(count)]
     assert sorted(name for shard in shards for name in shard) == sorted(names)
+
+
+@settings(max_examples=200, deadline=None)
+@given(count=st.integers(0, 300), size=st.integers(1, 40))
+def test_chunks_keep_the_order_and_their_bounds_and_a_short_tail_joins_the_chunk_before(count, size):
+    items = [SimpleNamespace(relpath=f"{index:05d}.png") for index in range(count)]
+    chunks = list(_chunks(items, size))
+    assert [item for chunk in chunks for item in chunk] == items
+    assert all(len(chunk) <= 2 * size for chunk in chunks)
+    every = max(1, size // 4)
+    for chunk in chunks[:-2]:  # content-defined: ends at a name that hashes to 0, or at 2 * size
+        assert len(chunk) >= size
+        assert len(chunk) == 2 * size or zlib.crc32(chunk[-1].relpath.encode()) % every == 0
+    if len(chunks) >= 2:
+        assert len(chunks[-2]) >= size
+        assert len(chunks[-1]) >= size or len(chunks[-2]) + len(chunks[-1]) > 2 * size
 
 
 def test_max_errors_and_fail_fast_stop_early_keeping_what_was_written(tmp_path):
