@@ -27,6 +27,7 @@ from torch import Tensor
 REFINE_SHARE = 0.34  # of a path's intervals bisected per round: the worst third (measured best of 1/4..1/2)
 INITIAL_INTERVALS = 4
 ORDERED_SCATTER_DEVICES = {"cpu"}  # where index_add_ adds rows for a repeated index in index order
+WEIGHTED_BLOCK_BYTES = 4 << 20
 
 Evaluate = Callable[[np.ndarray, np.ndarray], tuple[Tensor, Tensor]]  # (path, alpha) per point -> F, dF/dx
 
@@ -66,17 +67,26 @@ def _rows(tensor: Tensor, index: np.ndarray) -> Tensor:
     return tensor.index_select(0, _on(tensor, index))
 
 
-def _sum_rows_by_group(values: Tensor, group: np.ndarray, groups: int) -> Tensor:
-    """Row i of ``values`` summed into row group[i] of a [groups, ...] result, in a fixed order
-    on every device and run: these sums decide which intervals are bisected."""
+def _sum_rows_by_group(values: Tensor, group: np.ndarray, groups: int, weight: np.ndarray | None = None) -> Tensor:
+    """Row i of ``values`` (times ``weight[i]``) summed into row group[i] of a [groups, ...]
+    result, in a fixed order on every device and run: these sums decide which intervals are bisected."""
+    shape = (groups,) + tuple(values.shape[1:])
     if values.device.type in ORDERED_SCATTER_DEVICES:
         # A dense one-hot product cost ~10x more than index_add_ here.
-        return values.new_zeros((groups,) + tuple(values.shape[1:])).index_add_(0, _on(values, group), values)
+        index, summed = _on(values, group), values.new_zeros(shape)
+        if weight is None:
+            return summed.index_add_(0, index, values)
+        scale = _on(values, weight).to(values.dtype).view((-1,) + (1,) * (values.dim() - 1))
+        rows = max(1, WEIGHTED_BLOCK_BYTES // max(1, values[0].numel() * values.element_size()))
+        # Weighted copies a block at a time: all at once, a copy of every stored map raised the peak.
+        for first in range(0, len(group), rows):
+            block = slice(first, first + rows)
+            summed.index_add_(0, index[block], values[block] * scale[block])
+        return summed
     # CUDA's index_add_ adds in whatever order its atomics land; a matrix product does not.
-    one_hot = np.zeros((groups, len(group)))
-    one_hot[group, np.arange(len(group))] = 1
-    summed = _on(values, one_hot).to(values.dtype) @ values.flatten(1)
-    return summed.view((groups,) + tuple(values.shape[1:]))
+    matrix = np.zeros((groups, len(group)))
+    matrix[group, np.arange(len(group))] = 1 if weight is None else weight
+    return (_on(values, matrix).to(values.dtype) @ values.flatten(1)).view(shape)
 
 
 class _Intervals:
@@ -191,10 +201,7 @@ class _Refinement:
         # A node weighs half of each interval it ends.
         half = (self.alpha[iv.right] - self.alpha[iv.left]) / 2
         weight = np.bincount(iv.left, half, minlength=self.nodes) + np.bincount(iv.right, half, minlength=self.nodes)
-        density = self.density[: self.nodes]
-        broadcast = (-1,) + (1,) * (density.dim() - 1)
-        weighted = density * _on(density, weight).to(density.dtype).view(broadcast)
-        return _sum_rows_by_group(weighted, self.node_path, self.count)
+        return _sum_rows_by_group(self.density[: self.nodes], self.node_path, self.count, weight)
 
     def _append_nodes(self, path: np.ndarray, alpha: np.ndarray, grads: Tensor) -> np.ndarray:
         ids = np.arange(self.nodes, self.nodes + len(path))

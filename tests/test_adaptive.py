@@ -200,11 +200,13 @@ def test_each_path_refines_as_if_it_were_alone(map_tolerance):
 
 @pytest.mark.parametrize("map_tolerance", [None, 0.05])
 def test_the_cpu_scatter_and_the_other_devices_product_agree(monkeypatch, map_tolerance):
-    """Per-path sums are index_add_ on the CPU and a one-hot product elsewhere (igcli.adaptive):
-    both must bisect the same intervals and give the same attributions, up to rounding."""
+    """Per-path sums are index_add_ on the CPU (weighted rows a block at a time) and a one-hot
+    product elsewhere (igcli.adaptive): both must bisect the same intervals and give the same
+    attributions, up to rounding."""
     x = inputs((6, 1, 8, 8), seed=5) * 2
     base = torch.rand(6, 2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     quad = Quadrature(Rule.adaptive, None, tolerance=0.01, max_steps=512, map_tolerance=map_tolerance)
+    monkeypatch.setattr(adaptive_module, "WEIGHTED_BLOCK_BYTES", 3 * 64 * 8)  # 3 maps a block: several blocks
     scatter = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
     monkeypatch.setattr(adaptive_module, "ORDERED_SCATTER_DEVICES", set())
     product = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
