@@ -218,6 +218,32 @@ def test_report_is_one_escaped_page_and_can_be_rebuilt(sample_tree, tmp_path, mo
     assert page.count("data:image/jpeg;base64,") == 2 * pictured and "pictures for the first 3 rows only" in page
 
 
+def test_thumbnails_made_by_threads_are_kept_on_disk_up_to_the_cap(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    monkeypatch.setattr(report_module, "MAX_THUMBNAILS", 40)
+    g = torch.Generator().manual_seed(0)
+    images = [Image.fromarray(torch.randint(0, 256, (48, 48, 3), generator=g, dtype=torch.uint8).numpy())
+              for _ in range(50)]
+    made = report_module.Thumbnails()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda n: made.add_heatmap(f"heatmaps/{n}.png", images[n]), range(50)))
+        list(pool.map(lambda n: made.add_input(f"in/{n % 10}.png", images[n % 10]), range(50)))
+    kept = [n for n in range(50) if made._made("heatmap", f"heatmaps/{n}.png") is not None]
+    assert len(kept) == 40  # the cap; the rest come from their files
+    for n in kept:
+        assert made.heatmap(f"heatmaps/{n}.png", tmp_path) == report_module.thumbnail(images[n])
+    for n in range(10):  # one per input, however many records it has
+        assert made.input(f"in/{n}.png") == report_module.thumbnail(images[n])
+    sizes = [length for _, length in made._where.values()]
+    assert len(sizes) == 50 and os.fstat(made._spool.fileno()).st_size == sum(sizes)  # the bytes are in the file
+    assert made.heatmap("heatmaps/missing.png", tmp_path) == ""  # neither made nor on disk
+    made.close()
+    assert made._spool is None
+
+
 def test_report_shows_coloured_words_for_texts(tmp_path):
     texts = tmp_path / "texts"
     texts.mkdir()

@@ -24,7 +24,7 @@ from ..errors import IgcliError, UsageError
 from ..records import Attribution, Failure, TextSample
 from .heatmap import render_bare, render_overlay, signed_map
 from .png import png_bytes
-from .report import MAX_THUMBNAILS, Thumbnails, thumbnail, write_report
+from .report import Thumbnails, write_report
 from .text_view import render_ansi, render_html
 
 
@@ -150,12 +150,10 @@ class RunWriter:
                 relative = f"heatmaps/{attribution.name}{suffix}"
                 write_bytes_atomic(self.out_dir / relative, png_bytes(np.asarray(image)))
                 written[key] = relative
-            if len(self._thumbnails.heatmaps) < MAX_THUMBNAILS:
-                self._thumbnails.heatmaps[written["heatmap"]] = thumbnail(images["heatmap"])
+            self._thumbnails.add_heatmap(written["heatmap"], images["heatmap"])
         sample = attribution.sample
-        made = self._thumbnails.inputs
-        if getattr(sample, "preview", None) is not None and sample.source not in made and len(made) < MAX_THUMBNAILS:
-            made[sample.source] = thumbnail(sample.preview)
+        if getattr(sample, "preview", None) is not None:
+            self._thumbnails.add_input(sample.source, sample.preview)
         if self.options.attributions == "npy":
             relative = f"attributions/{attribution.name}.npy"
             buffer = io.BytesIO()
@@ -214,6 +212,8 @@ class RunWriter:
             write_report(self.out_dir, self._thumbnails)
         except OSError as error:
             log.error("%s: cannot write manifest.json or report.html (%s)", self.out_dir, error.strerror or error)
+        finally:
+            self._thumbnails.close()
 
 
 def _done(value: Any) -> Future:
