@@ -1,23 +1,38 @@
 """Files appear whole or not at all: written to a temporary name beside them, then renamed."""
 from __future__ import annotations
 
+import itertools
 import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+_serial = itertools.count()
+_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write`` on a temporary file in ``path``'s folder, then rename it to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = _create_temporary(path)
     try:
         with os.fdopen(handle, "wb") as stream:
             write(stream)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    # Not tempfile.mkstemp: its files are private (0600) whatever the umask, so every output would
+    # be, and its random names cost more than writing a heatmap (80 against 50 us a file here).
+    # The process id and a counter make names unique; a name left by a killed run is skipped.
+    while True:
+        temporary = path.with_name(f".{path.name}.{os.getpid()}-{next(_serial)}.tmp")
+        try:
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o666), temporary
+        except FileExistsError:
+            continue
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -178,3 +178,23 @@ def test_a_full_disk_stops_the_run_and_leaves_no_partial_file(tmp_path, monkeypa
     result = run("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", out, *STEPS,
                  "--set", "output.attributions=npy", "--resume")
     assert result.exit_code == 0 and len((out / "results.jsonl").read_text().splitlines()) == len(IMAGES)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+def test_outputs_get_the_umask_permissions_and_a_stale_temporary_name_is_skipped(tmp_path, monkeypatch):
+    """Outputs are written to a temporary name and renamed; they must be as readable as any file
+    the user's umask allows (tempfile.mkstemp's would all be 0600), and a temporary left by a killed
+    process with the same id must not stop the write."""
+    monkeypatch.setattr(atomic_files, "_serial", iter([7, 7, 8]))
+    target = tmp_path / "heatmaps" / "a.png"
+    target.parent.mkdir()
+    stale = target.with_name(f".a.png.{os.getpid()}-7.tmp")
+    stale.write_bytes(b"left by a killed run")
+    previous = os.umask(0o022)
+    try:
+        atomic_files.write_bytes_atomic(target, b"whole")
+    finally:
+        os.umask(previous)
+    assert target.read_bytes() == b"whole" and stale.read_bytes() == b"left by a killed run"
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert atomic_files.remove_leftovers(tmp_path) == 1 and not stale.exists()
