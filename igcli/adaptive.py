@@ -153,10 +153,14 @@ class _Refinement:
             completeness = np.abs(np.bincount(iv.path, iv.error, minlength=count))
             map_error = np.sqrt(np.bincount(iv.path, iv.bound * iv.bound, minlength=count))
             done = (completeness <= budget) & (map_error <= map_budget)
+            failed = ~np.isfinite(completeness + map_error)
             rank_by = np.maximum(np.abs(iv.error) / budget[iv.path], iv.bound / map_budget[iv.path])
         else:
-            done = np.bincount(iv.path, np.abs(iv.error), minlength=count) <= budget
+            total = np.bincount(iv.path, np.abs(iv.error), minlength=count)
+            done, failed = total <= budget, ~np.isfinite(total)
             rank_by = np.abs(iv.error)
+        # A NaN or infinite gradient or F: no refinement will mend it, and its record is a failure.
+        self.active &= ~failed
         if self.quad.steps is None:
             self.active &= ~done
         self.active &= intervals < self.budget

@@ -183,8 +183,41 @@ def build():
 """
 
 
-def test_a_model_output_of_nan_fails_that_input_alone(tmp_path):
-    (tmp_path / "nan_model.py").write_text(NAN_MODEL)
+NAN_GRADIENT_MODEL = """
+import torch
+
+
+class NanGradientWhenBright(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        bright = x.flatten(1).mean(1) > 0.9
+        return torch.where(bright.view(-1, 1, 1, 1), torch.full_like(grad, float("nan")), grad)
+
+
+class FiniteOutputsNanGradients(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(32 * 32, 10)
+
+    def forward(self, x):
+        return self.linear(NanGradientWhenBright.apply(x).flatten(1))
+
+
+def build():
+    return FiniteOutputsNanGradients()
+"""
+
+
+@pytest.mark.parametrize("model", [NAN_MODEL, NAN_GRADIENT_MODEL], ids=["outputs", "gradients"])
+def test_a_model_output_of_nan_fails_that_input_alone(tmp_path, model):
+    (tmp_path / "nan_model.py").write_text(model)
     images = tmp_path / "images"
     images.mkdir()
     Image.new("L", (32, 32), 255).save(images / "white.png")

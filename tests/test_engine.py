@@ -1,4 +1,6 @@
 """The engine against closed forms, the paper's axioms, and itself batched differently."""
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -229,3 +231,39 @@ def test_sums_into_attributions_never_repeat_an_index_in_one_scatter(monkeypatch
     assert calls and all(len(set(index)) == len(index) for index in calls)
     for a, b in zip(*results.values()):
         torch.testing.assert_close(a.attributions, b.attributions, rtol=1e-12, atol=1e-15)
+
+
+class _NanGradientPast(torch.autograd.Function):
+    """The identity, whose gradient is NaN where the input is past 2: F stays finite, IG does not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.where(x > 2, torch.full_like(grad, float("nan")), grad)
+
+
+class _NanGradientNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = smooth_mlp()
+
+    def forward(self, x):
+        return self.inner(_NanGradientPast.apply(x))
+
+
+@pytest.mark.parametrize("rule", [Rule.gausslegendre, Rule.adaptive])
+def test_a_nan_gradient_shows_in_the_attribution_sum_and_stops_refinement(rule):
+    """Records are failures when a number is not finite; attribution_sum stands for the whole map."""
+    x = torch.tensor([[0.5] * 6, [0.5] * 5 + [3.0]], dtype=torch.float64)
+    results = explain(backend(_NanGradientNet()), x, torch.zeros(2, 1, 6, dtype=torch.float64),
+                      TargetSpec("index", 0), Quadrature(rule, 16 if rule is Rule.gausslegendre else None))
+    assert all(math.isfinite(r.f_input) and math.isfinite(r.f_baseline) for r in results)
+    assert math.isfinite(results[0].attribution_sum) and torch.isfinite(results[0].attributions).all()
+    assert not math.isfinite(results[1].attribution_sum) and not torch.isfinite(results[1].attributions).all()
+    if rule is Rule.adaptive:  # no refinement mends a NaN: that path stops after the first round
+        assert results[1].steps == adaptive.INITIAL_INTERVALS and results[1].gradient_evals <= 5
