@@ -27,7 +27,7 @@ from torch import Tensor
 REFINE_SHARE = 0.34  # of a path's intervals bisected per round: the worst third (measured best of 1/4..1/2)
 INITIAL_INTERVALS = 4
 ORDERED_SCATTER_DEVICES = {"cpu"}  # where index_add_ adds rows for a repeated index in index order
-WEIGHTED_BLOCK_BYTES = 4 << 20
+WEIGHTED_BLOCK_BYTES = 4 << 20  # weighted copies of stored maps made at a time, on the CPU (_sum_rows_by_group)
 
 Evaluate = Callable[[np.ndarray, np.ndarray], tuple[Tensor, Tensor]]  # (path, alpha) per point -> F, dF/dx
 
