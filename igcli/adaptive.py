@@ -26,6 +26,11 @@ from torch import Tensor
 
 REFINE_SHARE = 0.34  # of a path's intervals bisected per round: the worst third (measured best of 1/4..1/2)
 INITIAL_INTERVALS = 4
+# The stored maps grow in whole blocks of this size. glibc serves a request this large by mmap
+# whatever its dynamic threshold (which stops at 32 MiB), so the buffer goes back to the system
+# when a chunk ends instead of leaving the heap fragmented: a run's peak memory crept up chunk by
+# chunk without it (benchmarks/RESULTS.md). Pages never written are never resident.
+MAP_BLOCK_BYTES = 32 << 20
 ORDERED_SCATTER_DEVICES = {"cpu"}  # where index_add_ adds rows for a repeated index in index order
 WEIGHTED_BLOCK_BYTES = 4 << 20  # weighted copies of stored maps made at a time, on the CPU (_sum_rows_by_group)
 
@@ -117,7 +122,7 @@ class _Refinement:
         self.node_path = np.zeros(0, dtype=np.int64)  # each node's path
         self.score = np.zeros(0)
         self.slope = np.zeros(0)
-        self.density: Tensor | None = None  # g * (x - x') per node, [capacity, ...]: grows by doubling
+        self.density: Tensor | None = None  # g * (x - x') per node, [capacity, ...]: doubles, in MAP_BLOCK_BYTES
         self.nodes = 0
         self.running: Tensor | None = None  # the attributions' running trapezoid (map-aware only)
 
@@ -210,7 +215,7 @@ class _Refinement:
     def _append_nodes(self, path: np.ndarray, alpha: np.ndarray, grads: Tensor) -> np.ndarray:
         ids = np.arange(self.nodes, self.nodes + len(path))
         if self.density is None or ids[-1] >= len(self.density):
-            grown = grads.new_empty((max(len(ids) + self.nodes, 2 * self.nodes),) + tuple(grads.shape[1:]))
+            grown = grads.new_empty((self._capacity(len(ids) + self.nodes, grads),) + tuple(grads.shape[1:]))
             if self.density is not None:
                 grown[: self.nodes] = self.density[: self.nodes]
             self.density = grown
@@ -219,6 +224,12 @@ class _Refinement:
         self.alpha = np.concatenate([self.alpha, alpha])
         self.node_path = np.concatenate([self.node_path, path])
         return ids
+
+    def _capacity(self, needed: int, grads: Tensor) -> int:
+        """Rows for the stored maps: twice what is held, in whole MAP_BLOCK_BYTES."""
+        row_bytes = max(1, grads[0].numel() * grads.element_size())
+        blocks = -(-max(needed, 2 * self.nodes) * row_bytes // MAP_BLOCK_BYTES)
+        return max(needed, blocks * MAP_BLOCK_BYTES // row_bytes)
 
     def _update(self, fresh: np.ndarray, scores: Tensor, new_nodes: int, refining: np.ndarray,
                 bounds: Tensor | None) -> None:

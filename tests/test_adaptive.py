@@ -214,3 +214,22 @@ def test_the_cpu_scatter_and_the_other_devices_product_agree(monkeypatch, map_to
     for a, b in zip(scatter, product, strict=True):
         assert (a.target, a.steps, a.gradient_evals, a.converged) == (b.target, b.steps, b.gradient_evals, b.converged)
         torch.testing.assert_close(a.attributions, b.attributions, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("block", [1, 512 * 3])
+def test_the_stored_maps_growing_in_smaller_blocks_changes_nothing(monkeypatch, block):
+    """At the default 32 MiB block the test nets' maps never outgrow their first buffer; smaller
+    blocks make them grow (and copy) round after round."""
+    x = inputs((6, 1, 8, 8), seed=5) * 2
+    base = torch.rand(6, 2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    quad = Quadrature(Rule.adaptive, None, tolerance=0.01, max_steps=512, map_tolerance=0.05)
+    default = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
+    grown = []
+    capacity = adaptive_module._Refinement._capacity
+    monkeypatch.setattr(adaptive_module._Refinement, "_capacity", lambda *a: grown.append(capacity(*a)) or grown[-1])
+    monkeypatch.setattr(adaptive_module, "MAP_BLOCK_BYTES", block)
+    small = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
+    assert len(grown) >= 3 and grown == sorted(grown)  # the first buffer, then growths
+    for a, b in zip(default, small, strict=True):
+        assert (a.steps, a.gradient_evals, a.converged) == (b.steps, b.gradient_evals, b.converged)
+        torch.testing.assert_close(a.attributions, b.attributions, rtol=0, atol=0)
