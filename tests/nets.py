@@ -25,6 +25,23 @@ def small_cnn(seed: int = 0, channels: int = 1, classes: int = 4, dtype=torch.fl
     ).to(dtype)
 
 
+class NanGradientWhenBright(torch.autograd.Function):
+    """The identity, whose gradient is NaN for every row whose mean is past ``threshold``: the
+    model's outputs stay finite, IG on those rows does not (a model broken only in its backward)."""
+
+    @staticmethod
+    def forward(ctx, x, threshold):
+        ctx.save_for_backward(x)
+        ctx.threshold = threshold
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        bright = (x.flatten(1).mean(1) > ctx.threshold).view((-1,) + (1,) * (x.dim() - 1))
+        return torch.where(bright, torch.full_like(grad, float("nan")), grad), None
+
+
 def backend(module: nn.Module, score: str = "logits") -> TorchBackend:
     return TorchBackend(module, ScoreKind(score), "cpu")
 

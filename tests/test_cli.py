@@ -186,18 +186,7 @@ def build():
 NAN_GRADIENT_MODEL = """
 import torch
 
-
-class NanGradientWhenBright(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        bright = x.flatten(1).mean(1) > 0.9
-        return torch.where(bright.view(-1, 1, 1, 1), torch.full_like(grad, float("nan")), grad)
+from tests.nets import NanGradientWhenBright
 
 
 class FiniteOutputsNanGradients(torch.nn.Module):
@@ -207,7 +196,7 @@ class FiniteOutputsNanGradients(torch.nn.Module):
         self.linear = torch.nn.Linear(32 * 32, 10)
 
     def forward(self, x):
-        return self.linear(NanGradientWhenBright.apply(x).flatten(1))
+        return self.linear(NanGradientWhenBright.apply(x, 0.9).flatten(1))
 
 
 def build():

@@ -9,7 +9,7 @@ from igcli import adaptive
 from igcli.engine import Quadrature, TargetSpec, explain
 from igcli.quadrature import Rule
 
-from .nets import backend, integrated_gradients, small_cnn, smooth_mlp
+from .nets import NanGradientWhenBright, backend, integrated_gradients, small_cnn, smooth_mlp
 
 
 def inputs(shape, seed=1):
@@ -233,27 +233,13 @@ def test_sums_into_attributions_never_repeat_an_index_in_one_scatter(monkeypatch
         torch.testing.assert_close(a.attributions, b.attributions, rtol=1e-12, atol=1e-15)
 
 
-class _NanGradientPast(torch.autograd.Function):
-    """The identity, whose gradient is NaN where the input is past 2: F stays finite, IG does not."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return torch.where(x > 2, torch.full_like(grad, float("nan")), grad)
-
-
 class _NanGradientNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.inner = smooth_mlp()
 
     def forward(self, x):
-        return self.inner(_NanGradientPast.apply(x))
+        return self.inner(NanGradientWhenBright.apply(x, 0.7))
 
 
 @pytest.mark.parametrize("rule", [Rule.gausslegendre, Rule.adaptive])
