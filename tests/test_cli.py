@@ -163,56 +163,44 @@ def test_version_and_env():
 NAN_MODEL = """
 import torch
 
+from tests.nets import NanGradientWhenBright
+
 
 class NanWhenBright(torch.nn.Module):
-    '''Logits that turn NaN for very bright inputs, as a broken model might.'''
+    '''Broken for very bright inputs, as a model might be: NaN logits, or finite ones with NaN gradients.'''
 
-    def __init__(self):
+    def __init__(self, broken):
         super().__init__()
         torch.manual_seed(0)
         self.linear = torch.nn.Linear(32 * 32, 10)
+        self.broken = broken
 
     def forward(self, x):
+        if self.broken == "gradients":
+            return self.linear(NanGradientWhenBright.apply(x, 0.9).flatten(1))
         logits = self.linear(x.flatten(1))
         bright = x.flatten(1).mean(1, keepdim=True) > 0.9
         return torch.where(bright, torch.full_like(logits, float("nan")), logits)
 
 
-def build():
-    return NanWhenBright()
+def outputs():
+    return NanWhenBright("outputs")
+
+
+def gradients():
+    return NanWhenBright("gradients")
 """
 
 
-NAN_GRADIENT_MODEL = """
-import torch
-
-from tests.nets import NanGradientWhenBright
-
-
-class FiniteOutputsNanGradients(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.linear = torch.nn.Linear(32 * 32, 10)
-
-    def forward(self, x):
-        return self.linear(NanGradientWhenBright.apply(x, 0.9).flatten(1))
-
-
-def build():
-    return FiniteOutputsNanGradients()
-"""
-
-
-@pytest.mark.parametrize("model", [NAN_MODEL, NAN_GRADIENT_MODEL], ids=["outputs", "gradients"])
-def test_a_model_output_of_nan_fails_that_input_alone(tmp_path, model):
-    (tmp_path / "nan_model.py").write_text(model)
+@pytest.mark.parametrize("broken", ["outputs", "gradients"])
+def test_a_model_output_of_nan_fails_that_input_alone(tmp_path, broken):
+    (tmp_path / "nan_model.py").write_text(NAN_MODEL)
     images = tmp_path / "images"
     images.mkdir()
     Image.new("L", (32, 32), 255).save(images / "white.png")
     (images / "digit.png").write_bytes((SAMPLE_DATA / "images" / "three_1442.png").read_bytes())
     result = igcli("explain", "-c", DIGITS_CONFIG, images, "-o", tmp_path / "out", "--steps", 8,
-                   "--set", "model.path=null", "--set", f"model.factory={tmp_path / 'nan_model.py'}:build")
+                   "--set", "model.path=null", "--set", f"model.factory={tmp_path / 'nan_model.py'}:{broken}")
     assert result.exit_code == 1
     digit, white = records(tmp_path / "out")
     assert digit["error"] is None and digit["completeness"]["rel_error"] < 0.01
