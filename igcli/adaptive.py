@@ -18,6 +18,7 @@ which the device waited.
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import numpy as np
@@ -26,10 +27,11 @@ from torch import Tensor
 
 REFINE_SHARE = 0.34  # of a path's intervals bisected per round: the worst third (measured best of 1/4..1/2)
 INITIAL_INTERVALS = 4
-# The stored maps grow in whole blocks of this size. glibc serves a request this large by mmap
-# whatever its dynamic threshold (which stops at 32 MiB), so the buffer goes back to the system
-# when a chunk ends instead of leaving the heap fragmented: a run's peak memory crept up chunk by
-# chunk without it (benchmarks/RESULTS.md). Pages never written are never resident.
+# The stored maps grow in whole blocks of this size (one holds a chunk of the sample CNN's maps
+# several times over). glibc serves a request this large by mmap whatever its dynamic threshold
+# (which stops at 32 MiB), so a buffer outgrown and dropped goes back to the system instead of
+# leaving the heap fragmented: a run's peak memory crept up chunk by chunk without it
+# (benchmarks/RESULTS.md). Pages never written are never resident.
 MAP_BLOCK_BYTES = 32 << 20
 ORDERED_SCATTER_DEVICES = {"cpu"}  # where index_add_ adds rows for a repeated index in index order
 WEIGHTED_BLOCK_BYTES = 4 << 20  # weighted copies of stored maps made at a time, on the CPU (_sum_rows_by_group)
@@ -37,7 +39,39 @@ WEIGHTED_BLOCK_BYTES = 4 << 20  # weighted copies of stored maps made at a time,
 Evaluate = Callable[[np.ndarray, np.ndarray], tuple[Tensor, Tensor]]  # (path, alpha) per point -> F, dF/dx
 
 
-def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad) -> tuple:
+class MapBuffers:
+    """Memory for the stored maps, kept from one chunk to the next: a run (its job) holds one, and
+    each chunk borrows a buffer from it and gives it back, so chunks in flight at once get one each.
+
+    On the CPU a fresh buffer's pages fault in one by one as the maps are first written: ~10 ms a
+    chunk on the sample CNN, 3-5% of the engine's time (benchmarks/RESULTS.md). A kept buffer
+    faults once per run. Other devices' allocators keep freed memory for the next chunk themselves,
+    and a buffer handed between CUDA streams would need their ordering besides, so they borrow
+    nothing here."""
+
+    def __init__(self) -> None:
+        self._free: list[Tensor] = []
+        self._lock = threading.Lock()
+
+    def borrow(self, elements: int, like: Tensor) -> Tensor:
+        """A flat buffer of at least ``elements`` of like's dtype, on its device."""
+        if like.device.type == "cpu":
+            with self._lock:
+                kept = [b for b in self._free if b.dtype == like.dtype]
+                if kept:
+                    self._free.remove(kept[0])
+                    if kept[0].numel() >= elements:
+                        return kept[0]
+        return like.new_empty(elements)  # a kept buffer too small is dropped: one buffer per chunk in flight
+
+    def give_back(self, buffer: Tensor) -> None:
+        if buffer.device.type == "cpu":
+            with self._lock:
+                self._free.append(buffer)
+
+
+def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad,
+                      buffers: MapBuffers | None = None) -> tuple:
     """Attributions [P, ...] along each path (the integral of dF/dx times x - x'), with the
     intervals and evaluations each used.
 
@@ -47,8 +81,10 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
     two errors is the larger share of its budget, and a path stops once its completeness error
     (the signed sum, the number each record reports) is within ``tolerance`` and its estimated
     map error, sqrt(sum of squared interval bounds), within ``map_tolerance`` of ||A||.
+    The stored maps live in memory borrowed from ``buffers`` (a fresh MapBuffers: none kept).
     """
-    refinement = _Refinement(deltas, f_delta, noise, quad)
+    buffers = buffers or MapBuffers()
+    refinement = _Refinement(deltas, f_delta, noise, quad, buffers)
     path, alpha = refinement.first_points()
     scores, grads = evaluate(path, alpha)
     refinement.start(path, alpha, scores, grads)
@@ -60,7 +96,9 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
         scores, grads = evaluate(path, alpha)
         refinement.split(chosen, scores, grads)
     steps = torch.from_numpy(refinement.intervals_per_path())
-    return refinement.attributions(), steps, steps + 1
+    attributions = refinement.attributions()
+    buffers.give_back(refinement.storage)
+    return attributions, steps, steps + 1
 
 
 def _on(like: Tensor, values: np.ndarray) -> Tensor:
@@ -108,8 +146,8 @@ class _Intervals:
 class _Refinement:
     """The state of one chunk's adaptive integration, a round at a time."""
 
-    def __init__(self, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad):
-        self.deltas, self.quad = deltas, quad
+    def __init__(self, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad, buffers: MapBuffers):
+        self.deltas, self.quad, self.buffers = deltas, quad, buffers
         self.count = len(deltas)
         self.budget = quad.steps if quad.steps is not None else quad.max_steps
         self.start_intervals = max(1, min(INITIAL_INTERVALS, self.budget))
@@ -122,7 +160,8 @@ class _Refinement:
         self.node_path = np.zeros(0, dtype=np.int64)  # each node's path
         self.score = np.zeros(0)
         self.slope = np.zeros(0)
-        self.density: Tensor | None = None  # g * (x - x') per node, [capacity, ...]: doubles, in MAP_BLOCK_BYTES
+        self.storage: Tensor | None = None  # the flat buffer borrowed for the stored maps
+        self.density: Tensor | None = None  # g * (x - x') per node, [capacity, ...], a view of storage
         self.nodes = 0
         self.running: Tensor | None = None  # the attributions' running trapezoid (map-aware only)
 
@@ -215,10 +254,12 @@ class _Refinement:
     def _append_nodes(self, path: np.ndarray, alpha: np.ndarray, grads: Tensor) -> np.ndarray:
         ids = np.arange(self.nodes, self.nodes + len(path))
         if self.density is None or ids[-1] >= len(self.density):
-            grown = grads.new_empty((self._capacity(len(ids) + self.nodes, grads),) + tuple(grads.shape[1:]))
+            row = tuple(grads.shape[1:])
+            storage = self.buffers.borrow(self._capacity(len(ids) + self.nodes, grads) * grads[0].numel(), grads)
+            grown = storage[: len(storage) - len(storage) % max(1, grads[0].numel())].view((-1,) + row)
             if self.density is not None:
-                grown[: self.nodes] = self.density[: self.nodes]
-            self.density = grown
+                grown[: self.nodes] = self.density[: self.nodes]  # the smaller buffer is dropped
+            self.storage, self.density = storage, grown
         torch.mul(grads, _rows(self.deltas, path), out=self.density[ids[0] : ids[-1] + 1])
         self.nodes += len(ids)
         self.alpha = np.concatenate([self.alpha, alpha])
@@ -226,7 +267,8 @@ class _Refinement:
         return ids
 
     def _capacity(self, needed: int, grads: Tensor) -> int:
-        """Rows for the stored maps: twice what is held, in whole MAP_BLOCK_BYTES."""
+        """Rows for the stored maps: twice what is held, in whole MAP_BLOCK_BYTES (a borrowed buffer
+        may hold more)."""
         row_bytes = max(1, grads[0].numel() * grads.element_size())
         blocks = -(-max(needed, 2 * self.nodes) * row_bytes // MAP_BLOCK_BYTES)
         return max(needed, blocks * MAP_BLOCK_BYTES // row_bytes)

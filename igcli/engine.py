@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .adaptive import integrate_locally
+from .adaptive import MapBuffers, integrate_locally
 from .models.base import Backend
 from .quadrature import Rule, nodes, refine
 
@@ -122,8 +122,10 @@ def explain(
     target: TargetSpec,
     quadrature: Quadrature,
     batch_size: int | BatchSize = 256,
+    map_buffers: MapBuffers | None = None,
 ) -> list[Explanation]:
     """Explain ``inputs`` [N, ...] against ``baselines`` [N, K, ...] (K baselines per input).
+    ``map_buffers``: where the adaptive rule keeps its maps from one call to the next (a run's calls share one).
 
     Returns one Explanation per (input, target), in input order, then target rank order.
     """
@@ -139,7 +141,8 @@ def explain(
     f_inputs, f_baselines = f_ends[: len(inputs)], f_ends[len(inputs):].expand(len(flat_baselines), -1)
     targets = resolve_targets(f_inputs, target)
     paths, groups = _make_paths(targets, baselines.shape[1], f_inputs, f_baselines, target.kind == "top_k")
-    path_integral = _PathIntegral(backend, inputs, flat_baselines, paths, f_inputs.shape[1], batch, common_start)
+    path_integral = _PathIntegral(backend, inputs, flat_baselines, paths, f_inputs.shape[1], batch, common_start,
+                                  map_buffers)
     attributions, steps, evals = path_integral.run(quadrature)
     return _combine(groups, paths, attributions, steps, evals, quadrature.tolerance)
 
@@ -161,8 +164,9 @@ class _PathIntegral:
     """The running integral of the target's gradient along each path."""
 
     def __init__(self, backend: Backend, inputs: Tensor, baselines: Tensor, paths: _Paths, classes: int,
-                 batch: BatchSize, common_start: bool = False):
+                 batch: BatchSize, common_start: bool = False, map_buffers: MapBuffers | None = None):
         self.backend, self.paths, self.classes, self.batch = backend, paths, classes, batch
+        self.map_buffers = map_buffers
         # A common start stays one row, broadcast, rather than a copy per path.
         self.starts = baselines[:1] if common_start else baselines[paths.baseline_row]
         self.deltas = inputs[paths.input_index] - self.starts
@@ -176,7 +180,8 @@ class _PathIntegral:
         each path used."""
         if quad.rule is Rule.adaptive:
             delta = self.paths.f_input - self.paths.f_baseline
-            attributions, steps, evals = integrate_locally(self.evaluate, self.deltas, delta, self.paths.noise, quad)
+            attributions, steps, evals = integrate_locally(self.evaluate, self.deltas, delta, self.paths.noise, quad,
+                                                           self.map_buffers)
             return attributions, steps, evals - torch.from_numpy(self.reused)
         self.integral = torch.zeros_like(self.deltas)
         count = len(self.paths.target)

@@ -233,3 +233,50 @@ def test_the_stored_maps_growing_in_smaller_blocks_changes_nothing(monkeypatch, 
     for a, b in zip(default, small, strict=True):
         assert (a.steps, a.gradient_evals, a.converged) == (b.steps, b.gradient_evals, b.converged)
         torch.testing.assert_close(a.attributions, b.attributions, rtol=0, atol=0)
+
+
+def test_maps_kept_from_call_to_call_change_nothing(monkeypatch):
+    """A run's calls share one MapBuffers (the job's): each call borrows the buffer the call before
+    gave back. Results must match fresh buffers to the bit across map shapes, input counts and a
+    buffer outgrown mid-call, with the kept buffer filled with NaN between calls, so that a read of
+    a row this call did not write would show."""
+    quad = Quadrature(Rule.adaptive, None, tolerance=0.01, max_steps=512, map_tolerance=0.05)
+    calls = [(small_cnn(), inputs((6, 1, 8, 8), seed=5) * 2), (small_cnn(channels=3), inputs((3, 3, 8, 8), seed=6) * 2),
+             (small_cnn(seed=1), inputs((9, 1, 8, 8), seed=7) * 2)]
+
+    def run(model, x, buffers):
+        base = torch.rand((len(x), 2) + x.shape[1:], generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+        return explain(backend(model, "softmax"), x, base, TargetSpec("top_k", 2), quad, 16, buffers)
+
+    fresh = [run(model, x, None) for model, x in calls]
+    borrowed: dict[int, list] = {}
+    borrow = adaptive_module.MapBuffers.borrow
+    monkeypatch.setattr(adaptive_module.MapBuffers, "borrow",
+                        lambda self, *a: borrowed[block].append(borrow(self, *a)) or borrowed[block][-1])
+    for block in [32 << 20, 64 * 8 * 40]:  # one buffer for the run, then buffers outgrown within calls
+        monkeypatch.setattr(adaptive_module, "MAP_BLOCK_BYTES", block)
+        buffers, borrowed[block] = adaptive_module.MapBuffers(), []
+        for (model, x), expected in zip(calls, fresh):
+            if borrowed[block]:
+                kept = borrow(buffers, 0, x)
+                kept.fill_(float("nan"))
+                buffers.give_back(kept)
+            for a, b in zip(run(model, x, buffers), expected, strict=True):
+                assert (a.steps, a.gradient_evals, a.converged) == (b.steps, b.gradient_evals, b.converged)
+                torch.testing.assert_close(a.attributions, b.attributions, rtol=0, atol=0)
+    run_buffer, outgrown = borrowed[32 << 20], borrowed[64 * 8 * 40]
+    assert len(run_buffer) == 3 and len({b.data_ptr() for b in run_buffer}) == 1  # the first call's, kept
+    assert len(outgrown) > 6 and len({b.data_ptr() for b in outgrown}) > 3
+
+
+def test_map_buffers_lend_one_buffer_to_one_borrower():
+    buffers = adaptive_module.MapBuffers()
+    like = torch.zeros(1)
+    first, second = buffers.borrow(100, like), buffers.borrow(100, like)
+    assert first.data_ptr() != second.data_ptr()
+    buffers.give_back(first)
+    assert buffers.borrow(50, like).data_ptr() == first.data_ptr()
+    assert buffers.borrow(10, like.double()).dtype == torch.float64  # nothing kept of that dtype: a new one
+    buffers.give_back(second)
+    assert buffers.borrow(200, like).numel() == 200  # the kept one is too small: replaced
+    assert buffers.borrow(1, like).data_ptr() not in (first.data_ptr(), second.data_ptr())

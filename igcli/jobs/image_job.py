@@ -9,7 +9,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from ..adaptive import INITIAL_INTERVALS
+from ..adaptive import INITIAL_INTERVALS, MapBuffers
 from ..baselines import BaselineKind, BaselinePlan, Normalization, make_baselines
 from ..config import Config, TopK
 from ..engine import BatchSize, Quadrature, explain
@@ -51,6 +51,7 @@ class ImageJob:
         self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps,
                                      config.map_tolerance)
         self.batch = BatchSize(config.batch_size)  # lowered for the whole run on out-of-memory
+        self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
         self.chunk_size = _inputs_per_chunk(config)
 
     def read(self, refs: Iterable[InputRef]) -> Iterator[Sample | Failure]:
@@ -103,7 +104,8 @@ class ImageJob:
 
     def _explain_group(self, group: list[Sample]):
         inputs = torch.stack([sample.x for sample in group])
-        return explain(self.backend, inputs, self._baselines(group), self.target, self.quadrature, self.batch)
+        return explain(self.backend, inputs, self._baselines(group), self.target, self.quadrature, self.batch,
+                       self.map_buffers)
 
     def _baselines(self, group: list[Sample]) -> torch.Tensor:
         """[inputs, samples, C, H, W]; made once for the group where every input gets the same."""

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from ..adaptive import MapBuffers
 from ..baselines import BaselineKind, text_baseline_ids
 from ..config import Config
 from ..engine import BatchSize, Explanation, Quadrature, explain
@@ -43,6 +44,7 @@ class TextJob:
         self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps,
                                      config.map_tolerance)
         self.batch = BatchSize(config.batch_size)  # lowered for the whole run on out-of-memory
+        self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
         self.fill_id = self._fill_id()
 
     def _fill_id(self) -> int | None:
@@ -114,7 +116,7 @@ class TextJob:
             baselines = torch.stack([self.model.embed(self._baseline_ids(sample)) for sample in group])
         backend = self.model.documents_backend(ids, torch.stack([sample.mask for sample in group]))
         explanations = explain(backend, tagged(embeddings), tagged(baselines)[:, None], self.target,
-                               self.quadrature, self.batch)
+                               self.quadrature, self.batch, self.map_buffers)
         for e in explanations:
             e.attributions = e.attributions[..., :-1].contiguous()  # the tag's attribution is exactly 0
         return explanations
