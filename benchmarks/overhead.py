@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from comparison import add_malloc_option, apply_malloc_option
 from end_to_end import CONFIG, make_inputs
 from igcli.config import load_config
 from igcli.inputs.discover import discover_inputs
@@ -74,7 +76,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=240)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", dest="sets", action="append", default=[], help="igcli config overrides")
+    add_malloc_option(parser)
     args = parser.parse_args()
+    malloc = apply_malloc_option(args)
     config = load_config(CONFIG, [(text, "--set") for text in ["device=cpu", "output.attributions=npy"] + args.sets])
     job = ImageJob(config)
     rates: dict[str, list[float]] = {"bare": [], "engine": [], "end to end": []}
@@ -83,22 +87,31 @@ def main() -> None:
         folder.mkdir()
         make_inputs(folder, args.images)
         samples = list(job.read(discover_inputs([str(folder)], (".png",))))
-        engine_only(job, samples[:8])  # warm-up
+        # Warm-up: every batch shape the runs will meet (oneDNN builds kernels per shape, once).
+        engine_only(job, samples)
+        bare_loop(job, samples, 4 * config.batch_size, config.batch_size)
+        ratios: dict[str, list[float]] = {"engine": [], "end to end": []}
         for repeat in range(args.repeats):
             seconds, evaluations = engine_only(job, samples)
             rates["engine"].append(evaluations / seconds)
+            rates["bare"].append(evaluations / bare_loop(job, samples, evaluations, config.batch_size))
             seconds, evaluations = end_to_end(config, folder, Path(scratch) / f"out{repeat}", job)
             rates["end to end"].append(evaluations / seconds)
-            rates["bare"].append(evaluations / bare_loop(job, samples, evaluations, config.batch_size))
+            # Its files' writeback would otherwise run through the next repeat's timed loops.
+            os.sync()
+            # This machine's speed drifts by tens of percent over a minute: each repeat's runs are
+            # compared with the bare loop of the same repeat, seconds apart.
+            for name in ratios:
+                ratios[name].append(rates[name][-1] / rates["bare"][-1])
     medians = {name: statistics.median(values) for name, values in rates.items()}
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.images} "
           f"images, batch {config.batch_size}, {config.method.value}, {evaluations / args.images:.1f} evals/image, "
-          f"overrides: {' '.join(args.sets) or 'none'}; medians of {args.repeats}")
-    print("| run | gradient evals/s | vs bare loop |")
-    print("|---|---|---|")
+          f"{malloc}, overrides: {' '.join(args.sets) or 'none'}; medians of {args.repeats}")
+    print("| run | gradient evals/s | vs bare loop (median of each repeat's ratio) | each repeat's ratio |")
+    print("|---|---|---|---|")
     for name, rate in medians.items():
-        print(f"| {name} | {rate:,.0f} | {rate / medians['bare']:.2f}x |")
-
+        each = ratios.get(name, [1.0] * args.repeats)
+        print(f"| {name} | {rate:,.0f} | {statistics.median(each):.2f}x | {' '.join(f'{r:.2f}' for r in each)} |")
 
 if __name__ == "__main__":
     main()
