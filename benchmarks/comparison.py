@@ -11,8 +11,22 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from igcli.heap import keep_freed_memory
 from igcli.run import explain_inputs
 from variants import applied, threads
+
+def add_malloc_option(parser) -> None:
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc thresholds adaptive; by default they are fixed as `igcli explain` "
+                             "fixes them (igcli/heap.py), for everything in this process, captum's loops too")
+
+
+def apply_malloc_option(args) -> str:
+    """Set malloc as ``--default-malloc`` asks; returns the setting, for the table's header."""
+    if args.default_malloc:
+        return "glibc's adaptive malloc"
+    return "igcli's fixed malloc thresholds" if keep_freed_memory() else "malloc as the environment set it"
+
 
 CaptumLoop = Callable[[Path], tuple[float, dict[str, np.ndarray]]]  # output folder -> (seconds, maps)
 

@@ -39,7 +39,8 @@ from igcli.jobs.image_job import ImageJob
 from igcli.models.loading import load_module
 from igcli.outputs.heatmap import render_overlay, signed_map
 from igcli.quadrature import Rule
-from comparison import mean_errors, print_table, run_with_maps, time_alternately
+from comparison import (add_malloc_option, apply_malloc_option, mean_errors, print_table, run_with_maps,
+                        time_alternately)
 from variants import overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +99,9 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[],
                         help="igcli settings to time, each against the same captum runs: config overrides and "
                              "writers=N, read_ahead=N, in_flight=N (repeatable; default: the config as it is)")
+    add_malloc_option(parser)
     args = parser.parse_args()
+    malloc = apply_malloc_option(args)
     variants = args.variant or [""]
 
     def configured(variant: str, attributions: str):
@@ -122,7 +125,7 @@ def main() -> None:
         results = {variant: run_with_maps(configured(variant, "npy"), scratch / "images", scratch / f"maps{index}")
                    for index, variant in enumerate(variants)}
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.images} images, medians of {args.repeats} alternating runs, igcli overrides: "
+          f"{args.images} images, medians of {args.repeats} alternating runs, {malloc}, igcli overrides: "
           f"{' '.join(args.sets) or 'none'} (igcli's time includes loading the model)")
     as_given = configured("", "none")
     print_table("image", "pixel", args.images, times, captum_maps, results, lambda maps: accuracy(maps, reference),

@@ -32,6 +32,7 @@ import torch
 from captum.attr import IntegratedGradients
 from PIL import Image, ImageDraw
 
+from comparison import add_malloc_option, apply_malloc_option
 from end_to_end import REPO, accuracy
 from variants import applied, overrides, threads
 from igcli.config import load_config
@@ -182,7 +183,9 @@ def main() -> None:
                         help="igcli config overrides for one igcli run, space-separated (repeatable)")
     parser.add_argument("--profile", help="write a cProfile of one more run of the first variant here")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="igcli config overrides for all runs")
+    add_malloc_option(parser)
     args = parser.parse_args()
+    malloc = apply_malloc_option(args)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         folder = scratch / "images"
@@ -208,7 +211,7 @@ def main() -> None:
             _profile(configs[variants[0]], folder, scratch / "profiled", threads(variants[0]), args.profile)
     device = torch.cuda.get_device_name(job.device) if job.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# {device}; {platform.machine()}, torch {torch.__version__}; ResNet-{args.depth} 3x{args.size}x{args.size}, "
-          f"{args.images} images ({args.distinct} distinct), medians of {args.repeats} alternating runs; "
+          f"{args.images} images ({args.distinct} distinct), medians of {args.repeats} alternating runs, {malloc}; "
           f"igcli overrides: {' '.join(args.sets) or 'none'}")
     print("| run | images/s | vs captum | gradient evals/image | completeness error | map error, max pixel "
           "| map error, L2 | bare fwd+grad evals/s | igcli evals/s vs bare |")

@@ -36,7 +36,8 @@ from igcli.config import load_config
 from igcli.engine import Quadrature, TargetSpec, explain
 from igcli.jobs.text_job import TextJob, load_text_model
 from igcli.quadrature import Rule
-from comparison import mean_errors, print_table, run_with_maps, time_alternately
+from comparison import (add_malloc_option, apply_malloc_option, mean_errors, print_table, run_with_maps,
+                        time_alternately)
 from variants import overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +115,9 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[],
                         help="igcli settings to time against the same captum runs: config overrides and writers=N, "
                              "read_ahead=N (repeatable; default: the config as it is)")
+    add_malloc_option(parser)
     args = parser.parse_args()
+    malloc = apply_malloc_option(args)
     variants = args.variant or [""]
 
     def configured(variant: str, attributions: str):
@@ -139,7 +142,7 @@ def main() -> None:
         results = {variant: run_with_maps(configured(variant, "npy"), scratch / "texts", scratch / f"maps{index}")
                    for index, variant in enumerate(variants)}
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.documents} documents ({len(texts)} distinct), medians of {args.repeats} alternating runs "
+          f"{args.documents} documents ({len(texts)} distinct), medians of {args.repeats} alternating runs, {malloc} "
           "(igcli's time includes loading the model)")
     as_given = configured("", "none")
     print_table("document", "element", args.documents, times, captum_maps, results,

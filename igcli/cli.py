@@ -101,6 +101,7 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
     SIGINT or SIGTERM finish the inputs in flight, write the manifest and exit 130 or 143; a second
     one stops at once. Every file appears whole or not at all, so a killed run can be --resume'd.
     """
+    from .heap import keep_freed_memory
     from .run import explain_inputs
 
     if files_from is not None:
@@ -113,6 +114,7 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
     flags = {"model.path": model_path, "device": device, "method": method, "batch_size": batch_size,
              "steps": _steps_value(steps)}
     config = build_config(config_path, sets, flags)
+    keep_freed_memory()  # every batch frees what the next one allocates: see igcli/heap.py
     try:
         summary = explain_inputs(config, inputs, out_dir, jsonl, progress=not quiet and sys.stderr.isatty(),
                                  show=sys.stdout if show else None, shard=_shard(shard),

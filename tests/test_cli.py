@@ -23,10 +23,13 @@ def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
 
-def test_explain_sample_data_end_to_end(sample_tree, tmp_path):
+def test_explain_sample_data_end_to_end(sample_tree, tmp_path, monkeypatch):
     out = tmp_path / "out"
+    heap_settings = []  # igcli explain fixes malloc's thresholds for its process (tests/test_heap.py)
+    monkeypatch.setattr("igcli.heap.keep_freed_memory", lambda: heap_settings.append(True))
     result = igcli("explain", "--config", DIGITS_CONFIG, sample_tree, "-o", out)
     assert result.exit_code == 0, result.output
+    assert heap_settings == [True]
     rows = records(out)
     assert [Path(r["relpath"]).stem for r in rows] == SAMPLE_NAMES
     for row in rows:
