@@ -16,10 +16,13 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -91,11 +94,15 @@ def main() -> None:
         engine_only(job, samples)
         bare_loop(job, samples, 4 * config.batch_size, config.batch_size)
         ratios: dict[str, list[float]] = {"engine": [], "end to end": []}
+        faults: dict[str, list[int]] = {name: [] for name in rates}
         for repeat in range(args.repeats):
-            seconds, evaluations = engine_only(job, samples)
+            with page_faults(faults["engine"]):
+                seconds, evaluations = engine_only(job, samples)
             rates["engine"].append(evaluations / seconds)
-            rates["bare"].append(evaluations / bare_loop(job, samples, evaluations, config.batch_size))
-            seconds, evaluations = end_to_end(config, folder, Path(scratch) / f"out{repeat}", job)
+            with page_faults(faults["bare"]):
+                rates["bare"].append(evaluations / bare_loop(job, samples, evaluations, config.batch_size))
+            with page_faults(faults["end to end"]):
+                seconds, evaluations = end_to_end(config, folder, Path(scratch) / f"out{repeat}", job)
             rates["end to end"].append(evaluations / seconds)
             # Its files' writeback would otherwise run through the next repeat's timed loops.
             os.sync()
@@ -107,11 +114,23 @@ def main() -> None:
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.images} "
           f"images, batch {config.batch_size}, {config.method.value}, {evaluations / args.images:.1f} evals/image, "
           f"{malloc}, overrides: {' '.join(args.sets) or 'none'}; medians of {args.repeats}")
-    print("| run | gradient evals/s | vs bare loop (median of each repeat's ratio) | each repeat's ratio |")
-    print("|---|---|---|---|")
+    print("| run | gradient evals/s | vs bare loop (median of each repeat's ratio) | each repeat's ratio "
+          "| minor page faults per run (median) |")
+    print("|---|---|---|---|---|")
     for name, rate in medians.items():
         each = ratios.get(name, [1.0] * args.repeats)
-        print(f"| {name} | {rate:,.0f} | {statistics.median(each):.2f}x | {' '.join(f'{r:.2f}' for r in each)} |")
+        print(f"| {name} | {rate:,.0f} | {statistics.median(each):.2f}x | {' '.join(f'{r:.2f}' for r in each)} "
+              f"| {statistics.median(faults[name]):,.0f} |")
+
+
+@contextmanager
+def page_faults(counts: list[int]) -> Iterator[None]:
+    """Appends the minor page faults the block took, over all threads: a page freed to the system
+    and written again costs one (igcli/heap.py)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    yield
+    counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+
 
 if __name__ == "__main__":
     main()
