@@ -85,20 +85,22 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
     """
     buffers = buffers or MapBuffers()
     refinement = _Refinement(deltas, f_delta, noise, quad, buffers)
-    path, alpha = refinement.first_points()
-    scores, grads = evaluate(path, alpha)
-    refinement.start(path, alpha, scores, grads)
-    while True:
-        chosen = refinement.worst_intervals()
-        if len(chosen) == 0:
-            break
-        path, alpha = refinement.midpoints(chosen)
+    try:
+        path, alpha = refinement.first_points()
         scores, grads = evaluate(path, alpha)
-        refinement.split(chosen, scores, grads)
-    steps = torch.from_numpy(refinement.intervals_per_path())
-    attributions = refinement.attributions()
-    buffers.give_back(refinement.storage)
-    return attributions, steps, steps + 1
+        refinement.start(path, alpha, scores, grads)
+        while True:
+            chosen = refinement.worst_intervals()
+            if len(chosen) == 0:
+                break
+            path, alpha = refinement.midpoints(chosen)
+            scores, grads = evaluate(path, alpha)
+            refinement.split(chosen, scores, grads)
+        steps = torch.from_numpy(refinement.intervals_per_path())
+        return refinement.attributions(), steps, steps + 1
+    finally:  # also when the model fails mid-chunk: the next chunk still finds the buffer
+        if refinement.storage is not None:
+            buffers.give_back(refinement.storage)
 
 
 def _on(like: Tensor, values: np.ndarray) -> Tensor:

@@ -280,3 +280,22 @@ def test_map_buffers_lend_one_buffer_to_one_borrower():
     buffers.give_back(second)
     assert buffers.borrow(200, like).numel() == 200  # the kept one is too small: replaced
     assert buffers.borrow(1, like).data_ptr() not in (first.data_ptr(), second.data_ptr())
+
+
+def test_a_chunk_the_model_fails_in_still_gives_its_map_buffer_back():
+    model = backend(small_cnn(), "softmax")
+    answer, calls = model.scores_and_grads, []
+
+    def failing(points, weights):
+        calls.append(len(points))
+        if len(calls) == 5:  # the first round took 3 batches
+            raise RuntimeError("the model failed mid-chunk")
+        return answer(points, weights)
+
+    model.scores_and_grads = failing
+    buffers = adaptive_module.MapBuffers()
+    x = inputs((4, 1, 8, 8), seed=5) * 2
+    quad = Quadrature(Rule.adaptive, None, tolerance=1e-4, max_steps=512, map_tolerance=0.01)
+    with pytest.raises(RuntimeError, match="mid-chunk"):
+        explain(model, x, torch.zeros(4, 1, 1, 8, 8, dtype=torch.float64), TargetSpec("index", 0), quad, 8, buffers)
+    assert buffers.borrow(1, x).numel() == adaptive_module.MAP_BLOCK_BYTES // 8  # the chunk's, not a new one
