@@ -15,6 +15,7 @@ from igcli.heap import keep_freed_memory
 from igcli.run import explain_inputs
 from variants import applied, threads
 
+
 def add_malloc_option(parser) -> None:
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc thresholds adaptive; by default they are fixed as `igcli explain` "
