@@ -256,9 +256,9 @@ class _Refinement:
     def _append_nodes(self, path: np.ndarray, alpha: np.ndarray, grads: Tensor) -> np.ndarray:
         ids = np.arange(self.nodes, self.nodes + len(path))
         if self.density is None or ids[-1] >= len(self.density):
-            row = tuple(grads.shape[1:])
-            storage = self.buffers.borrow(self._capacity(len(ids) + self.nodes, grads) * grads[0].numel(), grads)
-            grown = storage[: len(storage) - len(storage) % max(1, grads[0].numel())].view((-1,) + row)
+            row = max(1, grads[0].numel())
+            storage = self.buffers.borrow(self._capacity(len(ids) + self.nodes, grads) * row, grads)
+            grown = storage[: len(storage) // row * row].view((-1,) + tuple(grads.shape[1:]))  # whole rows
             if self.density is not None:
                 grown[: self.nodes] = self.density[: self.nodes]  # the smaller buffer is dropped
             self.storage, self.density = storage, grown
