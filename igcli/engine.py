@@ -132,8 +132,8 @@ def explain(
     batch = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
     inputs = inputs.to(backend.device, backend.dtype)
     flat_baselines = baselines.to(backend.device, backend.dtype).flatten(0, 1)
-    # One baseline for every input (black, zeros, a constant, a file): F(x') and, per target, the
-    # gradient at alpha 0 are the same for all paths, and are computed once.
+    # One baseline for every input (black, zeros, a constant, a file): F(x') is the same for all
+    # paths, and is computed once.
     common_start = bool((flat_baselines == flat_baselines[:1]).all())
     ends = flat_baselines[:1] if common_start else flat_baselines
     # One pass for both ends: on a GPU a second small forward costs as much as a large one.
@@ -145,6 +145,15 @@ def explain(
                                   map_buffers)
     attributions, steps, evals = path_integral.run(quadrature)
     return _combine(groups, paths, attributions, steps, evals, quadrature.tolerance)
+
+
+def start_offset(dtype: torch.dtype) -> float:
+    """The alpha at which the adaptive rule takes the gradient for its alpha-0 nodes
+    (_PathIntegral.evaluate): sqrt(machine epsilon), the usual one-sided step. Far enough from the
+    baseline for every input element that differs from it to move (on the sample CNN 1e-4 and
+    1e-3 gave the same maps), close enough that a ReLU kink in between is rare and the [0, offset]
+    piece itself is far below any tolerance."""
+    return float(torch.finfo(dtype).eps) ** 0.5
 
 
 def _make_paths(targets: list[list[int]], samples: int, f_inputs: Tensor, f_baselines: Tensor, ranked: bool):
@@ -172,17 +181,13 @@ class _PathIntegral:
         self.deltas = inputs[paths.input_index] - self.starts
         self.integral: Tensor | None = None  # fixed rules' running sum of weighted gradients
         self.common_start = common_start  # every path starts at the same point
-        self.targets = paths.target.cpu().numpy()
-        self.reused = np.zeros(len(self.targets), dtype=np.int64)  # evaluations taken from another path
 
     def run(self, quad: Quadrature) -> tuple[Tensor, Tensor, Tensor]:
         """Integrate every path; returns the attributions, and the steps and gradient evaluations
         each path used."""
         if quad.rule is Rule.adaptive:
             delta = self.paths.f_input - self.paths.f_baseline
-            attributions, steps, evals = integrate_locally(self.evaluate, self.deltas, delta, self.paths.noise, quad,
-                                                           self.map_buffers)
-            return attributions, steps, evals - torch.from_numpy(self.reused)
+            return integrate_locally(self.evaluate, self.deltas, delta, self.paths.noise, quad, self.map_buffers)
         self.integral = torch.zeros_like(self.deltas)
         count = len(self.paths.target)
         steps = torch.zeros(count, dtype=torch.long)
@@ -265,36 +270,26 @@ class _PathIntegral:
             return torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
 
     def evaluate(self, path: np.ndarray, alpha: np.ndarray) -> tuple[Tensor, Tensor]:
-        """F_target and its input gradient at every point (path[i], alpha[i]); a point that another
-        path shares (``_distinct_points``) is evaluated once."""
-        keep, rows = self._distinct_points(path, alpha)
+        """F_target and its input gradient at every point (path[i], alpha[i]), for the adaptive
+        rule. At alpha 0 the gradient is the path's limit as alpha falls to 0 (taken at
+        ``start_offset``), not the gradient at the baseline itself: at a constant baseline such as
+        black every max pool ties, and the gradient there sides with no point of the path (on the
+        sample CNN, cosine 0.6 to the limit). The trapezoid weighs it by half the first interval;
+        on held-out digits it raised the mean L2 map error from 2.1e-2 to 2.3e-2, and twofold
+        where F(x') is close to F(x) (benchmarks/RESULTS.md). F is continuous: there it is F(x')."""
+        at_start = alpha == 0
         device = self.deltas.device
-        parts = list(self.evaluate_batches(torch.from_numpy(path[keep]).to(device),
-                                           torch.from_numpy(alpha[keep]).to(device)))
+        moved = np.where(at_start, start_offset(self.deltas.dtype), alpha)
+        parts = list(self.evaluate_batches(torch.from_numpy(path).to(device), torch.from_numpy(moved).to(device)))
         if len(parts) == 1:
             [(_, scores, grads)] = parts
         else:
             scores, grads = torch.cat([s for _, s, _ in parts]), torch.cat([g for _, _, g in parts])
-        if rows is None:
-            return scores, grads
-        rows = torch.from_numpy(rows).to(device)
-        return scores.index_select(0, rows), grads.index_select(0, rows)
-
-    def _distinct_points(self, path: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The points to evaluate, in their order, and each point's row among them (None: all).
-        Where all paths start at the same baseline, their alpha-0 points with one target are one
-        point; the paths that reuse it are counted in ``reused``."""
-        at_start = alpha == 0
-        everything = np.arange(len(path))
-        if not self.common_start or np.count_nonzero(at_start) < 2:
-            return everything, None
-        key = np.where(at_start, self.targets[path], -1 - everything)  # other points: a key of their own
-        _, first, rows = np.unique(key, return_index=True, return_inverse=True)
-        keep = np.sort(first)
-        rank = np.empty(len(first), dtype=np.int64)
-        rank[np.argsort(first)] = np.arange(len(first))
-        np.add.at(self.reused, path[np.setdiff1d(everything, keep)], 1)
-        return keep, rank[rows.ravel()]
+        if at_start.any():
+            f_baseline = self.paths.f_baseline.index_select(0, torch.from_numpy(path[at_start]).to(device))
+            starts = torch.from_numpy(np.flatnonzero(at_start)).to(device)
+            scores = scores.index_copy(0, starts, f_baseline.to(scores.dtype))
+        return scores, grads
 
     def attributions(self) -> Tensor:
         return self.deltas * self.integral

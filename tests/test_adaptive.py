@@ -4,7 +4,6 @@ import torch
 from torch import nn
 
 from igcli import adaptive as adaptive_module
-from igcli import engine
 from igcli.engine import Quadrature, TargetSpec, explain
 from igcli.quadrature import Rule
 
@@ -74,10 +73,8 @@ def test_stops_within_tolerance_on_a_cnn(score):
     for result in results:
         assert result.converged and result.rel_error <= 0.005
         assert result.attribution_sum == pytest.approx(result.f_input - result.f_baseline, rel=0.005)
-    # Every evaluation is a node of the final rule, and the paths share their start (the same
-    # baseline): one gradient at alpha 0 per target.
-    reused = len(results) - len({r.target for r in results})
-    assert sum(r.gradient_evals for r in results) == sum(r.steps + 1 for r in results) - reused
+    # Every evaluation is a node of the final rule.
+    assert [r.gradient_evals for r in results] == [r.steps + 1 for r in results]
 
 
 def test_converges_to_the_integral_on_a_smooth_net():
@@ -96,7 +93,7 @@ def test_fixed_steps_spend_exactly_that_many_intervals():
     for steps in (1, 3, 4, 25):
         results = explain(backend(small_cnn()), x, torch.zeros(2, 1, 1, 8, 8, dtype=torch.float64),
                           TargetSpec("index", 1), adaptive(steps=steps))
-        assert [(r.steps, r.gradient_evals) for r in results] == [(steps, steps + 1), (steps, steps)]  # one start
+        assert [(r.steps, r.gradient_evals) for r in results] == [(steps, steps + 1)] * 2
 
 
 def test_gives_up_at_max_steps_and_says_so():
@@ -144,41 +141,44 @@ def test_map_tolerance_refines_where_completeness_alone_would_stop():
     assert errors["map"] <= 0.005 < errors["completeness"]
 
 
-@pytest.mark.parametrize("map_tolerance", [None, 0.05])
-def test_paths_from_one_baseline_share_their_first_gradient_and_nothing_else(monkeypatch, map_tolerance):
-    """With one baseline for all inputs (black, zeros), F(x') is computed once and the gradient at
-    alpha 0 once per target; each path gets what it would get alone, for one evaluation less."""
-    x = inputs((6, 1, 8, 8), seed=5) * 2
-    base = torch.full((6, 1, 1, 8, 8), -0.5, dtype=torch.float64)
-    runner = backend(small_cnn(), "softmax")
-    quad = Quadrature(Rule.adaptive, None, tolerance=0.01, max_steps=512, map_tolerance=map_tolerance)
-    rows = {"scores": 0, "points": 0}
-    real_scores, real_batches = engine.batched_scores, engine._PathIntegral.evaluate_batches
+class PooledLinear(nn.Module):
+    """F(x) = w . maxpool2x2(x). From a constant baseline every pool window ties at alpha 0; for
+    alpha > 0 each window's maximum is the element where x - x' is largest, so F is linear in
+    alpha there and IG has a closed form: w_k (x - x') at that element of window k, 0 elsewhere."""
 
-    def count_scores(backend_, x_, batch_size):
-        rows["scores"] += len(x_)
-        return real_scores(backend_, x_, batch_size)
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(1, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
 
-    def count_points(self, path, alpha):
-        rows["points"] += len(path)
-        return real_batches(self, path, alpha)
+    def forward(self, x):
+        return nn.functional.max_pool2d(x, 2).flatten(1) @ self.w.T
 
-    monkeypatch.setattr(engine, "batched_scores", count_scores)
-    monkeypatch.setattr(engine._PathIntegral, "evaluate_batches", count_points)
-    together = explain(runner, x, base, TargetSpec("top_k", 2), quad)
-    shared = dict(rows)
-    alone = [r for n in range(6) for r in explain(runner, x[n:n + 1], base[n:n + 1], TargetSpec("top_k", 2), quad)]
-    targets = {r.target for r in together}
-    assert len(targets) < len(together)  # some targets recur: something to share
-    assert shared["scores"] == 6 + 1  # F(x) for each input, F(x') once
-    assert shared["points"] == sum(r.gradient_evals for r in together)
-    assert sum(r.gradient_evals for r in alone) - sum(r.gradient_evals for r in together) == \
-        len(together) - len(targets)
-    for a, b in zip(together, alone, strict=True):
-        assert (a.target, a.steps, a.converged) == (b.target, b.steps, b.converged)
-        assert a.gradient_evals in (b.gradient_evals, b.gradient_evals - 1)
-        torch.testing.assert_close(a.attributions, b.attributions, rtol=1e-10, atol=1e-13)
-        assert a.f_baseline == pytest.approx(b.f_baseline, rel=1e-12)
+    @torch.no_grad()
+    def exact_ig(self, x, baseline):
+        delta = (x - baseline).flatten(1).view(-1, 2, 2, 2, 2).transpose(2, 3).reshape(-1, 4, 4)  # [n, window, element]
+        winner = nn.functional.one_hot(delta.argmax(2), 4) * delta * self.w.view(1, 4, 1)
+        return winner.view(-1, 2, 2, 2, 2).transpose(2, 3).reshape(x.shape)
+
+
+def test_the_gradient_at_alpha_0_is_the_paths_not_the_tied_baselines():
+    """At a black baseline max pools tie, and the gradient there belongs to no other point of the
+    path. The adaptive rule's first node stands for the path's start, so it must take the path's
+    gradient: the uniform first round (steps 4) is then exact here, where the tied gradient would
+    put an eighth of each window's weight on the wrong element."""
+    model = PooledLinear()
+    # Every window's largest element comes last, so that the tie (won by the first) is wrong.
+    offsets = torch.tensor([[0.0, 2.0], [4.0, 6.0]], dtype=torch.float64).repeat(2, 2)
+    x = torch.rand((3, 1, 4, 4), generator=torch.Generator().manual_seed(2), dtype=torch.float64) + offsets
+    baseline = torch.full((3, 1, 1, 4, 4), -1.0, dtype=torch.float64)
+    exact = model.exact_ig(x, baseline[:, 0])
+    assert (exact.flatten(1)[:, 0] == 0).all()  # the first element of a window never wins
+    for quad in (adaptive(steps=4), adaptive(tolerance=1e-9)):
+        results = explain(backend(model), x, baseline, TargetSpec("index", 0), quad)
+        for result, expected in zip(results, exact, strict=True):
+            torch.testing.assert_close(result.attributions, expected, rtol=1e-9, atol=1e-12)
+            # F at the first node is F(x') itself: with it, every interval is exact from the first
+            # round, and even a 1e-9 tolerance stops there, with one evaluation per node.
+            assert (result.steps, result.gradient_evals, result.converged) == (4, 5, True)
 
 
 @pytest.mark.parametrize("map_tolerance", [None, 0.05])
