@@ -1,0 +1,82 @@
+"""Goal 2 on many distinct images: gradient evaluations per image, and accuracy, against captum.
+
+end_to_end.py measures accuracy on the twelve bundled sample scans. Here the inputs are the
+held-out part of the sample model's data set (scikit-learn's digits, the images
+sample_data/train_digits.py never trained on), written as PNG files the way the samples are
+stored, so that the adaptive rule meets a few hundred different paths. Per image: captum's
+IntegratedGradients with its defaults (Gauss-Legendre, 50 steps) on the softmax of the
+predicted class against the black baseline, igcli explain as configured and with each
+``--variant``, and a 1,024-step Gauss-Legendre reference; errors as in end_to_end.py. Needs
+scikit-learn (the test and train extras).
+
+    python benchmarks/evaluations.py [--images 360] [--variant "tolerance=0.02" --variant ...]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from igcli.config import load_config
+from igcli.jobs.image_job import ImageJob
+from igcli.models.loading import load_module
+from comparison import mean_errors, run_with_maps
+from end_to_end import CONFIG, REPO, captum_loop, reference_maps
+from variants import overrides
+
+
+def write_held_out(folder: Path, count: int) -> None:
+    """The first ``count`` held-out digits as PNG files, stored as train_digits.py stores the samples."""
+    spec = importlib.util.spec_from_file_location("train_digits", REPO / "sample_data" / "train_digits.py")
+    train_digits = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_digits)
+    images, _, y, split = train_digits.load_dataset()
+    held_out = range(split, len(y))
+    if count > len(held_out):
+        raise SystemExit(f"--images: the data set holds {len(held_out)} held-out digits")
+    for index in held_out[:count]:
+        images[index].save(folder / f"{index:04d}_{train_digits.LABELS[int(y[index])]}.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=360)
+    parser.add_argument("--variant", action="append", default=[],
+                        help="igcli config overrides to measure besides the config as it is, as --set takes "
+                             "them (repeatable)")
+    args = parser.parse_args()
+
+    def configured(variant: str):
+        texts = ["device=cpu", "output.attributions=npy", "output.heatmap.style=none"] + overrides(variant)
+        return load_config(CONFIG, [(text, "--set") for text in texts])
+
+    job = ImageJob(configured(""))
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        (scratch / "images").mkdir()
+        write_held_out(scratch / "images", args.images)
+        reference = reference_maps(job, scratch / "images")
+        module = load_module(job.config.model.path, job.config.model.factory)
+        _, captum_maps = captum_loop(module, job, scratch / "images", scratch / "captum")
+
+        def errors(maps: dict[str, np.ndarray]) -> tuple[float, ...]:
+            return mean_errors((a, *reference[name]) for name, a in maps.items())
+
+        print(f"# {platform.machine()}, torch {torch.__version__}, {args.images} held-out digits")
+        print("| run | gradient evals/image | vs captum's 50 | completeness error | map error, max pixel "
+              "| map error, L2 |")
+        print("|---|---|---|---|---|---|")
+        print("| captum (GL, 50 steps) | 50 | 1.00x | " + " | ".join(f"{v:.2e}" for v in errors(captum_maps)) + " |")
+        for index, variant in enumerate(["", *args.variant]):
+            maps, evals, _ = run_with_maps(configured(variant), scratch / "images", scratch / f"igcli{index}")
+            print(f"| igcli ({variant or 'as configured'}) | {evals:.1f} | {evals / 50:.2f}x | "
+                  + " | ".join(f"{v:.2e}" for v in errors(maps)) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
