@@ -148,11 +148,14 @@ def explain(
 
 
 def start_offset(dtype: torch.dtype) -> float:
-    """The alpha at which the adaptive rule takes the gradient for its alpha-0 nodes
-    (_PathIntegral.evaluate): sqrt(machine epsilon), the usual one-sided step. Far enough from the
-    baseline for every input element that differs from it to move (on the sample CNN 1e-4 and
-    1e-3 gave the same maps), close enough that a ReLU kink in between is rare and the [0, offset]
-    piece itself is far below any tolerance."""
+    """Where every rule takes its gradient for alpha 0: the path's limit as alpha falls to 0, not
+    the gradient at the baseline itself. At a constant baseline such as black every max pool ties,
+    and the gradient there sides with no point of the path (on the sample CNN, cosine 0.6 to the
+    limit); the adaptive trapezoid weighed it by half its first interval, which made the mean L2
+    map error over held-out digits 2.3e-2 instead of 2.1e-2, and twice as large where F(x') is
+    close to F(x) (benchmarks/RESULTS.md). sqrt(machine epsilon), the usual one-sided step: far
+    enough for every input element that differs from the baseline to move (1e-4 and 1e-3 gave the
+    same maps), close enough that a ReLU kink in between is rare."""
     return float(torch.finfo(dtype).eps) ** 0.5
 
 
@@ -229,14 +232,17 @@ class _PathIntegral:
             like.index_add_(0, active[first : last + 1], rows.view((-1, n) + like.shape[1:]).sum(1))
 
     def evaluate_batches(self, path: Tensor, alpha: Tensor) -> Iterator[tuple[slice, Tensor, Tensor]]:
-        """For points (path[i], alpha[i]), ``batch_size`` at a time: (slice, F_target, dF_target/dx)."""
+        """For points (path[i], alpha[i]), ``batch_size`` at a time: (slice, F_target, dF_target/dx).
+        Points at alpha 0 are taken at ``start_offset``."""
         like = self.deltas
         broadcast = (-1,) + (1,) * (like.dim() - 1)
+        offset = start_offset(like.dtype)
         start = 0
         while start < len(path):
             batch = slice(start, min(start + self.batch.points, len(path)))
             start = batch.stop
             p, a = path[batch], alpha[batch].to(like.dtype)
+            a = a.masked_fill(a == 0, offset)
             size = padded_size(len(p), self.batch.points)
             # Padding rows (copies of the first point) have zero weight: they add nothing to the
             # gradients, and their outputs are cut off.
@@ -271,16 +277,12 @@ class _PathIntegral:
 
     def evaluate(self, path: np.ndarray, alpha: np.ndarray) -> tuple[Tensor, Tensor]:
         """F_target and its input gradient at every point (path[i], alpha[i]), for the adaptive
-        rule. At alpha 0 the gradient is the path's limit as alpha falls to 0 (taken at
-        ``start_offset``), not the gradient at the baseline itself: at a constant baseline such as
-        black every max pool ties, and the gradient there sides with no point of the path (on the
-        sample CNN, cosine 0.6 to the limit). The trapezoid weighs it by half the first interval;
-        on held-out digits it raised the mean L2 map error from 2.1e-2 to 2.3e-2, and twofold
-        where F(x') is close to F(x) (benchmarks/RESULTS.md). F is continuous: there it is F(x')."""
+        rule. At alpha 0, F is F(x') itself (F is continuous), not F where the gradient was taken
+        (``start_offset``): the rule compares F across each interval with the trapezoid, and an
+        offset's worth of F would read as error."""
         at_start = alpha == 0
         device = self.deltas.device
-        moved = np.where(at_start, start_offset(self.deltas.dtype), alpha)
-        parts = list(self.evaluate_batches(torch.from_numpy(path).to(device), torch.from_numpy(moved).to(device)))
+        parts = list(self.evaluate_batches(torch.from_numpy(path).to(device), torch.from_numpy(alpha).to(device)))
         if len(parts) == 1:
             [(_, scores, grads)] = parts
         else:

@@ -160,25 +160,39 @@ class PooledLinear(nn.Module):
         return winner.view(-1, 2, 2, 2, 2).transpose(2, 3).reshape(x.shape)
 
 
-def test_the_gradient_at_alpha_0_is_the_paths_not_the_tied_baselines():
-    """At a black baseline max pools tie, and the gradient there belongs to no other point of the
-    path. The adaptive rule's first node stands for the path's start, so it must take the path's
-    gradient: the uniform first round (steps 4) is then exact here, where the tied gradient would
-    put an eighth of each window's weight on the wrong element."""
+def tied_at_the_baseline():
+    """PooledLinear, inputs, a black baseline, and the exact IG, with every window's largest element
+    last, so that the tie at the baseline (won by the first) picks the wrong one."""
     model = PooledLinear()
-    # Every window's largest element comes last, so that the tie (won by the first) is wrong.
     offsets = torch.tensor([[0.0, 2.0], [4.0, 6.0]], dtype=torch.float64).repeat(2, 2)
     x = torch.rand((3, 1, 4, 4), generator=torch.Generator().manual_seed(2), dtype=torch.float64) + offsets
     baseline = torch.full((3, 1, 1, 4, 4), -1.0, dtype=torch.float64)
     exact = model.exact_ig(x, baseline[:, 0])
     assert (exact.flatten(1)[:, 0] == 0).all()  # the first element of a window never wins
-    for quad in (adaptive(steps=4), adaptive(tolerance=1e-9)):
-        results = explain(backend(model), x, baseline, TargetSpec("index", 0), quad)
-        for result, expected in zip(results, exact, strict=True):
-            torch.testing.assert_close(result.attributions, expected, rtol=1e-9, atol=1e-12)
-            # F at the first node is F(x') itself: with it, every interval is exact from the first
-            # round, and even a 1e-9 tolerance stops there, with one evaluation per node.
-            assert (result.steps, result.gradient_evals, result.converged) == (4, 5, True)
+    return model, x, baseline, exact
+
+
+@pytest.mark.parametrize("rule", [Rule.adaptive, Rule.riemann_trapezoid, Rule.riemann_left])
+def test_the_gradient_at_alpha_0_is_the_paths_not_the_tied_baselines(rule):
+    """At a black baseline max pools tie, and the gradient there belongs to no other point of the
+    path. A rule's node at alpha 0 stands for the path's start, so it must take the path's
+    gradient: 4 uniform steps are then exact here, where the tied gradient would put a quarter
+    (riemann_left) or an eighth (the trapezoids) of each window's weight on the wrong element."""
+    model, x, baseline, exact = tied_at_the_baseline()
+    results = explain(backend(model), x, baseline, TargetSpec("index", 0), Quadrature(rule, 4))
+    for result, expected in zip(results, exact, strict=True):
+        torch.testing.assert_close(result.attributions, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_the_adaptive_rule_takes_f_at_alpha_0_from_the_baseline():
+    """F at the first node is F(x') itself, not F where its gradient was taken: with it, every
+    interval of the piecewise-linear net above is exact from the first round, and even a 1e-9
+    tolerance stops there, with one evaluation per node."""
+    model, x, baseline, exact = tied_at_the_baseline()
+    results = explain(backend(model), x, baseline, TargetSpec("index", 0), adaptive(tolerance=1e-9))
+    for result, expected in zip(results, exact, strict=True):
+        torch.testing.assert_close(result.attributions, expected, rtol=1e-9, atol=1e-12)
+        assert (result.steps, result.gradient_evals, result.converged) == (4, 5, True)
 
 
 @pytest.mark.parametrize("map_tolerance", [None, 0.05])
