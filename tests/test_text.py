@@ -28,7 +28,9 @@ def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
-@pytest.mark.parametrize("rule", [Rule.gausslegendre, Rule.riemann_middle, Rule.riemann_left])
+# Not riemann_left: igcli takes its alpha-0 gradient a hair along the path, captum at the baseline
+# (in float32 that moves 1/50 of the weight by 3.5e-4 along the path here; tests/test_adaptive.py).
+@pytest.mark.parametrize("rule", [Rule.gausslegendre, Rule.riemann_middle, Rule.riemann_right])
 def test_parity_with_captum_layer_integrated_gradients(rule):
     model = load_text_model(load_config(QUESTIONS_CONFIG), CPU)
     encoded = model.tokenizer.encode("how many people live near the moon ?", 64)
@@ -40,7 +42,7 @@ def test_parity_with_captum_layer_integrated_gradients(rule):
 
     target = int(forward(ids[None], mask[None]).argmax())
     method = {Rule.gausslegendre: "gausslegendre", Rule.riemann_middle: "riemann_middle",
-              Rule.riemann_left: "riemann_left"}[rule]
+              Rule.riemann_right: "riemann_right"}[rule]
     theirs = LayerIntegratedGradients(forward, model.module.embed).attribute(
         ids[None], baselines=base_ids[None], additional_forward_args=(mask[None],), target=target,
         n_steps=50, method=method)[0]
