@@ -1,7 +1,7 @@
 """--resume: reuse the records of a previous run into the same folder where nothing they depend on changed.
 
-A record's key hashes the run key (the resolved config and the bytes of every file it names: model,
-labels, tokenizer, baseline, factory source) with the input's own bytes. A rerun with --resume
+A record's key hashes the run key (igcli's version, the resolved config and the bytes of every file
+it names: model, labels, tokenizer, baseline, factory source) with the input's own bytes. A rerun with --resume
 keeps a previous record when its key matches and the files it lists still exist; anything else is
 computed again. Records of one input are written in one line group, so a run killed mid-write
 leaves at most a torn last line, which is ignored.
@@ -15,14 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .config import PATH_KEYS, Config, resolved
 
 KEY_CHARS = 32
 
 
 def run_key(config: Config) -> str:
-    """What every record of this run depends on besides its input."""
-    digest = hashlib.sha256(json.dumps(resolved(config), sort_keys=True).encode())
+    """What every record of this run depends on besides its input: igcli's own numbers too (a new
+    version may compute them differently), the config, and the files it names."""
+    digest = hashlib.sha256(f"igcli {__version__}\0".encode())
+    digest.update(json.dumps(resolved(config), sort_keys=True).encode())
     for path in _named_files(config):
         digest.update(f"\0{path}\0".encode())
         digest.update(_content_digest(path).encode())

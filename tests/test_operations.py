@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from igcli import resume
 from igcli.cli import main
 from igcli.config import load_config
 from igcli.engine import BatchSize, Quadrature, TargetSpec, explain
@@ -93,7 +94,7 @@ def wait_for_records(process: subprocess.Popen, out: Path, count: int) -> None:
     pytest.fail(f"the run ended or stalled before writing {count} records: {process.communicate()}")
 
 
-def test_resume_reuses_what_still_matches_and_recomputes_the_rest(sample_tree, tmp_path):
+def test_resume_reuses_what_still_matches_and_recomputes_the_rest(sample_tree, tmp_path, monkeypatch):
     out, small_chunks = tmp_path / "out", ["--steps", 8, "--batch-size", 6]  # chunks of 4 inputs (5 points each: 3 batches)
     assert run("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", out, *small_chunks).exit_code == 0
     before = {r["input"]: r for r in lines(out)}
@@ -117,6 +118,12 @@ def test_resume_reuses_what_still_matches_and_recomputes_the_rest(sample_tree, t
     assert all(r["steps"] == 9 for r in lines(out))
     # Without --resume nothing is reused.
     assert run("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", out, "--steps", 9).exit_code == 0
+    assert totals(out)["reused"] == 0
+    # Nor after an upgrade: another igcli may compute other numbers.
+    assert run("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", out, "--steps", 9, "--resume").exit_code == 0
+    assert totals(out)["reused"] == 13
+    monkeypatch.setattr(resume, "__version__", "99.0")
+    assert run("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", out, "--steps", 9, "--resume").exit_code == 0
     assert totals(out)["reused"] == 0
 
 
