@@ -1,10 +1,10 @@
 """--resume: reuse the records of a previous run into the same folder where nothing they depend on changed.
 
-A record's key hashes the run key (igcli's version, the resolved config and the bytes of every file
-it names: model, labels, tokenizer, baseline, factory source) with the input's own bytes. A rerun with --resume
-keeps a previous record when its key matches and the files it lists still exist; anything else is
-computed again. Records of one input are written in one line group, so a run killed mid-write
-leaves at most a torn last line, which is ignored.
+A record's key hashes the run key (igcli's version, the resolved config and the bytes of every
+file it names: model, labels, tokenizer, baseline, factory source) with the input's own bytes. A
+rerun with --resume keeps a previous record when its key matches and the files it lists still
+exist; anything else is computed again. Records of one input are written in one line group, so a
+run killed mid-write leaves at most a torn last line, which is ignored.
 """
 from __future__ import annotations
 
