@@ -1,3 +1,3 @@
 """igcli: Integrated Gradients attributions from the command line."""
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import platform
 import signal
 import threading
 import time
-import zlib
 from collections import deque
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -240,12 +240,19 @@ def _stop_on_signals() -> Iterator[_StopRequest]:
             signal.signal(sig, handler)
 
 
+def name_hash(relpath: str) -> int:
+    """A well-mixed hash of an input's name, for chunk bounds. zlib.crc32 is linear, and its
+    residues over numbered names (00001.png, 00002.png...) cluster: at 32-35 inputs a chunk,
+    42% of chunks found no bound and ended at 2 * size, by position rather than by name."""
+    return int.from_bytes(hashlib.blake2b(relpath.encode("utf-8"), digest_size=8).digest(), "little")
+
+
 def _chunks(items: Iterable[AnySample | Failure], size: int) -> Iterator[list[AnySample | Failure]]:
     """Lists of ``size`` to ``2 * size`` items, Failures riding along so that outputs keep the
     inputs' order. Past ``size`` items, a chunk ends after an item whose name hashes to 0 modulo
-    ``size // 4`` (content-defined chunking), so bounds follow the names rather than positions:
-    after an input is added or removed the bounds fall back in step within a chunk or two, and
-    --resume finds the other chunks whole (chunks are reused whole, see _Reuse).
+    ``size // 4`` (content-defined chunking, ``name_hash``), so bounds follow the names rather
+    than positions: after an input is added or removed the bounds fall back in step within a chunk
+    or two, and --resume finds the other chunks whole (chunks are reused whole, see _Reuse).
 
     Where the inputs end fewer than ``size`` items after a bound, and the chunk before it has room,
     those last items join it: a short last chunk runs every round of the adaptive rule in
@@ -256,7 +263,7 @@ def _chunks(items: Iterable[AnySample | Failure], size: int) -> Iterator[list[An
     chunk: list[AnySample | Failure] = []
     while (item := read_back.popleft() if read_back else next(source, None)) is not None:
         chunk.append(item)
-        boundary = len(chunk) >= size and zlib.crc32(item.relpath.encode("utf-8")) % every == 0
+        boundary = len(chunk) >= size and name_hash(item.relpath) % every == 0
         if boundary or len(chunk) >= 2 * size:
             short = min(size - 1, 2 * size - len(chunk))  # a last chunk this short joins this one
             ahead = list(islice(source, short + 1))

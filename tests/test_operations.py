@@ -139,11 +139,11 @@ def test_kill_9_then_resume_writes_the_same_tree_as_an_uninterrupted_run(tmp_pat
     chunk = slow_chunk()
     assert 2 <= chunk <= 12
     process = start(folder, killed)
-    wait_for_records(process, killed, chunk + 1)  # the first chunk is whole
+    wait_for_records(process, killed, 2 * chunk + 1)  # the first chunk (at most 2 * chunk) is whole
     process.send_signal(signal.SIGKILL)
     process.wait()
     written = (killed / "results.jsonl").read_text()
-    assert chunk < written.count("\n") < 36, "the kill came too late to test anything"
+    assert 2 * chunk < written.count("\n") < 36, "the kill came too late to test anything"
     for line in written.splitlines():
         json.loads(line)  # no torn line
     result = run("explain", "-c", DIGITS_CONFIG, folder, "-o", killed, *SLOW, "--resume")
