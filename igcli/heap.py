@@ -10,7 +10,15 @@ to a third of its time and made most of the run-to-run spread on the benchmark m
 pieces up to 32 MiB come from the heap, and up to 64 MiB of free heap top stays with the process,
 so a run faults its pages in once.
 
-Only the command line calls this: it owns its process. A program that imports igcli keeps its own
+glibc's per-thread cache (tcache) is turned off as well. It keeps up to 7 freed pieces of every
+small size for reuse, and those pieces stay wherever they were: inside the holes a batch's freed
+activations leave. The next batch's activations then no longer fit there and the heap grows on
+top. On the sample job the heap grew for the first four chunks, and 10,000 inputs peaked at
+1.14-1.23x the memory of 100; without the cache, 1.00-1.10x (benchmarks/RESULTS.md). The cache can only
+be set before the process starts (GLIBC_TUNABLES), so ``igcli explain`` starts itself again once,
+with the tunables below (``relaunch_with_malloc_tunables``, ~40 ms, before torch is imported).
+
+Only the command line does either: it owns its process. A program that imports igcli keeps its own
 malloc settings, and so does a user who set glibc's malloc variables in the environment.
 """
 from __future__ import annotations
@@ -18,20 +26,42 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import sys
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts
 TRIM_THRESHOLD = 64 << 20  # glibc's adaptive trim threshold: twice the mmap one
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+MALLOC_TUNABLES = (f"glibc.malloc.tcache_count=0:glibc.malloc.mmap_threshold={MMAP_THRESHOLD}:"
+                   f"glibc.malloc.trim_threshold={TRIM_THRESHOLD}")
+
+
+def _malloc_is_ours_to_set() -> bool:
+    """glibc, and no malloc setting of the user's (or of an igcli already relaunched) in the environment."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    return not (any(name in os.environ for name in _USER_SETTINGS)
+                or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""))
+
+
+def relaunch_with_malloc_tunables() -> None:
+    """Replace this process with the same command under MALLOC_TUNABLES (see above); return where
+    that is not wanted or not possible, and the command runs with malloc as it is."""
+    if not _malloc_is_ours_to_set() or not sys.executable or not getattr(sys, "orig_argv", None):
+        return
+    tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), MALLOC_TUNABLES]))
+    try:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "GLIBC_TUNABLES": tunables})
+    except OSError:
+        return
 
 
 def keep_freed_memory() -> bool:
-    """Fix glibc's mmap and trim thresholds (see above); False where nothing was changed: not
-    glibc, or the user set malloc's variables (or GLIBC_TUNABLES) already."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    if any(name in os.environ for name in _USER_SETTINGS) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+    """Fix glibc's mmap and trim thresholds (see above) where ``relaunch_with_malloc_tunables``
+    could not; False where nothing was changed: not glibc, or malloc's variables (or
+    GLIBC_TUNABLES) set them already."""
+    if not _malloc_is_ours_to_set():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -48,3 +48,84 @@ def test_malloc_settings_from_the_environment_are_left_alone():
     assert applied == "False" and faults > 10_000
     applied, _ = probe("fixed", GLIBC_TUNABLES="glibc.malloc.trim_threshold=1000000")
     assert applied == "False"
+
+
+# Each start of an interpreter appends its pid and GLIBC_TUNABLES to a file (a sitecustomize on
+# PYTHONPATH), so a test sees whether `igcli` started itself again, and with what.
+STARTS = """
+import os
+with open(os.environ["IGCLI_TEST_STARTS"], "a") as log:
+    log.write(f"{os.getpid()} {os.environ.get('GLIBC_TUNABLES')}\\n")
+"""
+
+
+def starts(tmp_path, *args: str, **environment: str) -> list[list[str]]:
+    (tmp_path / "sitecustomize.py").write_text(STARTS)
+    log = tmp_path / "starts.txt"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "IGCLI_TEST_STARTS": str(log), **environment}
+    for name in ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"):
+        if name not in environment:
+            env.pop(name, None)
+    subprocess.run([sys.executable, "-m", "igcli", *args], env=env, capture_output=True, check=True)
+    return [line.split(" ", 1) for line in log.read_text().splitlines()]
+
+
+def test_explain_starts_itself_again_once_with_the_malloc_tunables(tmp_path):
+    from igcli.heap import MALLOC_TUNABLES
+
+    [(first_pid, first), (second_pid, second)] = starts(tmp_path, "explain", "--help")
+    assert first_pid == second_pid  # replaced, not a child: signals and $! still reach the run
+    assert first == "None" and second == MALLOC_TUNABLES
+
+
+def test_the_users_tunables_are_kept(tmp_path):
+    from igcli.heap import MALLOC_TUNABLES
+
+    other = "glibc.rtld.optional_static_tls=4096"  # not malloc's: ours are added to it
+    assert [t for _, t in starts(tmp_path, "explain", "--help", GLIBC_TUNABLES=other)] == \
+        [other, f"{other}:{MALLOC_TUNABLES}"]
+    (tmp_path / "starts.txt").unlink()
+    own = "glibc.malloc.trim_threshold=1000000"  # malloc's: left as they are, no restart
+    assert [t for _, t in starts(tmp_path, "explain", "--help", GLIBC_TUNABLES=own)] == [own]
+    (tmp_path / "starts.txt").unlink()
+    assert len(starts(tmp_path, "explain", "--help", MALLOC_TRIM_THRESHOLD_="1000000")) == 1
+
+
+def test_only_explain_starts_itself_again(tmp_path):
+    assert len(starts(tmp_path, "--version")) == 1
+
+
+# glibc ignores a tunable it does not know, silently: check that the per-thread cache is really off.
+# A freed small piece kept in the cache still counts as in use (mallinfo2's uordblks).
+CACHE_PROBE = """
+import ctypes
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes, libc.mallinfo2.restype = [ctypes.c_void_p], Info
+pieces = [libc.malloc(200) for _ in range(7)]
+before = libc.mallinfo2().uordblks
+for piece in pieces:
+    libc.free(piece)
+print(before - libc.mallinfo2().uordblks)
+"""
+
+
+def test_the_tunables_take_effect():
+    from igcli.heap import MALLOC_TUNABLES
+
+    _, faults = probe("default", GLIBC_TUNABLES=MALLOC_TUNABLES)  # the thresholds, as mallopt sets them
+    assert faults < 500
+
+    def freed(tunables: str | None) -> int:
+        env = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+        if tunables:
+            env["GLIBC_TUNABLES"] = tunables
+        run = subprocess.run([sys.executable, "-c", CACHE_PROBE], env=env, capture_output=True, text=True, check=True)
+        return int(run.stdout)
+
+    assert freed(None) == 0  # all seven held by the cache
+    assert freed(MALLOC_TUNABLES) >= 7 * 200
