@@ -4,6 +4,7 @@ and accuracies against the captum loops."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -11,21 +12,25 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from igcli.heap import keep_freed_memory
+from igcli.heap import MALLOC_TUNABLES, keep_freed_memory, relaunch_with_malloc_tunables
 from igcli.run import explain_inputs
 from variants import applied, threads
 
 
 def add_malloc_option(parser) -> None:
     parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's malloc thresholds adaptive; by default they are fixed as `igcli explain` "
-                             "fixes them (igcli/heap.py), for everything in this process, captum's loops too")
+                        help="leave glibc's malloc as it is; by default it is set as `igcli explain` sets it "
+                             "(igcli/heap.py: the script starts itself again once), for everything in this "
+                             "process, captum's loops too")
 
 
 def apply_malloc_option(args) -> str:
     """Set malloc as ``--default-malloc`` asks; returns the setting, for the table's header."""
     if args.default_malloc:
         return "glibc's adaptive malloc"
+    relaunch_with_malloc_tunables()  # returns where the environment set malloc already (or after the restart)
+    if os.environ.get("GLIBC_TUNABLES", "").endswith(MALLOC_TUNABLES):
+        return "igcli's malloc tunables"
     return "igcli's fixed malloc thresholds" if keep_freed_memory() else "malloc as the environment set it"
 
 

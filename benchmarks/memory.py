@@ -5,7 +5,10 @@ sample CNN, CPU, every output written: heatmap PNG, .npy, JSON record, results.j
 its peak resident set size comes from the kernel (wait4's ru_maxrss). Memory is flat when the
 10,000-image peak is within 10% of the 100-image one.
 
-    python benchmarks/memory.py [--counts 100 10000] [--set key=value ...]
+    python benchmarks/memory.py [--counts 100 10000] [--set key=value ...] [--malloc-cache]
+
+``--malloc-cache`` runs igcli with glibc's per-thread cache left on (the thresholds still fixed),
+as igcli ran before it turned the cache off (igcli/heap.py).
 """
 from __future__ import annotations
 
@@ -20,13 +23,18 @@ from pathlib import Path
 
 from end_to_end import CONFIG, REPO, make_inputs
 
+from igcli.heap import MMAP_THRESHOLD, TRIM_THRESHOLD
 
-def peak_rss(folder: Path, out: Path, sets: list[str]) -> tuple[float, float]:
+# Any glibc.malloc tunable stops igcli setting its own (heap.py); these are its thresholds alone.
+THRESHOLDS_ONLY = f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}:glibc.malloc.trim_threshold={TRIM_THRESHOLD}"
+
+
+def peak_rss(folder: Path, out: Path, sets: list[str], environment: dict[str, str]) -> tuple[float, float]:
     """(peak RSS in MiB, seconds) of one explain run in a child process."""
     command = [sys.executable, "-m", "igcli", "explain", "-c", str(CONFIG), str(folder), "-o", str(out), "-q",
                "--set", "output.attributions=npy", *(arg for text in sets for arg in ("--set", text))]
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO)
+    process = subprocess.Popen(command, cwd=REPO, env=environment)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -38,9 +46,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 10_000])
     parser.add_argument("--set", dest="sets", action="append", default=[], help="igcli config overrides")
+    parser.add_argument("--malloc-cache", action="store_true", help="leave glibc's per-thread cache on")
     args = parser.parse_args()
+    environment = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    if args.malloc_cache:
+        environment["GLIBC_TUNABLES"] = THRESHOLDS_ONLY
     print(f"# {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
-          f"overrides: {' '.join(args.sets) or 'none'}")
+          f"overrides: {' '.join(args.sets) or 'none'}, malloc: "
+          f"{'per-thread cache on' if args.malloc_cache else 'as igcli explain sets it'}")
     print("| inputs | peak RSS (MiB) | vs first | seconds |")
     print("|---|---|---|---|")
     first = None
@@ -49,7 +62,7 @@ def main() -> None:
             folder = Path(scratch) / "images"
             folder.mkdir()
             make_inputs(folder, count)
-            peak, seconds = peak_rss(folder, Path(scratch) / "out", args.sets)
+            peak, seconds = peak_rss(folder, Path(scratch) / "out", args.sets, environment)
         first = first or peak
         print(f"| {count:,} | {peak:,.0f} | {peak / first:.3f}x | {seconds:.0f} |", flush=True)
 
