@@ -23,10 +23,7 @@ from pathlib import Path
 
 from end_to_end import CONFIG, REPO, make_inputs
 
-from igcli.heap import MMAP_THRESHOLD, TRIM_THRESHOLD
-
-# Any glibc.malloc tunable stops igcli setting its own (heap.py); these are its thresholds alone.
-THRESHOLDS_ONLY = f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}:glibc.malloc.trim_threshold={TRIM_THRESHOLD}"
+from igcli.heap import THRESHOLD_TUNABLES
 
 
 def peak_rss(folder: Path, out: Path, sets: list[str], environment: dict[str, str]) -> tuple[float, float]:
@@ -50,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     environment = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
     if args.malloc_cache:
-        environment["GLIBC_TUNABLES"] = THRESHOLDS_ONLY
+        environment["GLIBC_TUNABLES"] = THRESHOLD_TUNABLES  # set by the user, so igcli adds no cache setting
     print(f"# {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
           f"overrides: {' '.join(args.sets) or 'none'}, malloc: "
           f"{'per-thread cache on' if args.malloc_cache else 'as igcli explain sets it'}")

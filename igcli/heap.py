@@ -33,8 +33,8 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts
 TRIM_THRESHOLD = 64 << 20  # glibc's adaptive trim threshold: twice the mmap one
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
-MALLOC_TUNABLES = (f"glibc.malloc.tcache_count=0:glibc.malloc.mmap_threshold={MMAP_THRESHOLD}:"
-                   f"glibc.malloc.trim_threshold={TRIM_THRESHOLD}")
+THRESHOLD_TUNABLES = f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}:glibc.malloc.trim_threshold={TRIM_THRESHOLD}"
+MALLOC_TUNABLES = f"glibc.malloc.tcache_count=0:{THRESHOLD_TUNABLES}"
 
 
 def _malloc_is_ours_to_set() -> bool:
