@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 from contextlib import closing, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import chain, islice
 from pathlib import Path
@@ -46,7 +46,8 @@ class RunSummary:
     reused: int = 0  # records kept from an earlier run by --resume
     not_converged: int = 0
     max_rel_error: float = 0.0
-    steps: list[int] = field(default_factory=list)
+    steps_total: int = 0  # over records, as a sum: a summary holds the same few numbers after any number of inputs
+    steps_max: int | None = None
     baseline_warnings: int = 0
     seconds: float = 0.0
     stopped: str | None = None  # why the run ended before its last input
@@ -60,7 +61,8 @@ class RunSummary:
             return
         self.inputs += record["target"]["rank"] in (None, 1)
         self.records += 1
-        self.steps.append(record["steps"])
+        self.steps_total += record["steps"]
+        self.steps_max = max(self.steps_max or 0, record["steps"])
         self.not_converged += not record["completeness"]["converged"]
         self.baseline_warnings += any(w.startswith(BASELINE_WARNING) for w in record["warnings"])
         if record["completeness"]["rel_error"] is not None:
@@ -70,8 +72,8 @@ class RunSummary:
         return {
             "inputs": self.inputs, "failed": self.failed, "records": self.records, "reused": self.reused,
             "not_converged": self.not_converged, "max_rel_error": self.max_rel_error,
-            "mean_steps": float(np.mean(self.steps)) if self.steps else None,
-            "max_steps": max(self.steps) if self.steps else None,
+            "mean_steps": self.steps_total / self.records if self.records else None,
+            "max_steps": self.steps_max,
             "baseline_warnings": self.baseline_warnings, "seconds": round(self.seconds, 3),
             "stopped": self.stopped,
         }

@@ -44,6 +44,11 @@ def test_explain_sample_data_end_to_end(sample_tree, tmp_path, monkeypatch):
         assert json.loads((out / "records" / f"{stem}.json").read_text())["outputs"] == row["outputs"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["totals"]["records"] == len(SAMPLE_NAMES) and manifest["totals"]["failed"] == 0
+    steps = [row["steps"] for row in rows]
+    assert len(set(steps)) > 1  # the adaptive rule: the totals below are not one value repeated
+    assert manifest["totals"]["mean_steps"] == pytest.approx(sum(steps) / len(steps), rel=1e-12)
+    assert manifest["totals"]["max_steps"] == max(steps)
+    assert manifest["totals"]["max_rel_error"] == max(row["completeness"]["rel_error"] for row in rows)
     assert manifest["config"]["method"] == "adaptive" and manifest["device"] == DEVICE_AUTO
     assert manifest["runtime"] == "torch"
     assert "max relative completeness error" in result.stderr
@@ -65,7 +70,9 @@ def test_a_corrupt_image_fails_alone(sample_tree, tmp_path):
     good = [r for r in rows.values() if r["error"] is None]
     assert len(good) == len(SAMPLE_NAMES)
     assert all((out / r["outputs"]["heatmap"]).exists() for r in good)
-    assert json.loads((out / "manifest.json").read_text())["totals"]["failed"] == 2
+    totals = json.loads((out / "manifest.json").read_text())["totals"]
+    assert totals["failed"] == 2 and totals["inputs"] == len(SAMPLE_NAMES) + 2
+    assert totals["mean_steps"] == 16 and totals["max_steps"] == 16  # failures have no steps to count
 
 
 def test_unknown_config_key_exits_2_naming_the_key(tmp_path):
