@@ -14,9 +14,10 @@ glibc's per-thread cache (tcache) is turned off as well. It keeps up to 7 freed 
 small size for reuse, and those pieces stay wherever they were: inside the holes a batch's freed
 activations leave. The next batch's activations then no longer fit there and the heap grows on
 top. On the sample job the heap grew for the first four chunks, and 10,000 inputs peaked at
-1.14-1.23x the memory of 100; without the cache, 1.00-1.10x (benchmarks/RESULTS.md). The cache can only
-be set before the process starts (GLIBC_TUNABLES), so ``igcli explain`` starts itself again once,
-with the tunables below (``relaunch_with_malloc_tunables``, ~40 ms, before torch is imported).
+1.14-1.23x the memory of 100; without the cache, 1.00-1.10x (benchmarks/RESULTS.md). The cache
+can only be set before the process starts (GLIBC_TUNABLES), so ``igcli explain`` starts itself
+again once, with the tunables below (``relaunch_with_malloc_tunables``, ~40 ms, before torch is
+imported).
 
 Only the command line does either: it owns its process. A program that imports igcli keeps its own
 malloc settings, and so does a user who set glibc's malloc variables in the environment.
@@ -48,7 +49,7 @@ def _malloc_is_ours_to_set() -> bool:
 def relaunch_with_malloc_tunables() -> None:
     """Replace this process with the same command under MALLOC_TUNABLES (see above); return where
     that is not wanted or not possible, and the command runs with malloc as it is."""
-    if not _malloc_is_ours_to_set() or not sys.executable or not getattr(sys, "orig_argv", None):
+    if not _malloc_is_ours_to_set() or not sys.executable or not sys.orig_argv:
         return
     tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), MALLOC_TUNABLES]))
     try:
