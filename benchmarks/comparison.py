@@ -56,12 +56,17 @@ def time_alternately(repeats: int, captum: dict[str, CaptumLoop], configs: dict,
     return times, maps
 
 
+def input_errors(a: np.ndarray, ref: np.ndarray, delta: float) -> tuple[float, float, float]:
+    """One input's errors: the completeness error relative to |F(x) - F(x')| (``delta``),
+    max|A - A_ref| / max|A_ref|, and the relative L2 error ||A - A_ref|| / ||A_ref||."""
+    return (float(abs(a.sum() - delta) / abs(delta)), float(np.abs(a - ref).max() / np.abs(ref).max()),
+            float(np.linalg.norm(a - ref) / np.linalg.norm(ref)))
+
+
 def mean_errors(compared: Iterable[tuple[np.ndarray, np.ndarray, float]]) -> tuple[float, float, float]:
-    """Over (attributions, reference attributions, F(x) - F(x')) per input, the means of: the
-    completeness error relative to |F(x) - F(x')|, max|A - A_ref| / max|A_ref|, and the relative
-    L2 error ||A - A_ref|| / ||A_ref||."""
-    errors = [(abs(a.sum() - delta) / abs(delta), np.abs(a - ref).max() / np.abs(ref).max(),
-               np.linalg.norm(a - ref) / np.linalg.norm(ref)) for a, ref, delta in compared]
+    """Over (attributions, reference attributions, F(x) - F(x')) per input, the means of
+    ``input_errors``."""
+    errors = [input_errors(a, ref, delta) for a, ref, delta in compared]
     return tuple(float(np.mean(column)) for column in zip(*errors))
 
 
