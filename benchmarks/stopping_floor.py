@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--refine-share", type=float, default=adaptive.REFINE_SHARE,
                         help="share of a path's intervals bisected per round (adaptive.REFINE_SHARE)")
     args = parser.parse_args()
+    if args.max_intervals < args.initial_intervals:
+        parser.error(f"--max-intervals {args.max_intervals}: at least the first round's {args.initial_intervals}")
     adaptive.INITIAL_INTERVALS, adaptive.REFINE_SHARE = args.initial_intervals, args.refine_share
 
     def configured(variant: str) -> ImageJob:
