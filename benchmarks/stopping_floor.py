@@ -86,6 +86,10 @@ def _check_states(evals: np.ndarray, errors: np.ndarray, state_evals: np.ndarray
     """The configured rule's own stops should be among the states: the same refinement order,
     stopped at a round's end. A mismatch would mean the states are not that rule's."""
     paths = np.flatnonzero(evals <= state_evals[-1])
+    if len(paths) == 0:
+        print(f"| (check: none of the {len(evals)} paths stopped within the states; raise --max-intervals "
+              "to compare) | | | | | |")
+        return
     rows = np.searchsorted(state_evals[:, 0], evals[paths])
     gap = np.abs(state_errors[:, rows, paths] - errors[:, paths]).max()
     print(f"| (check: {len(paths)} of {len(evals)} paths stopped within the states; their errors read from "
