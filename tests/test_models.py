@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from igcli.errors import ModelError
+from igcli.models.base import ScoreKind, apply_score, end_slopes
 from igcli.models.loading import load_model, resolve_device
 
 from .conftest import SAMPLE_DATA
@@ -91,3 +92,27 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="no CUDA device"):
             resolve_device("cuda:0")
+
+
+@pytest.mark.parametrize("score", ["softmax", "sigmoid"])
+def test_end_slopes_match_the_derivative_along_a_path_where_the_outputs_move_linearly(score):
+    # A linear model's outputs move linearly along a straight path, so the head's own prediction
+    # of dF/dalpha at the ends is exact there: checked against autograd's derivative in alpha.
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Linear(5, 4).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(4, 5, generator=g, dtype=torch.float64) * 2)
+    x, baseline = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.zeros(3, 5, dtype=torch.float64)
+    target = torch.tensor([0, 2, 3])
+    kind = ScoreKind(score)
+
+    def along(alpha):  # F on each path at its own alpha: [3] -> [3]
+        points = baseline + alpha.view(-1, 1) * (x - baseline)
+        return apply_score(kind, model(points)).gather(1, target.view(-1, 1)).squeeze(1)
+
+    expected = torch.stack([torch.autograd.functional.jacobian(along, torch.full((3,), a, dtype=torch.float64)).diagonal()
+                            for a in (0.0, 1.0)], dim=1)
+    with torch.no_grad():
+        slopes = end_slopes(kind, apply_score(kind, model(baseline)), apply_score(kind, model(x)), target)
+    torch.testing.assert_close(slopes, expected)
+    assert torch.isnan(end_slopes(ScoreKind.logits, model(baseline), model(x), target)).all()

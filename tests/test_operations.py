@@ -267,7 +267,7 @@ class MemoryLimited:
 
     def __init__(self, inner, limit: int):
         self.inner, self.limit, self.sizes = inner, limit, []
-        self.device, self.dtype = inner.device, inner.dtype
+        self.device, self.dtype, self.score_kind = inner.device, inner.dtype, inner.score_kind
 
     def scores(self, x):
         return self.inner.scores(x)
