@@ -28,6 +28,12 @@ from torch import Tensor
 
 REFINE_SHARE = 0.34  # of a path's intervals bisected per round: the worst third (measured best of 1/4..1/2)
 INITIAL_INTERVALS = 4
+# What bisecting an interval is expected to leave of its errors, to bisect no more of a path's
+# worst intervals than it needs to stop: a smooth integrand leaves 1/4 of the trapezoid's
+# completeness error (two halves of 1/8); the map bound halves where the gradient jumps once
+# (1/4 squared) and falls faster where it is smooth, so 1/2 of the squared bound is the cautious end.
+BISECTED_ERROR = 0.25
+BISECTED_SQUARED_BOUND = 0.5
 # An end of the path whose slope the score head predicts within this share of the completeness
 # budget (on its half of the first interval) takes no gradient: it is zero there (see PathEnds).
 FLAT_END_SHARE = 1 / 3
@@ -268,8 +274,40 @@ class _Refinement:
         keys = (self.alpha[iv.left[candidates]], -rank_by[candidates], iv.path[candidates])  # last key first
         order = candidates[np.lexsort(keys)]
         paths = iv.path[order]
-        rank = np.arange(len(order)) - np.searchsorted(paths, paths)
+        first = np.searchsorted(paths, paths)
+        rank = np.arange(len(order)) - first
+        if self.quad.steps is None:
+            # A round bisects a share of each path's intervals at once, to keep rounds few; in a
+            # path's last round, fewer may do. That saved ~1.5 evaluations per path of ~21.
+            share = np.minimum(share, self._fewest_enough(order, first, rank, map_budget if self.map_aware else None))
         return order[rank < share[paths]]
+
+    def _fewest_enough(self, order: np.ndarray, first: np.ndarray, rank: np.ndarray,
+                       map_budget: np.ndarray | None) -> np.ndarray:
+        """Per path, the fewest of its worst intervals (``order``: by path, worst first; ``first``:
+        where each one's path starts in it; ``rank``: its place in its path) whose bisection is
+        expected (BISECTED_ERROR, BISECTED_SQUARED_BOUND) to bring the path within its budgets;
+        no limit where none would."""
+        iv, count, paths = self.intervals, self.count, self.intervals.path[order]
+
+        def within_path_sums(values: np.ndarray) -> np.ndarray:
+            running = np.cumsum(values)
+            return running - running[first] + values[first]
+
+        if map_budget is None:
+            errors = np.abs(iv.error[order])
+            left = np.bincount(iv.path, np.abs(iv.error), minlength=count)[paths] - (1 - BISECTED_ERROR) * within_path_sums(errors)
+            enough = left <= self.completeness_budget[paths]
+        else:
+            squared = iv.bound[order] ** 2
+            map_left = (np.bincount(iv.path, iv.bound ** 2, minlength=count)[paths]
+                        - (1 - BISECTED_SQUARED_BOUND) * within_path_sums(squared))
+            completeness_left = np.abs(np.bincount(iv.path, iv.error, minlength=count)[paths]
+                                       - (1 - BISECTED_ERROR) * within_path_sums(iv.error[order]))
+            enough = (completeness_left <= self.completeness_budget[paths]) & (map_left <= map_budget[paths] ** 2)
+        fewest = np.full(count, np.iinfo(np.int64).max)
+        np.minimum.at(fewest, paths[enough], rank[enough] + 1)
+        return fewest
 
     def midpoints(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         iv = self.intervals

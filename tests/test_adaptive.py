@@ -361,3 +361,36 @@ def test_logits_never_skip_an_end():
     (result,) = explain(backend(saturating_linear(30.0), "logits"), x, torch.zeros(1, 1, 4, dtype=torch.float64),
                         TargetSpec("index", 0), adaptive(tolerance=1e-3))
     assert result.gradient_evals == result.steps + 1
+
+
+def refinement_with(errors, bounds, norms, tolerance=0.01, map_tolerance=None):
+    """A _Refinement whose intervals (all of path 0, each its own node pair) have the given errors
+    and map bounds: what ``worst_intervals`` sees after a round."""
+    count = len(errors)
+    quad = Quadrature(Rule.adaptive, None, tolerance=tolerance, max_steps=512, map_tolerance=map_tolerance)
+    refinement = adaptive_module._Refinement(torch.zeros(1, 1), torch.ones(1), torch.zeros(1), quad,
+                                             adaptive_module.MapBuffers())
+    refinement.alpha = torch.linspace(0, 1, count + 1).double().numpy()
+    nodes = torch.arange(count + 1).numpy()
+    refinement.intervals = adaptive_module._Intervals(nodes[:-1] * 0, nodes[:-1].copy(), nodes[1:].copy())
+    refinement.intervals.error[:] = errors
+    refinement.intervals.bound[:] = bounds
+    refinement.norms[:] = norms
+    return refinement
+
+
+@pytest.mark.parametrize("map_tolerance", [None, 0.1])
+def test_the_last_round_bisects_only_as_many_intervals_as_it_needs(map_tolerance):
+    # Budgets: completeness 0.01 (|F(x) - F(x')| = 1), map 0.1 x ||A|| = 0.1.
+    # Twelve intervals: a round bisects ceil(0.34 x 12) = 5. Bisecting the worst (error 0.02,
+    # expected to leave a quarter: 0.005 + 0.002 in all) is enough; the others bring nothing.
+    errors = [0.02] + [0.0002] * 11
+    bounds = [0.05] + [0.001] * 11
+    chosen = refinement_with(errors, bounds, 1.0, map_tolerance=map_tolerance).worst_intervals()
+    assert list(chosen) == [0]
+    # Where no share of bisections is expected to be enough, the round bisects its whole share.
+    chosen = refinement_with([0.02] * 12, bounds, 1.0, map_tolerance=map_tolerance).worst_intervals()
+    assert len(chosen) == 5
+    if map_tolerance is not None:  # the map's budget alone can ask for more: here the two worst bounds
+        chosen = refinement_with(errors, [0.09, 0.09] + [0.001] * 10, 1.0, map_tolerance=map_tolerance).worst_intervals()
+        assert sorted(chosen) == [0, 1]
