@@ -189,6 +189,7 @@ class _Refinement:
         self.completeness_budget = quad.tolerance * change + noise.cpu().numpy() + 1e-30
         self.ends = ends
         self.flat = np.zeros((self.count, 2), dtype=bool)  # ends taken as zero gradient, not evaluated
+        self.first_evaluated = np.zeros(0, dtype=bool)  # which first-round nodes were evaluated (first_points)
         if ends is not None and self.start_intervals > 1:  # one interval: its ends are all the trapezoid has
             weight = 1 / (2 * self.start_intervals)  # an end's share of the first round's trapezoid
             with np.errstate(invalid="ignore"):  # NaN slopes (unknown) compare False: evaluated
@@ -208,17 +209,14 @@ class _Refinement:
     def first_points(self) -> tuple[np.ndarray, np.ndarray]:
         """The first round's points to evaluate: every path's nodes k / start but its flat ends."""
         path, alpha = self._first_nodes()
-        evaluated = self._first_evaluated()
-        return path[evaluated], alpha[evaluated]
+        evaluated = np.ones((self.count, self.start_intervals + 1), dtype=bool)
+        evaluated[:, 0], evaluated[:, -1] = ~self.flat[:, 0], ~self.flat[:, 1]
+        self.first_evaluated = evaluated.ravel()
+        return path[self.first_evaluated], alpha[self.first_evaluated]
 
     def _first_nodes(self) -> tuple[np.ndarray, np.ndarray]:
         start = self.start_intervals
         return np.repeat(np.arange(self.count), start + 1), np.tile(np.arange(start + 1) / start, self.count)
-
-    def _first_evaluated(self) -> np.ndarray:
-        evaluated = np.ones((self.count, self.start_intervals + 1), dtype=bool)
-        evaluated[:, 0], evaluated[:, -1] = ~self.flat[:, 0], ~self.flat[:, 1]
-        return evaluated.ravel()
 
     def start(self, scores: Tensor, grads: Tensor) -> None:
         """Take the first, uniform round (``first_points``, evaluated): every path's nodes k / start
@@ -226,8 +224,7 @@ class _Refinement:
         start, count = self.start_intervals, self.count
         path, alpha = self._first_nodes()
         if self.flat.any():
-            evaluated = self._first_evaluated()
-            rows = torch.from_numpy(np.flatnonzero(evaluated)).to(grads.device)
+            rows = torch.from_numpy(np.flatnonzero(self.first_evaluated)).to(grads.device)
             grads = grads.new_zeros((len(path),) + tuple(grads.shape[1:])).index_copy_(0, rows, grads)
             known = np.zeros((count, start + 1))
             known[:, 0], known[:, -1] = self.ends.scores[:, 0], self.ends.scores[:, 1]
