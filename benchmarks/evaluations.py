@@ -9,7 +9,7 @@ predicted class against the black baseline, igcli explain as configured and with
 ``--variant``, and a 1,024-step Gauss-Legendre reference; errors as in end_to_end.py. Needs
 scikit-learn (the test and train extras).
 
-    python benchmarks/evaluations.py [--images 360] [--variant "tolerance=0.02" --variant ...]
+    python benchmarks/evaluations.py [--images 360] [--training] [--variant "tolerance=0.02" --variant ...]
 """
 from __future__ import annotations
 
@@ -32,20 +32,29 @@ from variants import overrides
 
 def write_held_out(folder: Path, count: int) -> None:
     """The first ``count`` held-out digits as PNG files, stored as train_digits.py stores the samples."""
+    write_digits(folder, count, training=False)
+
+
+def write_digits(folder: Path, count: int, training: bool) -> None:
+    """The first ``count`` held-out digits (or, ``training``, digits the model was trained on) as
+    PNG files, stored as train_digits.py stores the samples."""
     spec = importlib.util.spec_from_file_location("train_digits", REPO / "sample_data" / "train_digits.py")
     train_digits = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_digits)
     images, _, y, split = train_digits.load_dataset()
-    held_out = range(split, len(y))
-    if count > len(held_out):
-        raise SystemExit(f"--images: the data set holds {len(held_out)} held-out digits")
-    for index in held_out[:count]:
+    part, name = (range(split), "training") if training else (range(split, len(y)), "held-out")
+    if count > len(part):
+        raise SystemExit(f"--images: the data set holds {len(part)} {name} digits")
+    for index in part[:count]:
         images[index].save(folder / f"{index:04d}_{train_digits.LABELS[int(y[index])]}.png")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=360)
+    parser.add_argument("--training", action="store_true",
+                        help="digits the model was trained on instead of held-out ones: a second set, which "
+                             "the configured tolerances were not chosen on (the model is surer of them)")
     parser.add_argument("--variant", action="append", default=[],
                         help="igcli config overrides to measure besides the config as it is, as --set takes "
                              "them (repeatable)")
@@ -59,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         (scratch / "images").mkdir()
-        write_held_out(scratch / "images", args.images)
+        write_digits(scratch / "images", args.images, args.training)
         reference = reference_maps(job, scratch / "images")
         module = load_module(job.config.model.path, job.config.model.factory)
         _, captum_maps = captum_loop(module, job, scratch / "images", scratch / "captum")
@@ -67,7 +76,8 @@ def main() -> None:
         def errors(maps: dict[str, np.ndarray]) -> tuple[float, ...]:
             return mean_errors((a, *reference[name]) for name, a in maps.items())
 
-        print(f"# {platform.machine()}, torch {torch.__version__}, {args.images} held-out digits")
+        print(f"# {platform.machine()}, torch {torch.__version__}, {args.images} "
+              f"{'training' if args.training else 'held-out'} digits")
         print("| run | gradient evals/image | vs captum's 50 | completeness error | map error, max pixel "
               "| map error, L2 |")
         print("|---|---|---|---|---|---|")
