@@ -3,11 +3,13 @@
 Completeness holds on every piece of the path: for an interval [a, b], the trapezoid's estimate
 of the attributions' sum, (x - x') . (g(a) + g(b)) / 2 . (b - a), should equal F(b) - F(a), and
 both sides are known from evaluations already made (a backward also returns F). Their difference
-is the interval's error. Each round bisects the worst share of each path's intervals, so
-evaluations gather where the gradient changes (ReLU kinks, softmax saturation) instead of being
-spread evenly; a path stops once its summed interval errors are within tolerance.
-On the sample CNN this matched captum's 50-step Gauss-Legendre accuracy (completeness and L2 map
-error against a 1,024-step reference) with about half the evaluations (benchmarks/RESULTS.md).
+is the interval's error. Each round bisects the worst share of each path's intervals (its last
+round only as many as it needs), so evaluations gather where the gradient changes (ReLU kinks,
+softmax saturation) instead of being spread evenly; a path stops once its summed interval errors
+are within tolerance. Ends where a softmax or sigmoid is saturated are not evaluated (PathEnds).
+On the sample CNN this matched captum's 50-step Gauss-Legendre accuracy (completeness and both map
+errors against a 1,024-step reference) over 360 held-out digits with 0.40x the evaluations, 19.9
+per image (benchmarks/RESULTS.md).
 
 The bookkeeping is kept for all of a chunk's paths at once: scalars (alphas, F, slopes, errors)
 in flat NumPy arrays, each point's attribution density g * (x - x') in one device tensor (what
