@@ -103,3 +103,25 @@ def test_adaptive_chunks_fill_three_batches_within_the_gradient_budget():
     large = ("input.mode=RGB", "input.resize=[512, 512]", "input.mean=[0.5, 0.5, 0.5]", "input.std=[0.5, 0.5, 0.5]")
     assert 1 <= chunk(*large) < chunk()
     assert chunk(*large) * ADAPTIVE_POINTS_PER_PATH * 3 * 512 * 512 * 4 <= ADAPTIVE_GRADIENT_BYTES
+
+
+def test_chunk_inputs_sets_the_chunk_of_image_and_text_jobs(tmp_path):
+    from igcli.jobs.image_job import ImageJob, _inputs_per_chunk
+    from igcli.jobs.text_job import TEXT_INPUTS_PER_CHUNK, TextJob
+
+    from .test_text import QUESTIONS_CONFIG
+
+    def config(path: Path, *sets: str):
+        return load_config(path, [(text, "--set") for text in ("device=cpu",) + sets])
+
+    large = ("input.mode=RGB", "input.resize=[512, 512]", "input.mean=[0.5, 0.5, 0.5]", "input.std=[0.5, 0.5, 0.5]")
+    # What the user asks for wins over the auto size, its memory budget included.
+    assert _inputs_per_chunk(config(DIGITS_CONFIG, "chunk_inputs=200", *large)) == 200
+    assert ImageJob(config(DIGITS_CONFIG, "chunk_inputs=5")).chunk_size == 5
+    assert ImageJob(config(DIGITS_CONFIG)).chunk_size == _inputs_per_chunk(config(DIGITS_CONFIG))
+    assert TextJob(config(QUESTIONS_CONFIG, "chunk_inputs=7")).chunk_size == 7
+    assert TextJob(config(QUESTIONS_CONFIG)).chunk_size == TEXT_INPUTS_PER_CHUNK
+    for wrong in ("0", "-3"):
+        message = error_of(DIGITS_CONFIG, [(f"chunk_inputs={wrong}", "--set")])
+        assert message.startswith("--set: 'chunk_inputs'") and "positive integer or 'auto'" in message, message
+    assert error_of(DIGITS_CONFIG, [("chunk_inputs=many", "--set")]).startswith("--set: 'chunk_inputs'")

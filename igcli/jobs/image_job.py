@@ -135,8 +135,11 @@ def _load_baseline_file(path: Path, preprocess: ImagePreprocess) -> torch.Tensor
 
 
 def _inputs_per_chunk(config: Config) -> int:
-    """Enough inputs that the first round of path points fills a batch (two for the adaptive rule),
-    within MAX_INPUTS_PER_CHUNK and, for the adaptive rule, the gradients' memory budget."""
+    """``chunk_inputs`` where the config sets it; else enough inputs that the first round of path
+    points fills a batch (ADAPTIVE_FIRST_ROUND_BATCHES for the adaptive rule), within
+    MAX_INPUTS_PER_CHUNK and, for the adaptive rule, the gradients' memory budget."""
+    if config.chunk_inputs != "auto":
+        return config.chunk_inputs
     paths_per_input = config.baseline.samples * (config.target.top_k if isinstance(config.target, TopK) else 1)
     limit = MAX_INPUTS_PER_CHUNK
     if config.method is Rule.adaptive:

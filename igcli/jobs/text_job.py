@@ -28,10 +28,12 @@ from ..records import Attribution, Failure, TextSample
 from .common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
 
 
+# Documents of one length share batches (see TextJob.explain), so a chunk holds enough of them to
+# fill batches on short texts; texts are small in memory.
+TEXT_INPUTS_PER_CHUNK = 64
+
+
 class TextJob:
-    # Documents of one length share batches (see explain), so a chunk holds enough of them to fill
-    # batches on short texts; texts are small in memory.
-    chunk_size = 64
     runtime = "torch"  # text models run on torch, ONNX ones converted (models.onnx_text)
 
     def __init__(self, config: Config):
@@ -45,6 +47,7 @@ class TextJob:
                                      config.map_tolerance)
         self.batch = BatchSize(config.batch_size)  # lowered for the whole run on out-of-memory
         self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
+        self.chunk_size = TEXT_INPUTS_PER_CHUNK if config.chunk_inputs == "auto" else config.chunk_inputs
         self.fill_id = self._fill_id()
 
     def _fill_id(self) -> int | None:
