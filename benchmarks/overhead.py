@@ -9,6 +9,7 @@ JSON records, manifest), the model loaded before the clock starts in both. Evalu
 counted from igcli's records, so the forwards igcli spends on F(x) and F(x') count as overhead.
 
     python benchmarks/overhead.py [--images 240] [--repeats 3] [--set key=value ...]
+        [--variant "chunk_inputs=192" --variant ...]
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import torch
 
 from comparison import add_malloc_option, apply_malloc_option
 from end_to_end import CONFIG, make_inputs
+from variants import overrides
 from igcli.config import load_config
 from igcli.inputs.discover import discover_inputs
 from igcli.jobs.image_job import ImageJob
@@ -79,48 +81,59 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=240)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", dest="sets", action="append", default=[], help="igcli config overrides")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="config overrides timed in turn with the others in each repeat, e.g. 'chunk_inputs=192'")
     add_malloc_option(parser)
     args = parser.parse_args()
     malloc = apply_malloc_option(args)
-    config = load_config(CONFIG, [(text, "--set") for text in ["device=cpu", "output.attributions=npy"] + args.sets])
-    job = ImageJob(config)
-    rates: dict[str, list[float]] = {"bare": [], "engine": [], "end to end": []}
+    variants = args.variant or [""]
+    configs = {variant: load_config(CONFIG, [(text, "--set") for text in ["device=cpu", "output.attributions=npy"]
+                                             + args.sets + overrides(variant)]) for variant in variants}
+    jobs = {variant: ImageJob(config) for variant, config in configs.items()}
+    runs = [(variant, name) for variant in variants for name in ("bare", "engine", "end to end")]
+    rates: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
+    ratios: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
+    faults: dict[tuple[str, str], list[int]] = {run: [] for run in runs}
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "images"
         folder.mkdir()
         make_inputs(folder, args.images)
-        samples = list(job.read(discover_inputs([str(folder)], (".png",))))
-        # Warm-up: every batch shape the runs will meet (oneDNN builds kernels per shape, once).
-        engine_only(job, samples)
-        bare_loop(job, samples, 4 * config.batch_size, config.batch_size)
-        ratios: dict[str, list[float]] = {"engine": [], "end to end": []}
-        faults: dict[str, list[int]] = {name: [] for name in rates}
+        samples = list(jobs[variants[0]].read(discover_inputs([str(folder)], (".png",))))
+        for variant, job in jobs.items():
+            # Warm-up: every batch shape the runs will meet (oneDNN builds kernels per shape, once).
+            engine_only(job, samples)
+            bare_loop(job, samples, 4 * job.batch.points, job.batch.points)
         for repeat in range(args.repeats):
-            with page_faults(faults["engine"]):
-                seconds, evaluations = engine_only(job, samples)
-            rates["engine"].append(evaluations / seconds)
-            with page_faults(faults["bare"]):
-                rates["bare"].append(evaluations / bare_loop(job, samples, evaluations, config.batch_size))
-            with page_faults(faults["end to end"]):
-                seconds, evaluations = end_to_end(config, folder, Path(scratch) / f"out{repeat}", job)
-            rates["end to end"].append(evaluations / seconds)
-            # Its files' writeback would otherwise run through the next repeat's timed loops.
-            os.sync()
-            # This machine's speed drifts by tens of percent over a minute: each repeat's runs are
-            # compared with the bare loop of the same repeat, seconds apart.
-            for name in ratios:
-                ratios[name].append(rates[name][-1] / rates["bare"][-1])
-    medians = {name: statistics.median(values) for name, values in rates.items()}
+            # Variants in turn, the order reversed every other repeat: this machine drifts.
+            for variant in variants if repeat % 2 == 0 else variants[::-1]:
+                job, batch = jobs[variant], configs[variant].batch_size
+                with page_faults(faults[variant, "engine"]):
+                    seconds, evaluations = engine_only(job, samples)
+                rates[variant, "engine"].append(evaluations / seconds)
+                with page_faults(faults[variant, "bare"]):
+                    rates[variant, "bare"].append(evaluations / bare_loop(job, samples, evaluations, batch))
+                with page_faults(faults[variant, "end to end"]):
+                    seconds, evaluations = end_to_end(configs[variant], folder, Path(scratch) / f"out{repeat}{variant}",
+                                                      job)
+                rates[variant, "end to end"].append(evaluations / seconds)
+                # Its files' writeback would otherwise run through the next timed loops.
+                os.sync()
+                # This machine's speed drifts by tens of percent over a minute: each run is
+                # compared with the bare loop of the same variant and repeat, seconds apart.
+                for name in ("bare", "engine", "end to end"):
+                    ratios[variant, name].append(rates[variant, name][-1] / rates[variant, "bare"][-1])
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.images} "
-          f"images, batch {config.batch_size}, {config.method.value}, {evaluations / args.images:.1f} evals/image, "
-          f"{malloc}, overrides: {' '.join(args.sets) or 'none'}; medians of {args.repeats}")
+          f"images, batch {configs[variants[0]].batch_size}, {configs[variants[0]].method.value}, "
+          f"{evaluations / args.images:.1f} evals/image, {malloc}, overrides: {' '.join(args.sets) or 'none'}; "
+          f"medians of {args.repeats}")
     print("| run | gradient evals/s | vs bare loop (median of each repeat's ratio) | each repeat's ratio "
           "| minor page faults per run (median) |")
     print("|---|---|---|---|---|")
-    for name, rate in medians.items():
-        each = ratios.get(name, [1.0] * args.repeats)
-        print(f"| {name} | {rate:,.0f} | {statistics.median(each):.2f}x | {' '.join(f'{r:.2f}' for r in each)} "
-              f"| {statistics.median(faults[name]):,.0f} |")
+    for variant, name in runs:
+        label = f"{name} ({variant})" if variant else name
+        each = ratios[variant, name]
+        print(f"| {label} | {statistics.median(rates[variant, name]):,.0f} | {statistics.median(each):.2f}x "
+              f"| {' '.join(f'{r:.2f}' for r in each)} | {statistics.median(faults[variant, name]):,.0f} |")
 
 
 @contextmanager
