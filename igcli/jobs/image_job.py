@@ -21,11 +21,15 @@ from ..quadrature import Rule
 from ..records import Attribution, Failure, Sample, output_stem
 from .common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
 
+# The auto size's cap. A chunk's stored maps and copies grow with it, and so does the peak memory:
+# on the sample job 10,000 inputs peaked at 1.08x the memory of 100 with chunks of 77, 1.09x at 96,
+# 1.15x at 128 (benchmarks/RESULTS.md).
 MAX_INPUTS_PER_CHUNK = 96
 # The adaptive rule's rounds shrink as paths converge, and each round's last batch is partly
 # padding: a chunk whose first round fills two batches had 4% padding on the sample job against
 # 9% at one batch, and ran 6% faster; three batches (77 inputs) ran the engine 13% faster again
-# once the model itself got faster, four 11%, eight 1% (benchmarks/RESULTS.md).
+# once the model itself got faster. Bigger chunks are faster still (0.93x of a bare loop at 192
+# against 0.83x), at the memory above: config chunk_inputs makes that trade (RESULTS.md).
 ADAPTIVE_FIRST_ROUND_BATCHES = 3
 # The adaptive rule keeps every evaluated point's gradient (times x - x') until its chunk is done:
 # at ~48 points a path (the sample job averages 22), keep a chunk's within this many bytes.
