@@ -23,7 +23,7 @@ from .common import MODEL_FAILURES, check_classes, model_failure, read_labels, r
 
 # The auto size's cap. A chunk's stored maps and copies grow with it, and so does the peak memory:
 # on the sample job 10,000 inputs peaked at 1.08x the memory of 100 with chunks of 77, 1.09x at 96,
-# 1.15x at 128 (benchmarks/RESULTS.md).
+# 1.13-1.16x at 128 (benchmarks/RESULTS.md).
 MAX_INPUTS_PER_CHUNK = 96
 # The adaptive rule's rounds shrink as paths converge, and each round's last batch is partly
 # padding: a chunk whose first round fills two batches had 4% padding on the sample job against
