@@ -102,7 +102,8 @@ def main() -> None:
         for variant, job in jobs.items():
             # Warm-up: every batch shape the runs will meet (oneDNN builds kernels per shape, once).
             engine_only(job, samples)
-            bare_loop(job, samples, 4 * job.batch.points, job.batch.points)
+            batch = configs[variant].batch_size
+            bare_loop(job, samples, 4 * batch, batch)
         for repeat in range(args.repeats):
             # Variants in turn, the order reversed every other repeat: this machine drifts.
             for variant in variants if repeat % 2 == 0 else variants[::-1]:
