@@ -48,7 +48,8 @@ MAP_BLOCK_BYTES = 32 << 20
 ORDERED_SCATTER_DEVICES = {"cpu"}  # where index_add_ adds rows for a repeated index in index order
 WEIGHTED_BLOCK_BYTES = 4 << 20  # weighted copies of stored maps made at a time, on the CPU (_sum_rows_by_group)
 
-Evaluate = Callable[[np.ndarray, np.ndarray], tuple[Tensor, Tensor]]  # (path, alpha) per point -> F, dF/dx
+# (path, alpha) per point, and rows to write each point's density dF/dx * (x - x') into -> F per point
+Evaluate = Callable[[np.ndarray, np.ndarray, Tensor], Tensor]
 
 
 class MapBuffers:
@@ -118,15 +119,16 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
     refinement = _Refinement(deltas, f_delta, noise, quad, buffers, ends)
     try:
         path, alpha = refinement.first_points()
-        scores, grads = evaluate(path, alpha)
-        refinement.start(scores, grads)
+        densities = refinement.first_densities(len(path))
+        refinement.start(evaluate(path, alpha, densities), densities)
         while True:
             chosen = refinement.worst_intervals()
             if len(chosen) == 0:
                 break
             path, alpha = refinement.midpoints(chosen)
-            scores, grads = evaluate(path, alpha)
-            refinement.split(chosen, scores, grads)
+            # The densities go straight into the stored maps: no copy of a round's gradients.
+            scores = evaluate(path, alpha, refinement.reserve(len(path)))
+            refinement.split(chosen, scores)
         steps = refinement.intervals_per_path()
         evaluations = steps + 1 - refinement.flat.sum(1)
         return refinement.attributions(), torch.from_numpy(steps), torch.from_numpy(evaluations)
@@ -220,19 +222,28 @@ class _Refinement:
         start = self.start_intervals
         return np.repeat(np.arange(self.count), start + 1), np.tile(np.arange(start + 1) / start, self.count)
 
-    def start(self, scores: Tensor, grads: Tensor) -> None:
-        """Take the first, uniform round (``first_points``, evaluated): every path's nodes k / start
-        and the intervals between; a flat end is a node with its known F and a zero gradient."""
+    def first_densities(self, evaluated: int) -> Tensor:
+        """Rows for the densities of the first round's ``evaluated`` points: the stored maps'
+        where no end is flat, else a scratch tensor that ``start`` places among the zero rows of
+        the flat ends."""
+        if not self.flat.any():
+            return self.reserve(evaluated)
+        return self.deltas.new_empty((evaluated,) + tuple(self.deltas.shape[1:]))
+
+    def start(self, scores: Tensor, densities: Tensor) -> None:
+        """Take the first, uniform round (``first_points``, evaluated, densities written into
+        ``first_densities``): every path's nodes k / start and the intervals between; a flat end
+        is a node with its known F and a zero gradient."""
         start, count = self.start_intervals, self.count
         path, alpha = self._first_nodes()
         if self.flat.any():
-            rows = torch.from_numpy(np.flatnonzero(self.first_evaluated)).to(grads.device)
-            grads = grads.new_zeros((len(path),) + tuple(grads.shape[1:])).index_copy_(0, rows, grads)
+            rows = torch.from_numpy(np.flatnonzero(self.first_evaluated)).to(densities.device)
+            self.reserve(len(path)).zero_().index_copy_(0, rows, densities)
             known = np.zeros((count, start + 1))
             known[:, 0], known[:, -1] = self.ends.scores[:, 0], self.ends.scores[:, 1]
             known = torch.from_numpy(known.ravel()).to(scores)
             scores = known.index_copy_(0, rows, scores)
-        ids = self._append_nodes(path, alpha, grads)
+        ids = self._add_nodes(path, alpha)
         per_path = ids.reshape(count, start + 1)  # flatten() copies: left and right must not share memory
         self.intervals = _Intervals(np.repeat(np.arange(count), start), per_path[:, :-1].flatten(),
                                     per_path[:, 1:].flatten())
@@ -243,7 +254,7 @@ class _Refinement:
             # The nodes are each path's start + 1 in a row, so every jump is a difference of neighbours.
             jumps = self.density[: self.nodes].view(count, start + 1, -1).diff(dim=1)
             bounds = jumps.norm(dim=2).flatten() / (2 * start)
-        self._update(fresh, scores, len(grads), np.arange(count), bounds)
+        self._update(fresh, scores, len(ids), np.arange(count), bounds)
 
     def worst_intervals(self) -> np.ndarray:
         """Indices of the intervals to bisect this round (none once every path has stopped), in
@@ -313,11 +324,12 @@ class _Refinement:
         iv = self.intervals
         return iv.path[chosen], (self.alpha[iv.left[chosen]] + self.alpha[iv.right[chosen]]) / 2
 
-    def split(self, chosen: np.ndarray, scores: Tensor, grads: Tensor) -> None:
-        """Bisect the ``chosen`` intervals at their midpoints, just evaluated."""
+    def split(self, chosen: np.ndarray, scores: Tensor) -> None:
+        """Bisect the ``chosen`` intervals at their midpoints, just evaluated (their densities in
+        the rows ``reserve`` gave)."""
         iv = self.intervals
         path, alpha = self.midpoints(chosen)
-        middle = self._append_nodes(path, alpha, grads)
+        middle = self._add_nodes(path, alpha)
         bounds = self._bisect_map(chosen, middle) if self.map_aware else None
         right = iv.right[chosen]
         iv.right[chosen] = middle  # the left half keeps the interval's place, the right half is added
@@ -328,7 +340,7 @@ class _Refinement:
         iv.error = np.concatenate([iv.error, np.zeros(len(path))])
         iv.bound = np.concatenate([iv.bound, np.zeros(len(path))])
         fresh = np.concatenate([chosen, np.arange(first_new, len(iv.path))])
-        self._update(fresh, scores, len(grads), np.unique(path), bounds)
+        self._update(fresh, scores, len(middle), np.unique(path), bounds)
 
     def intervals_per_path(self) -> np.ndarray:
         return np.bincount(self.intervals.path, minlength=self.count)
@@ -343,25 +355,30 @@ class _Refinement:
         weight = np.bincount(iv.left, half, minlength=self.nodes) + np.bincount(iv.right, half, minlength=self.nodes)
         return _sum_rows_by_group(self.density[: self.nodes], self.node_path, self.count, weight)
 
-    def _append_nodes(self, path: np.ndarray, alpha: np.ndarray, grads: Tensor) -> np.ndarray:
-        ids = np.arange(self.nodes, self.nodes + len(path))
-        if self.density is None or ids[-1] >= len(self.density):
-            row = max(1, grads[0].numel())
-            storage = self.buffers.borrow(self._capacity(len(ids) + self.nodes, grads) * row, grads)
-            grown = storage[: len(storage) // row * row].view((-1,) + tuple(grads.shape[1:]))  # whole rows
+    def reserve(self, count: int) -> Tensor:
+        """The stored maps' rows for the next ``count`` nodes, [count, ...]; ``_add_nodes`` takes them."""
+        like = self.deltas
+        if self.density is None or self.nodes + count > len(self.density):
+            row = max(1, like[0].numel())
+            storage = self.buffers.borrow(self._capacity(self.nodes + count, like) * row, like)
+            grown = storage[: len(storage) // row * row].view((-1,) + tuple(like.shape[1:]))  # whole rows
             if self.density is not None:
                 grown[: self.nodes] = self.density[: self.nodes]  # the smaller buffer is dropped
             self.storage, self.density = storage, grown
-        torch.mul(grads, _rows(self.deltas, path), out=self.density[ids[0] : ids[-1] + 1])
+        return self.density[self.nodes : self.nodes + count]
+
+    def _add_nodes(self, path: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """Take the nodes (path, alpha) whose densities fill the rows ``reserve`` gave last."""
+        ids = np.arange(self.nodes, self.nodes + len(path))
         self.nodes += len(ids)
         self.alpha = np.concatenate([self.alpha, alpha])
         self.node_path = np.concatenate([self.node_path, path])
         return ids
 
-    def _capacity(self, needed: int, grads: Tensor) -> int:
+    def _capacity(self, needed: int, like: Tensor) -> int:
         """Rows for the stored maps: twice what is held, in whole MAP_BLOCK_BYTES (a borrowed buffer
         may hold more)."""
-        row_bytes = max(1, grads[0].numel() * grads.element_size())
+        row_bytes = max(1, like[0].numel() * like.element_size())
         blocks = -(-max(needed, 2 * self.nodes) * row_bytes // MAP_BLOCK_BYTES)
         return max(needed, blocks * MAP_BLOCK_BYTES // row_bytes)
 

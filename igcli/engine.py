@@ -226,7 +226,7 @@ class _PathIntegral:
         path = active.repeat_interleave(n)
         point_weights = weights.repeat(len(active))
         broadcast = (-1,) + (1,) * (like.dim() - 1)
-        for batch, _, grads in self.evaluate_batches(path, alphas.repeat(len(active))):
+        for batch, _, grads, _ in self.evaluate_batches(path, alphas.repeat(len(active))):
             # Point i is node i % n of path slot i // n. The batch's rows, laid out as [slots, n]
             # and summed over the nodes, add once to each path: a scatter-add (index_add_) would
             # add in whatever order CUDA's atomics land, and runs would differ in the last bits.
@@ -236,32 +236,33 @@ class _PathIntegral:
             torch.mul(grads, point_weights[batch].view(broadcast), out=rows[placed])
             like.index_add_(0, active[first : last + 1], rows.view((-1, n) + like.shape[1:]).sum(1))
 
-    def evaluate_batches(self, path: Tensor, alpha: Tensor) -> Iterator[tuple[slice, Tensor, Tensor]]:
-        """For points (path[i], alpha[i]), ``batch_size`` at a time: (slice, F_target, dF_target/dx).
-        Points at alpha 0 are taken at ``start_offset``."""
+    def evaluate_batches(self, path: Tensor, alpha: Tensor) -> Iterator[tuple[slice, Tensor, Tensor, Tensor]]:
+        """For points (path[i], alpha[i]), ``batch_size`` at a time: (slice, F_target, dF_target/dx,
+        x - x' of each point's path). Points at alpha 0 are taken at ``start_offset``."""
         like = self.deltas
         broadcast = (-1,) + (1,) * (like.dim() - 1)
-        offset = start_offset(like.dtype)
+        alpha = alpha.to(like.dtype)
+        alpha = alpha.masked_fill(alpha == 0, start_offset(like.dtype))
+        targets = self.paths.target.index_select(0, path).unsqueeze(1)
         start = 0
         while start < len(path):
             batch = slice(start, min(start + self.batch.points, len(path)))
             start = batch.stop
-            p, a = path[batch], alpha[batch].to(like.dtype)
-            a = a.masked_fill(a == 0, offset)
-            size = padded_size(len(p), self.batch.points)
+            p, count = path[batch], batch.stop - batch.start
+            size = padded_size(count, self.batch.points)
             # Padding rows (copies of the first point) have zero weight: they add nothing to the
             # gradients, and their outputs are cut off.
             points = like.new_empty((size,) + like.shape[1:])
             # index_select, not [p]: advanced indexing of whole inputs ran ~7x slower on the CPU.
+            deltas = self.deltas.index_select(0, p)
             starts = self.starts if self.common_start else self.starts.index_select(0, p)
-            torch.addcmul(starts, a.view(broadcast), self.deltas.index_select(0, p), out=points[: len(p)])
-            if size > len(p):
-                points[len(p):] = points[0]
-            targets = self.paths.target.index_select(0, p).unsqueeze(1)
+            torch.addcmul(starts, alpha[batch].view(broadcast), deltas, out=points[:count])
+            if size > count:
+                points[count:] = points[0]
             selector = like.new_zeros((size, self.classes))
-            selector[: len(p)].scatter_(1, targets, 1.0)
+            selector[:count].scatter_(1, targets[batch], 1.0)
             scores, grads = self._scores_and_grads(points, selector)
-            yield batch, scores[: len(p)].gather(1, targets).squeeze(1), grads[: len(p)]
+            yield batch, scores[:count].gather(1, targets[batch]).squeeze(1), grads[:count], deltas
 
     def _scores_and_grads(self, points: Tensor, selector: Tensor) -> tuple[Tensor, Tensor]:
         """The backend's answer; on device out-of-memory, halve the batch (for the rest of the run too)."""
@@ -280,23 +281,25 @@ class _PathIntegral:
             second = self._scores_and_grads(points[half:], selector[half:])
             return torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
 
-    def evaluate(self, path: np.ndarray, alpha: np.ndarray) -> tuple[Tensor, Tensor]:
-        """F_target and its input gradient at every point (path[i], alpha[i]), for the adaptive
-        rule. At alpha 0, F is F(x') itself (F is continuous), not F where the gradient was taken
-        (``start_offset``): the rule compares F across each interval with the trapezoid, and an
-        offset's worth of F would read as error."""
+    def evaluate(self, path: np.ndarray, alpha: np.ndarray, densities: Tensor) -> Tensor:
+        """F_target at every point (path[i], alpha[i]), for the adaptive rule, and its attribution
+        density dF_target/dx * (x - x') written into ``densities[i]``. At alpha 0, F is F(x')
+        itself (F is continuous), not F where the gradient was taken (``start_offset``): the rule
+        compares F across each interval with the trapezoid, and an offset's worth of F would read
+        as error."""
         at_start = alpha == 0
         device = self.deltas.device
-        parts = list(self.evaluate_batches(torch.from_numpy(path).to(device), torch.from_numpy(alpha).to(device)))
-        if len(parts) == 1:
-            [(_, scores, grads)] = parts
-        else:
-            scores, grads = torch.cat([s for _, s, _ in parts]), torch.cat([g for _, _, g in parts])
+        parts = []
+        for batch, scores, grads, deltas in self.evaluate_batches(torch.from_numpy(path).to(device),
+                                                                  torch.from_numpy(alpha).to(device)):
+            torch.mul(grads, deltas, out=densities[batch])
+            parts.append(scores)
+        scores = parts[0] if len(parts) == 1 else torch.cat(parts)
         if at_start.any():
             f_baseline = self.paths.f_baseline.index_select(0, torch.from_numpy(path[at_start]).to(device))
             starts = torch.from_numpy(np.flatnonzero(at_start)).to(device)
             scores = scores.index_copy(0, starts, f_baseline.to(scores.dtype))
-        return scores, grads
+        return scores
 
     def attributions(self) -> Tensor:
         return self.deltas * self.integral
