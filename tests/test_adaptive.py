@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from igcli import adaptive as adaptive_module
-from igcli.engine import Quadrature, TargetSpec, explain
+from igcli.engine import Quadrature, TargetSpec, explain, start_offset
 from igcli.quadrature import Rule
 
 from .nets import backend, integrated_gradients, small_cnn, smooth_mlp
@@ -354,6 +354,27 @@ def test_saturated_ends_take_no_gradient_and_the_result_still_matches(scale, fla
     for result, expected in zip(results, reference):
         assert result.converged and result.rel_error <= 1e-3
         torch.testing.assert_close(result.attributions, expected.attributions, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("scale,flat", [(30.0, True), (0.5, False)])
+def test_four_steps_are_the_trapezoid_over_the_model_gradients_at_each_node(scale, flat):
+    """No refinement: the attributions are (x - x') times the trapezoid over alpha = k/4 of the
+    gradient taken from the model here (at the start offset for alpha 0, and zero at a flat end)."""
+    x = torch.ones(2, 4, dtype=torch.float64)
+    x[1, 3] = 0.8
+    model = saturating_linear(scale)
+    results = explain(backend(model, "softmax"), x, torch.zeros(2, 1, 4, dtype=torch.float64),
+                      TargetSpec("index", 0), adaptive(steps=4, tolerance=1e-3))
+    alphas = torch.tensor([start_offset(torch.float64), 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
+    weights = torch.tensor([0.5, 1, 1, 1, 0.5], dtype=torch.float64) / 4
+    if flat:
+        weights[[0, -1]] = 0
+    points = (alphas.view(-1, 1, 1) * x).requires_grad_()  # [node, input, feature]
+    (grads,) = torch.autograd.grad(torch.softmax(model(points), -1)[..., 0].sum(), points)
+    expected = x * (weights.view(-1, 1, 1) * grads).sum(0)
+    for result, row in zip(results, expected):
+        assert result.gradient_evals == (3 if flat else 5)
+        torch.testing.assert_close(result.attributions, row, rtol=1e-10, atol=1e-12)
 
 
 def test_logits_never_skip_an_end():
