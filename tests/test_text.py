@@ -1,5 +1,6 @@
 """Text: token attributions through the embedding layer, on the sample model and a tiny HF BERT."""
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,32 @@ def test_show_prints_plain_words_when_not_a_terminal(tmp_path):
     line = result.stdout.strip()
     assert line.startswith(str(SAMPLE_DATA / "texts" / "06_string.txt") + ": string") and "who[+" in line
     assert "\x1b[" not in line
+
+
+def test_threads_calling_the_model_at_once_each_get_their_own_embeddings():
+    # Chunks in flight call one model from two threads. Here both substitute their embeddings
+    # before either runs (the barrier), so a substitute shared between threads would cross them.
+    model = load_text_model(load_config(QUESTIONS_CONFIG), CPU)
+    torch.manual_seed(0)
+    width = model.embed(torch.tensor([1]))[0].numel()
+    inputs = {length: (torch.randint(5, 200, (2, length)), torch.ones(2, length, dtype=torch.long),
+                       torch.randn(2, length, width)) for length in (7, 9)}
+    alone = {length: model.with_embeddings(*inputs[length]) for length in inputs}
+    plain_call, meeting = model.call, threading.Barrier(2, timeout=10)
+    model.call = lambda inner, ids, mask: (meeting.wait(), plain_call(inner, ids, mask))[1]
+    together = {}
+
+    def call_model(length):
+        together[length] = model.with_embeddings(*inputs[length])
+
+    workers = [threading.Thread(target=call_model, args=(length,)) for length in inputs]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert together.keys() == alone.keys()
+    for length in inputs:
+        assert torch.equal(together[length], alone[length]), length
 
 
 def test_image_baselines_are_refused_for_text(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -30,11 +31,13 @@ class TextModel:
         self.module, self.embedding, self.tokenizer, self.call = module.to(device), embedding, tokenizer, call
         self.score, self.device, self.max_length, self.labels = ScoreKind(score), device, max_length, labels
         self.precision = Precision.float32  # of the path evaluations; the job sets it from the config
-        self._override: Tensor | None = None
+        # Per thread: chunks in flight call the model at once, each with its own embeddings.
+        self._override = threading.local()
         embedding.register_forward_hook(self._substitute)
 
     def _substitute(self, module: nn.Module, inputs, output: Tensor):
-        return output if self._override is None else self._override
+        embeddings = getattr(self._override, "embeddings", None)
+        return output if embeddings is None else embeddings
 
     def embed(self, ids: Tensor) -> Tensor:
         """[L] ids -> [L, D] embeddings, as the model computes them."""
@@ -44,11 +47,11 @@ class TextModel:
     def with_embeddings(self, ids: Tensor, mask: Tensor, embeddings: Tensor) -> Tensor:
         """The model's output for [B, L] ``ids`` and ``mask`` with ``embeddings`` [B, L, D] in place
         of its embedding layer's."""
-        self._override = embeddings
+        self._override.embeddings = embeddings
         try:
             return self.call(self.module, ids, mask)
         finally:
-            self._override = None
+            self._override.embeddings = None
 
     def backend_for(self, ids: Tensor, mask: Tensor) -> Backend:
         """A Backend whose inputs are [B, L, D] embeddings of this one document."""
