@@ -33,7 +33,9 @@ class ModelSection(Section):
     backend: Literal["auto", "torch", "onnxruntime"] = "auto"  # auto: see models.loading.load_model
     tokenizer: Path | None = None  # text: tokenizer.json or vocab.txt (HF folders bring their own)
     embedding_layer: str | None = None  # text: the embedding module (torch), or embedding tensor (ONNX)
-    threads: int = Field(0, ge=0)  # intra-op threads for torch / onnxruntime; 0 = their default
+    # Intra-op threads for torch / onnxruntime; 0 = their default. With 2 or more on a CPU, torch
+    # runs two chunks at once, each on half of them (overlap.py).
+    threads: int = Field(0, ge=0)
     precision: Precision = Precision.float32  # path points under autocast: bfloat16 | float16 (torch backend)
 
     @model_validator(mode="after")
@@ -133,7 +135,9 @@ class Config(Section):
     map_tolerance: float | None = Field(None, gt=0)  # adaptive: also refine until the map's estimated L2 error is within
     min_steps: int = Field(8, ge=1)
     max_steps: int = Field(512, ge=1)
-    batch_size: int = Field(256, ge=1)  # path points (inputs x baselines x steps) per backward
+    # Path points (inputs x baselines x steps) per backward; on a CPU, shared by the chunks in
+    # flight (two on several cores: batches of half each, overlap.py).
+    batch_size: int = Field(256, ge=1)
     # Inputs explained together (a chunk holds this many to twice as many): more run faster, as the
     # adaptive rule's rounds are fewer and fuller, and hold more memory. auto: see the jobs.
     chunk_inputs: Union[int, Literal["auto"]] = "auto"

@@ -29,7 +29,7 @@ from .inputs.prefetch import prefetched, read_ahead
 from .jobs import make_job
 from .jobs.common import BASELINE_WARNING, AnySample, Job
 from .outputs.writer import RunWriter
-from .overlap import chunks_in_flight, ordered_map, own_stream
+from .overlap import ordered_map, own_stream, threads_shared
 from .records import Attribution, Failure
 from .resume import PreviousRun, record_key, run_key
 
@@ -139,8 +139,8 @@ def _input_refs(config: Config, specs: Sequence[str], shard: tuple[int, int] | N
 
 def _explain_chunks(job: Job, refs: Iterator[InputRef], reuse: _Reuse, writer: RunWriter, summary: RunSummary,
                     status, progress: bool, stop: _StopRequest, max_errors: int | None) -> None:
-    in_flight = chunks_in_flight(job.device)
-    with tqdm(desc="explain", unit="input", disable=not progress) as bar:
+    in_flight = job.in_flight
+    with tqdm(desc="explain", unit="input", disable=not progress) as bar, threads_shared(in_flight, job.device):
         samples = prefetched(job.read(refs), read_ahead(job.chunk_size))
         chunks = _checking_first(_chunks(samples, job.chunk_size), job)
         work = functools.partial(_chunk_outcome, job, reuse, in_flight > 1)

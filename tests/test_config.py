@@ -93,7 +93,8 @@ def test_adaptive_chunks_fill_three_batches_within_the_gradient_budget():
     from igcli.jobs.image_job import ADAPTIVE_GRADIENT_BYTES, ADAPTIVE_POINTS_PER_PATH, _inputs_per_chunk
 
     def chunk(*sets: str) -> int:
-        return _inputs_per_chunk(load_config(DIGITS_CONFIG, [(text, "--set") for text in sets]))
+        config = load_config(DIGITS_CONFIG, [(text, "--set") for text in sets])
+        return _inputs_per_chunk(config, config.batch_size)
 
     # The sample config: adaptive, batch 128, a first round of 5 points per input.
     assert chunk() == -(-3 * 128 // 5) == 77 and chunk("batch_size=64") == -(-3 * 64 // 5)
@@ -116,9 +117,10 @@ def test_chunk_inputs_sets_the_chunk_of_image_and_text_jobs(tmp_path):
 
     large = ("input.mode=RGB", "input.resize=[512, 512]", "input.mean=[0.5, 0.5, 0.5]", "input.std=[0.5, 0.5, 0.5]")
     # What the user asks for wins over the auto size, its memory budget included.
-    assert _inputs_per_chunk(config(DIGITS_CONFIG, "chunk_inputs=200", *large)) == 200
+    assert _inputs_per_chunk(config(DIGITS_CONFIG, "chunk_inputs=200", *large), 128) == 200
     assert ImageJob(config(DIGITS_CONFIG, "chunk_inputs=5")).chunk_size == 5
-    assert ImageJob(config(DIGITS_CONFIG)).chunk_size == _inputs_per_chunk(config(DIGITS_CONFIG))
+    job = ImageJob(config(DIGITS_CONFIG))
+    assert job.chunk_size == _inputs_per_chunk(config(DIGITS_CONFIG), job.batch.points)
     assert TextJob(config(QUESTIONS_CONFIG, "chunk_inputs=7")).chunk_size == 7
     assert TextJob(config(QUESTIONS_CONFIG)).chunk_size == TEXT_INPUTS_PER_CHUNK
     for wrong in ("0", "-3"):

@@ -17,7 +17,7 @@ from igcli import resume
 from igcli.cli import main
 from igcli.config import load_config
 from igcli.engine import BatchSize, Quadrature, TargetSpec, explain
-from igcli.jobs.image_job import _inputs_per_chunk
+from igcli.jobs.image_job import ImageJob
 from igcli.outputs import report as report_module
 from igcli.outputs import writer as writer_module
 from igcli.quadrature import Rule
@@ -32,8 +32,8 @@ SLOW = ["--steps", "256", "--batch-size", "16"]
 
 def slow_chunk() -> int:
     """Inputs per chunk under SLOW: --resume reuses whole chunks only, so a kill must come after one."""
-    sets = [("steps=256", "--set"), ("batch_size=16", "--set")]
-    return _inputs_per_chunk(load_config(DIGITS_CONFIG, sets))
+    sets = [("steps=256", "--set"), ("batch_size=16", "--set"), ("device=cpu", "--set")]
+    return ImageJob(load_config(DIGITS_CONFIG, sets)).chunk_size
 
 
 def run(*args):

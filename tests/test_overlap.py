@@ -1,4 +1,5 @@
 """Chunks in flight (igcli/overlap.py): order, concurrency, errors, early exits, same outputs."""
+import functools
 import json
 import threading
 
@@ -6,10 +7,16 @@ import pytest
 import torch
 
 from igcli import overlap
-from igcli.overlap import chunks_in_flight, ordered_map, own_stream
+from igcli import run as run_module
+from igcli.config import load_config
+from igcli.jobs.image_job import ImageJob
+from igcli.overlap import chunks_in_flight, ordered_map, own_stream, points_per_chunk, threads_shared
 
-from .conftest import DIGITS_CONFIG
+from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA
 from .test_operations import many_images, run, tree
+
+QUESTIONS_CONFIG = REPO / "configs" / "questions.yaml"
+TEXTS = SAMPLE_DATA / "texts"
 
 
 def test_results_come_in_input_order_with_several_in_flight():
@@ -68,10 +75,49 @@ def test_leaving_early_starts_no_more_work_and_waits_for_the_running_one():
     assert len(started) <= 5 and sorted(finished) == sorted(started)
 
 
-def test_one_chunk_at_a_time_unless_asked(monkeypatch):
-    assert chunks_in_flight(torch.device("cpu")) == chunks_in_flight(torch.device("cuda")) == 1
+def test_two_chunks_on_a_cpu_of_several_cores_one_elsewhere_unless_asked(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert chunks_in_flight(cpu, "torch") == 2
+    assert chunks_in_flight(cuda, "torch") == chunks_in_flight(cpu, "onnxruntime") == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert chunks_in_flight(cpu, "torch") == 1
     monkeypatch.setattr(overlap, "CHUNKS_IN_FLIGHT", 3)
-    assert chunks_in_flight(torch.device("cpu")) == 3
+    assert chunks_in_flight(cpu, "torch") == chunks_in_flight(cuda, "torch") == 3
+
+
+def test_chunks_in_flight_share_the_batch_on_the_cpu_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert points_per_chunk(128, 2, cpu) == 64 and points_per_chunk(1, 2, cpu) == 1
+    assert points_per_chunk(128, 1, cpu) == points_per_chunk(128, 2, cuda) == 128
+
+
+def test_chunks_in_flight_split_the_threads_for_the_block_only():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with threads_shared(2, torch.device("cpu")):
+            seen = [n for _, n in ordered_map(lambda _: torch.get_num_threads(), range(4), 2)]
+            assert torch.get_num_threads() == 2 and seen == [2, 2, 2, 2]
+        assert torch.get_num_threads() == 4
+        with threads_shared(1, torch.device("cpu")), threads_shared(2, torch.device("cuda")):
+            assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_run_puts_the_jobs_chunks_in_flight(tmp_path, monkeypatch):
+    asked = []
+
+    def recording(work, items, in_flight):
+        asked.append(in_flight)
+        return ordered_map(work, items, in_flight)
+
+    monkeypatch.setattr(run_module, "ordered_map", recording)
+    job = ImageJob(load_config(DIGITS_CONFIG, [("device=cpu", "--set")]))
+    assert run("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", tmp_path / "out").exit_code == 0
+    assert asked == [job.in_flight] == [2 if torch.get_num_threads() >= 2 else 1]
+    assert job.batch.points == 128 // job.in_flight
 
 
 def test_own_stream_is_a_no_op_on_the_cpu():
@@ -96,17 +142,34 @@ def test_each_thread_runs_on_its_own_cuda_stream():
     assert torch.cuda.current_stream(device).cuda_stream == default
 
 
-def test_two_chunks_in_flight_write_the_same_tree(tmp_path, monkeypatch):
+def test_chunks_in_flight_write_what_the_same_chunks_one_at_a_time_write(tmp_path, monkeypatch):
     folder = many_images(tmp_path / "images", 2)
     small_chunks = ["--steps", 8, "--batch-size", 16]  # 24 inputs in ~12 chunks
-    monkeypatch.setattr(overlap, "CHUNKS_IN_FLIGHT", 1)
-    assert run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "one", *small_chunks).exit_code == 0
     monkeypatch.setattr(overlap, "CHUNKS_IN_FLIGHT", 2)
+    one_at_a_time = functools.partial(ordered_map, in_flight=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "ordered_map", lambda work, items, in_flight: one_at_a_time(work, items))
+        assert run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "one", *small_chunks).exit_code == 0
     assert run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "two", *small_chunks).exit_code == 0
     assert tree(tmp_path / "two") == tree(tmp_path / "one")
     # --resume reuses every chunk, in flight as well.
     result = run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "two", *small_chunks, "--resume")
     assert result.exit_code == 0 and "(24 reused)" in result.stderr
+    assert tree(tmp_path / "two") == tree(tmp_path / "one")
+
+
+def test_text_chunks_in_flight_write_what_the_same_chunks_one_at_a_time_write(tmp_path, monkeypatch):
+    # Documents of several lengths, two per chunk: chunks in flight call the model at once with
+    # embeddings of different shapes.
+    small_chunks = ["--set", "chunk_inputs=2", "--steps", 8]
+    monkeypatch.setattr(overlap, "CHUNKS_IN_FLIGHT", 2)
+    one_at_a_time = functools.partial(ordered_map, in_flight=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "ordered_map", lambda work, items, in_flight: one_at_a_time(work, items))
+        result = run("explain", "-c", QUESTIONS_CONFIG, TEXTS, "-o", tmp_path / "one", *small_chunks)
+        assert result.exit_code == 0 and ", 0 failed" in result.stderr
+    result = run("explain", "-c", QUESTIONS_CONFIG, TEXTS, "-o", tmp_path / "two", *small_chunks)
+    assert result.exit_code == 0 and ", 0 failed" in result.stderr
     assert tree(tmp_path / "two") == tree(tmp_path / "one")
 
 

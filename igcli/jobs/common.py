@@ -24,6 +24,7 @@ class Job(Protocol):
     device: torch.device
     runtime: str  # what runs the model: torch | onnxruntime (model.backend auto decides by model)
     chunk_size: int  # inputs read ahead and explained together
+    in_flight: int  # chunks explained at once (overlap.chunks_in_flight)
 
     def read(self, refs: Iterable[InputRef]) -> Iterator[AnySample | Failure]:
         """Samples, or the Failure that says why an input could not be read."""

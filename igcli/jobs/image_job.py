@@ -17,6 +17,7 @@ from ..errors import ConfigError, InputError, ModelError, first_line
 from ..inputs.discover import InputRef
 from ..inputs.images import ImagePreprocess, read_image
 from ..models.loading import load_model, resolve_device
+from ..overlap import chunks_in_flight, points_per_chunk
 from ..quadrature import Rule
 from ..records import Attribution, Failure, Sample, output_stem
 from .common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
@@ -29,7 +30,9 @@ MAX_INPUTS_PER_CHUNK = 96
 # padding: a chunk whose first round fills two batches had 4% padding on the sample job against
 # 9% at one batch, and ran 6% faster; three batches (77 inputs) ran the engine 13% faster again
 # once the model itself got faster. Bigger chunks are faster still (0.93x of a bare loop at 192
-# against 0.83x), at the memory above: config chunk_inputs makes that trade (RESULTS.md).
+# against 0.83x), at the memory above: config chunk_inputs makes that trade (RESULTS.md). Batches
+# here are each chunk's (overlap.points_per_chunk): with two chunks in flight on 2 cores, 64
+# points, so the sample job's chunks hold 39 inputs.
 ADAPTIVE_FIRST_ROUND_BATCHES = 3
 # The adaptive rule keeps every evaluated point's gradient (times x - x') until its chunk is done:
 # at ~48 points a path (the sample job averages 22), keep a chunk's within this many bytes.
@@ -54,9 +57,11 @@ class ImageJob:
         steps = None if config.steps == "auto" else config.steps
         self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps,
                                      config.map_tolerance)
-        self.batch = BatchSize(config.batch_size)  # lowered for the whole run on out-of-memory
+        self.in_flight = chunks_in_flight(self.device, self.runtime)
+        # Lowered for the whole run on out-of-memory; shared by the chunks in flight.
+        self.batch = BatchSize(points_per_chunk(config.batch_size, self.in_flight, self.device))
         self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
-        self.chunk_size = _inputs_per_chunk(config)
+        self.chunk_size = _inputs_per_chunk(config, self.batch.points)
 
     def read(self, refs: Iterable[InputRef]) -> Iterator[Sample | Failure]:
         seen: dict[str, str] = {}
@@ -138,9 +143,9 @@ def _load_baseline_file(path: Path, preprocess: ImagePreprocess) -> torch.Tensor
         raise ConfigError(f"baseline.path: {error}") from None
 
 
-def _inputs_per_chunk(config: Config) -> int:
+def _inputs_per_chunk(config: Config, batch_points: int) -> int:
     """``chunk_inputs`` where the config sets it; else enough inputs that the first round of path
-    points fills a batch (ADAPTIVE_FIRST_ROUND_BATCHES for the adaptive rule), within
+    points fills a batch of ``batch_points`` (ADAPTIVE_FIRST_ROUND_BATCHES for the adaptive rule), within
     MAX_INPUTS_PER_CHUNK and, for the adaptive rule, the gradients' memory budget."""
     if config.chunk_inputs != "auto":
         return config.chunk_inputs
@@ -148,12 +153,12 @@ def _inputs_per_chunk(config: Config) -> int:
     limit = MAX_INPUTS_PER_CHUNK
     if config.method is Rule.adaptive:
         first_level = (INITIAL_INTERVALS if config.steps == "auto" else min(config.steps, INITIAL_INTERVALS)) + 1
-        points = ADAPTIVE_FIRST_ROUND_BATCHES * config.batch_size
+        points = ADAPTIVE_FIRST_ROUND_BATCHES * batch_points
         shape = config.input.model_shape()
         if shape is not None:
             per_input = ADAPTIVE_POINTS_PER_PATH * paths_per_input * math.prod(shape) * 4
             limit = min(limit, ADAPTIVE_GRADIENT_BYTES // per_input)
     else:
         first_level = (config.steps if config.steps != "auto" else config.min_steps) + 1
-        points = config.batch_size
+        points = batch_points
     return max(1, min(limit, math.ceil(points / (first_level * paths_per_input))))

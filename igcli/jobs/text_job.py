@@ -21,6 +21,7 @@ from ..errors import ConfigError, ModelError, first_line
 from ..inputs.discover import InputRef
 from ..inputs.text import TextDocument, read_documents
 from ..models.loading import load_module, resolve_device
+from ..overlap import chunks_in_flight, points_per_chunk
 from ..models.onnx_text import GraphTextModel, onnx_text_model
 from ..models.text_model import TextModel, huggingface_text_model, tagged, torch_text_model
 from ..models.tokenizer import TextTokenizer
@@ -45,7 +46,9 @@ class TextJob:
         steps = None if config.steps == "auto" else config.steps
         self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps,
                                      config.map_tolerance)
-        self.batch = BatchSize(config.batch_size)  # lowered for the whole run on out-of-memory
+        self.in_flight = chunks_in_flight(self.device, self.runtime)
+        # Lowered for the whole run on out-of-memory; shared by the chunks in flight.
+        self.batch = BatchSize(points_per_chunk(config.batch_size, self.in_flight, self.device))
         self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
         self.chunk_size = TEXT_INPUTS_PER_CHUNK if config.chunk_inputs == "auto" else config.chunk_inputs
         self.fill_id = self._fill_id()
