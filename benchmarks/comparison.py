@@ -70,10 +70,13 @@ def mean_errors(compared: Iterable[tuple[np.ndarray, np.ndarray, float]]) -> tup
     return tuple(float(np.mean(column)) for column in zip(*errors))
 
 
-def run_with_maps(config, inputs: Path, out: Path) -> tuple[dict[str, np.ndarray], float, object]:
+def run_with_maps(config, inputs: Path, out: Path, settings: dict[str, int] | None = None
+                  ) -> tuple[dict[str, np.ndarray], float, object]:
     """One more, untimed run that also saves the .npy attributions: maps by input file name, mean
-    gradient evaluations per input, and the run's summary."""
-    summary = explain_inputs(config, [str(inputs)], out)
+    gradient evaluations per input, and the run's summary. ``settings``: the variant's
+    (variants.threads), which decide its chunks and batches too."""
+    with applied(settings or {}):
+        summary = explain_inputs(config, [str(inputs)], out)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     maps = {Path(r["input"]).name: np.load(out / r["outputs"]["attributions"]) for r in rows}
     return maps, statistics.mean(r["gradient_evals"] for r in rows), summary

@@ -41,7 +41,7 @@ from igcli.outputs.heatmap import render_overlay, signed_map
 from igcli.quadrature import Rule
 from comparison import (add_malloc_option, apply_malloc_option, mean_errors, print_table, run_with_maps,
                         time_alternately)
-from variants import overrides
+from variants import overrides, threads
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "digits.yaml"
@@ -122,7 +122,8 @@ def main() -> None:
         loops = {name: functools.partial(captum_loop, module, job, scratch / "images")
                  for name, module in captum_modules.items()}
         times, captum_maps = time_alternately(args.repeats, loops, configs, scratch / "images", scratch)
-        results = {variant: run_with_maps(configured(variant, "npy"), scratch / "images", scratch / f"maps{index}")
+        results = {variant: run_with_maps(configured(variant, "npy"), scratch / "images", scratch / f"maps{index}",
+                                            threads(variant))
                    for index, variant in enumerate(variants)}
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.images} images, medians of {args.repeats} alternating runs, {malloc}, igcli overrides: "

@@ -27,7 +27,7 @@ from igcli.jobs.image_job import ImageJob
 from igcli.models.loading import load_module
 from comparison import mean_errors, run_with_maps
 from end_to_end import CONFIG, REPO, captum_loop, reference_maps
-from variants import overrides
+from variants import overrides, threads
 
 
 def write_held_out(folder: Path, count: int) -> None:
@@ -83,7 +83,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         print("| captum (GL, 50 steps) | 50 | 1.00x | " + " | ".join(f"{v:.2e}" for v in errors(captum_maps)) + " |")
         for index, variant in enumerate(["", *args.variant]):
-            maps, evals, _ = run_with_maps(configured(variant), scratch / "images", scratch / f"igcli{index}")
+            maps, evals, _ = run_with_maps(configured(variant), scratch / "images", scratch / f"igcli{index}",
+                                           threads(variant))
             print(f"| igcli ({variant or 'as configured'}) | {evals:.1f} | {evals / 50:.2f}x | "
                   + " | ".join(f"{v:.2e}" for v in errors(maps)) + " |", flush=True)
 

@@ -38,7 +38,7 @@ from igcli.jobs.text_job import TextJob, load_text_model
 from igcli.quadrature import Rule
 from comparison import (add_malloc_option, apply_malloc_option, mean_errors, print_table, run_with_maps,
                         time_alternately)
-from variants import overrides
+from variants import overrides, threads
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "questions.yaml"
@@ -139,7 +139,8 @@ def main() -> None:
                           CAPTUM_TUNED: job.model.module}
         loops = {name: functools.partial(captum_loop, module, job, files) for name, module in captum_modules.items()}
         times, captum_maps = time_alternately(args.repeats, loops, configs, scratch / "texts", scratch)
-        results = {variant: run_with_maps(configured(variant, "npy"), scratch / "texts", scratch / f"maps{index}")
+        results = {variant: run_with_maps(configured(variant, "npy"), scratch / "texts", scratch / f"maps{index}",
+                                            threads(variant))
                    for index, variant in enumerate(variants)}
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.documents} documents ({len(texts)} distinct), medians of {args.repeats} alternating runs, {malloc} "
