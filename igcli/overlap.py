@@ -6,20 +6,21 @@ the host work: on an H100, ResNet-50 ran at 0.66x of a bare forward + input-grad
 captum's rule and at 0.30-0.48x with the adaptive one (benchmarks/RESULTS.md). With two chunks in
 flight, each on its own CUDA stream, one chunk's kernels can run through the other's host work:
 on an H100, ResNet-50 went from 39.4 to 48.9 images/s with captum's rule and from 40.8 to 49.4
-with the adaptive one (RESULTS.md, sixth session). It stays off by default all the same: with two
+with the adaptive one (RESULTS.md, sixth session). It stays off on GPUs all the same: with two
 chunks in flight, tests/test_operations.py's kill -9 / --resume test wrote records that differed
 from an uninterrupted run's on that H100 in five runs out of five, and --resume promises the same
 bytes. The cause is not established (cuBLAS documents that concurrent streams may pick other
 kernels; a GPU run of the suite with one chunk in flight also failed a test it timed out before
 naming).
 
-On a CPU of several cores, two chunks in flight each run on half the cores (one intra-op thread
-each on 2 cores) and half the configured batch, so the points in flight at once, and the memory
-their activations take, stay what ``batch_size`` sets. The sample CNN's forward + input gradient
-gained 1.35x from a second thread within each operation but 1.5-2x from a second chunk on its own
-thread, and the adaptive rule's host work between rounds (~14% of the engine's time) now runs
-while the other chunk computes: on 2 cores, 3,000 sample images took 22.5-25.8 s against
-32.2-33.1 s, at the same peak memory (benchmarks/RESULTS.md, seventeenth session).
+On a CPU of several cores where torch runs the model, two chunks are in flight, each on half the
+cores (intra-op threads) and half the configured batch, so the points in flight at once, and the
+memory their activations take, stay what ``batch_size`` sets. The model's own throughput is about
+the same either way (a bare forward + gradient loop split so ran at 1.02-1.04x the whole one on
+2 cores); what gains is everything else a run does on the CPU between batches (the adaptive rule's
+bookkeeping, decoding, records and PNGs), which now runs while the other chunk computes: 3,000
+sample images took 12.9-20.5 s against 19.0-22.9 s with one chunk, at the same peak memory, and
+text documents went 1.18x faster (benchmarks/RESULTS.md, seventeenth session).
 """
 from __future__ import annotations
 
