@@ -79,7 +79,7 @@ def main() -> None:
 @click.option("--device", help="auto | cpu | cuda | cuda:N; overrides device.")
 @click.option("--steps", help="Integer m, or 'auto'; overrides steps.")
 @click.option("--method", type=click.Choice([r.value for r in Rule]), help="Quadrature rule; overrides method.")
-@click.option("--batch-size", type=int, help="Path points per forward/backward; overrides batch_size.")
+@click.option("--batch-size", type=int, help="Path points per forward/backward (on a CPU, shared by the chunks in flight); overrides batch_size.")
 @click.option("--files-from", type=click.File("r", encoding="utf-8"), metavar="FILE",
               help="Read more input paths from FILE, one per line ('-' for stdin). An input '-' does the same.")
 @click.option("--shard", metavar="I/N", help="Explain only shard I of N (0-based): a stable slice by input name.")

@@ -21,10 +21,10 @@ from ..errors import ConfigError, ModelError, first_line
 from ..inputs.discover import InputRef
 from ..inputs.text import TextDocument, read_documents
 from ..models.loading import load_module, resolve_device
-from ..overlap import chunks_in_flight, points_per_chunk
 from ..models.onnx_text import GraphTextModel, onnx_text_model
 from ..models.text_model import TextModel, huggingface_text_model, tagged, torch_text_model
 from ..models.tokenizer import TextTokenizer
+from ..overlap import chunks_in_flight, points_per_chunk
 from ..records import Attribution, Failure, TextSample
 from .common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
 
