@@ -120,6 +120,20 @@ def test_a_run_puts_the_jobs_chunks_in_flight(tmp_path, monkeypatch):
     assert job.batch.points == 128 // job.in_flight
 
 
+@pytest.mark.parametrize("config", [DIGITS_CONFIG, QUESTIONS_CONFIG], ids=["image", "text"])
+def test_model_threads_set_torchs_threads_and_so_the_chunks_in_flight(config):
+    from igcli.jobs import make_job
+
+    threads = torch.get_num_threads()
+    try:
+        for asked, in_flight in ((1, 1), (4, 2)):
+            job = make_job(load_config(config, [("device=cpu", "--set"), (f"model.threads={asked}", "--set")]))
+            assert (torch.get_num_threads(), job.in_flight) == (asked, in_flight)
+            assert job.batch.points == load_config(config).batch_size // in_flight
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_own_stream_is_a_no_op_on_the_cpu():
     with own_stream(torch.device("cpu")):
         assert torch.ones(2).sum() == 2

@@ -20,7 +20,7 @@ from ..engine import BatchSize, Explanation, Quadrature, explain
 from ..errors import ConfigError, ModelError, first_line
 from ..inputs.discover import InputRef
 from ..inputs.text import TextDocument, read_documents
-from ..models.loading import load_module, resolve_device
+from ..models.loading import load_module, resolve_device, use_threads
 from ..models.onnx_text import GraphTextModel, onnx_text_model
 from ..models.text_model import TextModel, huggingface_text_model, tagged, torch_text_model
 from ..models.tokenizer import TextTokenizer
@@ -159,6 +159,7 @@ def _words(sample: TextSample, tokens: list[dict[str, Any]]) -> list[dict[str, A
 
 
 def load_text_model(config: Config, device: torch.device) -> TextModel | GraphTextModel:
+    use_threads(config.model.threads)  # ONNX text models run on torch too (models.onnx_text)
     model = _load_text_model(config, device)
     model.precision = config.model.precision
     return model

@@ -60,8 +60,7 @@ def load_model(
     """
     if path is not None and not path.exists():
         raise ModelError(f"{path}: model file not found; check model.path or --model")
-    if threads > 0:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     onnx_file = path is not None and path.suffix.lower() == ".onnx"
     if backend == "onnxruntime":
         _require_float32(precision)
@@ -77,6 +76,12 @@ def load_model(
         model = cached_gradient_graph(source, ScoreKind(score), shape, lambda: module, factory or "")
         return OnnxRuntimeBackend(model.SerializeToString(), read_info(model), device, threads)
     return TorchBackend(module, score, device, precision)
+
+
+def use_threads(threads: int) -> None:
+    """torch's intra-op threads for the process (config model.threads); 0 leaves torch's default."""
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 def load_module(path: Path | None, factory: str | None, trust_pickle: bool = False) -> nn.Module:
