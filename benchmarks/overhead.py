@@ -74,7 +74,8 @@ def engine_only(job: ImageJob, samples: list) -> tuple[float, int]:
     start = time.perf_counter()
     evaluations = 0
     with threads_shared(job.in_flight, job.device):
-        for _, groups in ordered_map(job.explain, run_module._chunks(samples, job.chunk_size), job.in_flight):
+        chunks = run_module._chunks(samples, job.chunk_size, job.in_flight)
+        for _, groups in ordered_map(job.explain, chunks, job.in_flight):
             evaluations += sum(record.gradient_evals for group in groups for record in group)
     return time.perf_counter() - start, evaluations
 

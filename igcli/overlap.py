@@ -74,6 +74,8 @@ def ordered_map(work: Callable[[T], R], items: Iterable[T], in_flight: int) -> I
     """``(item, work(item))`` in the order of ``items``, up to ``in_flight`` works running at once
     in threads (1 or less: in line, no thread).
 
+    One item more than ``in_flight`` is handed to the threads, so a thread that finishes before
+    the oldest work still running starts the next at once instead of waiting for it.
     An exception in a work is raised at its item. Leaving the loop early starts no more works and
     waits for those already running, so none outlives the caller's resources.
     """
@@ -86,7 +88,7 @@ def ordered_map(work: Callable[[T], R], items: Iterable[T], in_flight: int) -> I
     try:
         for item in items:
             pending.append((item, pool.submit(work, item)))
-            if len(pending) >= in_flight:
+            if len(pending) > in_flight:
                 head, future = pending.popleft()
                 yield head, future.result()
         while pending:

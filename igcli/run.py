@@ -142,7 +142,7 @@ def _explain_chunks(job: Job, refs: Iterator[InputRef], reuse: _Reuse, writer: R
     in_flight = job.in_flight
     with tqdm(desc="explain", unit="input", disable=not progress) as bar, threads_shared(in_flight, job.device):
         samples = prefetched(job.read(refs), read_ahead(job.chunk_size))
-        chunks = _checking_first(_chunks(samples, job.chunk_size), job)
+        chunks = _checking_first(_chunks(samples, job.chunk_size, in_flight), job)
         work = functools.partial(_chunk_outcome, job, reuse, in_flight > 1)
         with closing(ordered_map(work, chunks, in_flight)) as outcomes:
             for chunk, (reused, groups) in outcomes:
@@ -249,7 +249,8 @@ def name_hash(relpath: str) -> int:
     return int.from_bytes(hashlib.blake2b(relpath.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-def _chunks(items: Iterable[AnySample | Failure], size: int) -> Iterator[list[AnySample | Failure]]:
+def _chunks(items: Iterable[AnySample | Failure], size: int,
+            last_pieces: int = 1) -> Iterator[list[AnySample | Failure]]:
     """Lists of ``size`` to ``2 * size`` items, Failures riding along so that outputs keep the
     inputs' order. Past ``size`` items, a chunk ends after an item whose name hashes to 0 modulo
     ``size // 4`` (content-defined chunking, ``name_hash``), so bounds follow the names rather
@@ -259,6 +260,11 @@ def _chunks(items: Iterable[AnySample | Failure], size: int) -> Iterator[list[An
     Where the inputs end fewer than ``size`` items after a bound, and the chunk before it has room,
     those last items join it: a short last chunk runs every round of the adaptive rule in
     part-filled batches (a 9-input tail cost ~4% of a 240-image run on the sample CNN).
+
+    The last chunk comes as ``last_pieces`` chunks of about equal size: with that many chunks in
+    flight they end together, where one last chunk alone kept a core of two idle through it (on
+    the sample job 6% of a 600-image run's engine time, benchmarks/RESULTS.md). Which chunk is
+    last depends on the inputs alone, so a resumed run splits the same one.
     """
     every = max(1, size // 4)
     source, read_back = iter(items), deque()
@@ -270,13 +276,23 @@ def _chunks(items: Iterable[AnySample | Failure], size: int) -> Iterator[list[An
             short = min(size - 1, 2 * size - len(chunk))  # a last chunk this short joins this one
             ahead = list(islice(source, short + 1))
             if len(ahead) <= short:
-                yield chunk + ahead
+                yield from _pieces(chunk + ahead, last_pieces)
                 return
             yield chunk
             chunk = []
             read_back.extend(ahead)
-    if chunk:
-        yield chunk
+    yield from _pieces(chunk, last_pieces)
+
+
+def _pieces(chunk: list, count: int) -> Iterator[list]:
+    """``chunk`` in ``count`` consecutive pieces (fewer if it has fewer items) whose sizes differ by
+    one at most; none if it is empty."""
+    count = min(max(1, count), len(chunk))
+    first = 0
+    for piece in range(count):
+        end = first + len(chunk) // count + (piece < len(chunk) % count)
+        yield chunk[first:end]
+        first = end
 
 
 def _explain_chunk(chunk: list[AnySample | Failure], job: Job, run: str) -> list[list[Attribution | Failure]]:

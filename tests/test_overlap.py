@@ -45,6 +45,19 @@ def test_works_overlap_up_to_in_flight():
     assert peak[0] == 2
 
 
+def test_a_thread_that_finishes_first_starts_the_next_work_without_waiting_for_the_oldest():
+    third_started = threading.Event()
+
+    def work(n):
+        if n == 0:  # the oldest work, still running when the second ends
+            assert third_started.wait(timeout=10), "the third work waited for the first"
+        if n == 2:
+            third_started.set()
+        return n
+
+    assert [n for n, _ in ordered_map(work, range(5), 2)] == list(range(5))
+
+
 def test_a_failing_work_raises_at_its_item_after_the_ones_before_it():
     def work(n):
         if n == 3:
@@ -106,18 +119,24 @@ def test_chunks_in_flight_split_the_threads_for_the_block_only():
         torch.set_num_threads(threads)
 
 
-def test_a_run_puts_the_jobs_chunks_in_flight(tmp_path, monkeypatch):
-    asked = []
+def test_a_run_puts_the_jobs_chunks_in_flight_its_last_chunk_in_as_many_pieces(tmp_path, monkeypatch):
+    asked, sizes = [], []
 
     def recording(work, items, in_flight):
         asked.append(in_flight)
+        items = list(items)
+        sizes.append([len(chunk) for chunk in items])
         return ordered_map(work, items, in_flight)
 
     monkeypatch.setattr(run_module, "ordered_map", recording)
     job = ImageJob(load_config(DIGITS_CONFIG, [("device=cpu", "--set")]))
+    images = len(list((SAMPLE_DATA / "images").glob("*.png")))
+    assert images <= job.chunk_size  # one chunk, and the last
     assert run("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", tmp_path / "out").exit_code == 0
     assert asked == [job.in_flight] == [2 if torch.get_num_threads() >= 2 else 1]
     assert job.batch.points == 128 // job.in_flight
+    half = -(-images // job.in_flight)
+    assert sizes == [[half, images - half] if job.in_flight == 2 else [images]]
 
 
 @pytest.mark.parametrize("config", [DIGITS_CONFIG, QUESTIONS_CONFIG], ids=["image", "text"])
