@@ -168,6 +168,15 @@ def _sum_rows_by_group(values: Tensor, group: np.ndarray, groups: int, weight: n
     return (_on(values, matrix).to(values.dtype) @ values.flatten(1)).view(shape)
 
 
+def _add_rows_by_group(target: Tensor, values: Tensor, group: np.ndarray) -> None:
+    """target[group[i]] += values[i] for every row i, in a fixed order on every device and run."""
+    if values.device.type in ORDERED_SCATTER_DEVICES:
+        target.index_add_(0, _on(target, group), values)
+        return
+    groups, slot = np.unique(group, return_inverse=True)
+    target.index_add_(0, _on(target, groups), _sum_rows_by_group(values, slot.ravel(), len(groups)))
+
+
 class _Intervals:
     """Every path's intervals [a, b], in no particular order: their path, end nodes, completeness
     error F(b) - F(a) - (s(a) + s(b)) (b - a) / 2, and (map-aware rule) the bound
@@ -412,10 +421,11 @@ class _Refinement:
         left, right = iv.left[chosen], iv.right[chosen]
         quarter = _on(density, (self.alpha[right] - self.alpha[left]) / 4).to(density.dtype)
         d_m = density[middle[0] : middle[-1] + 1]
-        jump_am, jump_mb = d_m - _rows(density, left), _rows(density, right).sub_(d_m)
-        bounds = torch.cat([jump_am.flatten(1).norm(dim=1), jump_mb.flatten(1).norm(dim=1)]) * quarter.repeat(2)
-        # 2 d(m) - d(a) - d(b) is the difference of the two jumps: no more passes over the maps.
-        change = jump_am.sub_(jump_mb).mul_(quarter.view((-1,) + (1,) * (density.dim() - 1)))
-        paths, slot = np.unique(iv.path[chosen], return_inverse=True)
-        self.running.index_add_(0, _on(self.running, paths), _sum_rows_by_group(change, slot.ravel(), len(paths)))
+        # Both ends' densities in one gather, turned in place into d(m) - d(a) and d(m) - d(b).
+        jumps = _rows(density, np.concatenate([left, right])).view((2,) + tuple(d_m.shape))
+        torch.sub(d_m, jumps, out=jumps)
+        bounds = jumps.flatten(2).norm(dim=2).mul_(quarter).flatten()
+        # 2 d(m) - d(a) - d(b) is the sum of the two jumps: no more passes over the maps.
+        change = jumps[0].add_(jumps[1]).mul_(quarter.view((-1,) + (1,) * (density.dim() - 1)))
+        _add_rows_by_group(self.running, change, iv.path[chosen])
         return bounds

@@ -159,6 +159,11 @@ def start_offset(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps) ** 0.5
 
 
+def _off_start(alpha: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """``alpha`` with every 0 moved to ``start_offset``."""
+    return np.where(alpha == 0, start_offset(dtype), alpha)
+
+
 def _make_paths(targets: list[list[int]], samples: int, f_inputs: Tensor, f_baselines: Tensor, ranked: bool,
                 score_kind: ScoreKind):
     rows: list[tuple[int, int, int]] = []
@@ -220,13 +225,13 @@ class _PathIntegral:
     def accumulate(self, active: Tensor, alphas, weights) -> None:
         """integral[p] += sum_j weights[j] * dF_target(x'_p + alphas[j] (x_p - x'_p)) / dx."""
         like = self.integral
-        alphas = torch.tensor(alphas, dtype=like.dtype, device=like.device)  # a copy: cached tables are read-only
+        alphas = torch.tensor(_off_start(np.asarray(alphas), like.dtype), dtype=like.dtype, device=like.device)
         weights = torch.tensor(weights, dtype=like.dtype, device=like.device)
         n = len(alphas)
         path = active.repeat_interleave(n)
         point_weights = weights.repeat(len(active))
         broadcast = (-1,) + (1,) * (like.dim() - 1)
-        for batch, _, grads, _ in self.evaluate_batches(path, alphas.repeat(len(active))):
+        for batch, _, grads, _ in self.evaluate_batches(path, alphas.repeat(len(active)), self._targets(path)):
             # Point i is node i % n of path slot i // n. The batch's rows, laid out as [slots, n]
             # and summed over the nodes, add once to each path: a scatter-add (index_add_) would
             # add in whatever order CUDA's atomics land, and runs would differ in the last bits.
@@ -236,33 +241,39 @@ class _PathIntegral:
             torch.mul(grads, point_weights[batch].view(broadcast), out=rows[placed])
             like.index_add_(0, active[first : last + 1], rows.view((-1, n) + like.shape[1:]).sum(1))
 
-    def evaluate_batches(self, path: Tensor, alpha: Tensor) -> Iterator[tuple[slice, Tensor, Tensor, Tensor]]:
-        """For points (path[i], alpha[i]), ``batch_size`` at a time: (slice, F_target, dF_target/dx,
-        x - x' of each point's path). Points at alpha 0 are taken at ``start_offset``."""
+    def _targets(self, path: Tensor) -> Tensor:
+        """The target class of each point's path, [points, 1]."""
+        return self.paths.target.index_select(0, path).unsqueeze(1)
+
+    def evaluate_batches(self, path: Tensor, alpha: Tensor,
+                         targets: Tensor) -> Iterator[tuple[slice, Tensor, Tensor, Tensor]]:
+        """For points (path[i], alpha[i]) of target class targets[i], ``batch_size`` at a time:
+        (slice, F of every class, dF_target/dx, x - x' of each point's path). No alpha is 0: the
+        callers take alpha 0 at ``start_offset``."""
         like = self.deltas
         broadcast = (-1,) + (1,) * (like.dim() - 1)
         alpha = alpha.to(like.dtype)
-        alpha = alpha.masked_fill(alpha == 0, start_offset(like.dtype))
-        targets = self.paths.target.index_select(0, path).unsqueeze(1)
+        # One selector and one buffer of points for all the batches: each batch's are views.
+        # The selector's rows past the last point stay zero: padding rows (copies of a batch's
+        # first point) have zero weight, add nothing to the gradients, and their outputs are cut off.
+        selector = like.new_zeros((len(path) + self.batch.points, self.classes))
+        selector[: len(path)].scatter_(1, targets, 1.0)
+        buffer = like.new_empty((padded_size(min(len(path), self.batch.points), self.batch.points),) + like.shape[1:])
         start = 0
         while start < len(path):
             batch = slice(start, min(start + self.batch.points, len(path)))
             start = batch.stop
             p, count = path[batch], batch.stop - batch.start
-            size = padded_size(count, self.batch.points)
-            # Padding rows (copies of the first point) have zero weight: they add nothing to the
-            # gradients, and their outputs are cut off.
-            points = like.new_empty((size,) + like.shape[1:])
+            size = padded_size(count, self.batch.points)  # the batch may have been lowered meanwhile
+            points = buffer[:size]
             # index_select, not [p]: advanced indexing of whole inputs ran ~7x slower on the CPU.
             deltas = self.deltas.index_select(0, p)
             starts = self.starts if self.common_start else self.starts.index_select(0, p)
             torch.addcmul(starts, alpha[batch].view(broadcast), deltas, out=points[:count])
             if size > count:
                 points[count:] = points[0]
-            selector = like.new_zeros((size, self.classes))
-            selector[:count].scatter_(1, targets[batch], 1.0)
-            scores, grads = self._scores_and_grads(points, selector)
-            yield batch, scores[:count].gather(1, targets[batch]).squeeze(1), grads[:count], deltas
+            scores, grads = self._scores_and_grads(points, selector[batch.start : batch.start + size])
+            yield batch, scores[:count], grads[:count], deltas
 
     def _scores_and_grads(self, points: Tensor, selector: Tensor) -> tuple[Tensor, Tensor]:
         """The backend's answer; on device out-of-memory, halve the batch (for the rest of the run too)."""
@@ -287,14 +298,16 @@ class _PathIntegral:
         itself (F is continuous), not F where the gradient was taken (``start_offset``): the rule
         compares F across each interval with the trapezoid, and an offset's worth of F would read
         as error."""
-        at_start = alpha == 0
         device = self.deltas.device
+        path_on = torch.from_numpy(path).to(device)
+        targets = self._targets(path_on)
         parts = []
-        for batch, scores, grads, deltas in self.evaluate_batches(torch.from_numpy(path).to(device),
-                                                                  torch.from_numpy(alpha).to(device)):
+        for batch, scores, grads, deltas in self.evaluate_batches(
+                path_on, torch.from_numpy(_off_start(alpha, self.deltas.dtype)).to(device), targets):
             torch.mul(grads, deltas, out=densities[batch])
             parts.append(scores)
-        scores = parts[0] if len(parts) == 1 else torch.cat(parts)
+        scores = (parts[0] if len(parts) == 1 else torch.cat(parts)).gather(1, targets).squeeze(1)
+        at_start = alpha == 0
         if at_start.any():
             f_baseline = self.paths.f_baseline.index_select(0, torch.from_numpy(path[at_start]).to(device))
             starts = torch.from_numpy(np.flatnonzero(at_start)).to(device)
