@@ -144,6 +144,22 @@ def test_threads_calling_the_model_at_once_each_get_their_own_embeddings():
         assert torch.equal(together[length], alone[length]), length
 
 
+def test_backends_built_per_chunk_leave_the_shared_model_alone(monkeypatch):
+    # Each text chunk builds its backends in its own thread. A torch.fx trace there (the graph
+    # rewrites) patched nn.Module.__call__ for every thread, and the other chunk's model calls
+    # got proxies ("'len' is not supported in symbolic tracing") and failed.
+    model = load_text_model(load_config(QUESTIONS_CONFIG), CPU)
+    traces = []
+    monkeypatch.setattr(torch.fx, "symbolic_trace", lambda *args, **kwargs: traces.append(args))
+    weights = {name: (p.clone(), p.stride()) for name, p in model.module.named_parameters()}
+    ids, mask = torch.tensor([[2, 7, 9]]), torch.ones(1, 3, dtype=torch.long)
+    for backend in (model.backend_for(ids[0], mask[0]), model.documents_backend(ids, mask)):
+        assert backend.module.inner is model.module and not backend.channels_last
+    assert traces == []
+    for name, p in model.module.named_parameters():
+        assert torch.equal(p, weights[name][0]) and p.stride() == weights[name][1], name
+
+
 def test_image_baselines_are_refused_for_text(tmp_path):
     result = run("explain", "-c", QUESTIONS_CONFIG, SAMPLE_DATA / "texts", "-o", tmp_path, "--set", "baseline.kind=blur")
     assert result.exit_code == 2 and "does not apply to text inputs" in result.stderr

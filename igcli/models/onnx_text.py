@@ -15,9 +15,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError, ModelError
 from .base import Backend, Precision, ScoreKind
 from .onnx_source import INTEGER_TYPES, graph_inputs, onnx_to_torch, read_onnx
-from .text_model import DocumentRows, OneDocument
+from .text_model import DocumentRows, OneDocument, document_backend
 from .tokenizer import TextTokenizer
-from .torch_backend import TorchBackend
 
 COMPUTED = "__igcli_computed"
 
@@ -52,13 +51,11 @@ class GraphTextModel:
 
     def backend_for(self, ids: Tensor, mask: Tensor) -> Backend:
         """A Backend whose inputs are [B, L, D] embeddings of this one document."""
-        return TorchBackend(OneDocument(self, ids.to(self.device)[None], mask.to(self.device)[None]),
-                            self.score, self.device, self.precision)
+        return document_backend(OneDocument(self, ids.to(self.device)[None], mask.to(self.device)[None]), self)
 
     def documents_backend(self, ids: Tensor, masks: Tensor) -> Backend:
         """A Backend for [B, L, D + 1] tagged embeddings of these [N, L] documents (see DocumentRows)."""
-        return TorchBackend(DocumentRows(self, ids.to(self.device), masks.to(self.device)), self.score, self.device,
-                            self.precision)
+        return document_backend(DocumentRows(self, ids.to(self.device), masks.to(self.device)), self)
 
 
 def onnx_text_model(path: Path, tensor: str | None, tokenizer: TextTokenizer, score: ScoreKind,

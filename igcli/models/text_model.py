@@ -55,18 +55,19 @@ class TextModel:
 
     def backend_for(self, ids: Tensor, mask: Tensor) -> Backend:
         """A Backend whose inputs are [B, L, D] embeddings of this one document."""
-        return TorchBackend(OneDocument(self, ids.to(self.device), mask.to(self.device)), self.score, self.device,
-                            self.precision)
+        return document_backend(OneDocument(self, ids.to(self.device), mask.to(self.device)), self)
 
     def documents_backend(self, ids: Tensor, masks: Tensor) -> Backend:
         """A Backend for [B, L, D + 1] embeddings of these [N, L] documents, each row tagged (see
         DocumentRows)."""
-        return TorchBackend(DocumentRows(self, ids.to(self.device), masks.to(self.device)), self.score, self.device,
-                            self.precision)
+        return document_backend(DocumentRows(self, ids.to(self.device), masks.to(self.device)), self)
 
 
 class EmbeddingModel(Protocol):
     module: nn.Module
+    score: ScoreKind
+    device: torch.device
+    precision: Precision
 
     def with_embeddings(self, ids: Tensor, mask: Tensor, embeddings: Tensor) -> Tensor: ...
 
@@ -99,6 +100,15 @@ class DocumentRows(nn.Module):
     def forward(self, embeddings: Tensor) -> Tensor:
         rows = embeddings[:, 0, -1].long()  # each row's document, from its tag
         return self.model.with_embeddings(self.ids[rows], self.masks[rows], embeddings[..., :-1])
+
+
+def document_backend(wrapper: nn.Module, model: EmbeddingModel) -> Backend:
+    """A Backend over a wrapper (OneDocument, DocumentRows) built for one chunk, in that chunk's
+    thread. It leaves the model as it is: the graph rewrites trace it with torch.fx, which patches
+    nn.Module.__call__ for every thread while it runs, and a chunk in flight beside it then got
+    proxies for tensors ("'len' is not supported in symbolic tracing"); these wrappers never traced
+    anyway. Channels-last would convert the shared model's weights under the other chunk too."""
+    return TorchBackend(wrapper, model.score, model.device, model.precision, channels_last=False, rewrite_graph=False)
 
 
 def tagged(embeddings: Tensor) -> Tensor:

@@ -25,15 +25,19 @@ class TorchBackend:
     sizes (engine.SHAPE_BUCKETS: without it, channels-last grew memory with every new size). With a
     ``precision`` below float32, path points run under autocast (accumulation stays float32), while
     ``scores`` -- F(x) and F(x'), which every completeness error is measured against -- stay float32.
+    ``rewrite_graph`` False skips the rewrites (they trace the model), ``channels_last`` False the
+    layout: see text_model.document_backend.
     """
 
     runtime = "torch"
 
     def __init__(self, module: nn.Module, score_kind: ScoreKind, device: torch.device | str = "cpu",
-                 precision: Precision | str = Precision.float32, channels_last: bool = True):
+                 precision: Precision | str = Precision.float32, channels_last: bool = True,
+                 rewrite_graph: bool = True):
         self.device = torch.device(device)
         set_eval(module)
-        self.module = pool_before_relu(fold_batch_norms(module.to(self.device)))
+        module = module.to(self.device)
+        self.module = pool_before_relu(fold_batch_norms(module)) if rewrite_graph else module
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)
         self.dtype = _floating_dtype(self.module)
