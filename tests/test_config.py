@@ -89,18 +89,19 @@ def test_numbers_and_names_are_validated_not_trusted(tmp_path_factory, steps, ba
         assert error_of(path).startswith(f"{path}:")
 
 
-def test_adaptive_chunks_fill_three_batches_within_the_gradient_budget():
+def test_adaptive_chunks_fill_four_batches_within_the_gradient_budget():
     from igcli.jobs.image_job import ADAPTIVE_GRADIENT_BYTES, ADAPTIVE_POINTS_PER_PATH, _inputs_per_chunk
 
     def chunk(*sets: str) -> int:
         config = load_config(DIGITS_CONFIG, [(text, "--set") for text in sets])
         return _inputs_per_chunk(config, config.batch_size)
 
-    # The sample config: adaptive, batch 128, a first round of 5 points per input.
-    assert chunk() == -(-3 * 128 // 5) == 77 and chunk("batch_size=64") == -(-3 * 64 // 5)
-    assert chunk("batch_size=256") == 96  # at most MAX_INPUTS_PER_CHUNK
+    # The sample config: adaptive, a first round of 5 points per input; batches of 64 (each of two
+    # chunks in flight on the CPU).
+    assert chunk("batch_size=64") == -(-4 * 64 // 5) == 52 and chunk("batch_size=32") == -(-4 * 32 // 5)
+    assert chunk() == chunk("batch_size=256") == 96  # at most MAX_INPUTS_PER_CHUNK
     assert chunk("method=gausslegendre", "steps=50") == -(-128 // 51)  # fixed rules: one batch
-    assert chunk("target.top_k=3") == -(-3 * 128 // 15)
+    assert chunk("target.top_k=3") == -(-4 * 128 // 15)
     large = ("input.mode=RGB", "input.resize=[512, 512]", "input.mean=[0.5, 0.5, 0.5]", "input.std=[0.5, 0.5, 0.5]")
     assert 1 <= chunk(*large) < chunk()
     assert chunk(*large) * ADAPTIVE_POINTS_PER_PATH * 3 * 512 * 512 * 4 <= ADAPTIVE_GRADIENT_BYTES

@@ -95,7 +95,7 @@ def wait_for_records(process: subprocess.Popen, out: Path, count: int) -> None:
 
 
 def test_resume_reuses_what_still_matches_and_recomputes_the_rest(sample_tree, tmp_path, monkeypatch):
-    out, small_chunks = tmp_path / "out", ["--steps", 8, "--batch-size", 6]  # chunks of 4 inputs (5 points each: 3 batches)
+    out, small_chunks = tmp_path / "out", ["--steps", 8, "--set", "chunk_inputs=2"]  # chunks of 2 to 4 inputs
     assert run("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", out, *small_chunks).exit_code == 0
     before = {r["input"]: r for r in lines(out)}
     changed, stripped = sample_tree / IMAGES[0].name, IMAGES[6].name

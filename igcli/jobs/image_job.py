@@ -29,11 +29,13 @@ MAX_INPUTS_PER_CHUNK = 96
 # The adaptive rule's rounds shrink as paths converge, and each round's last batch is partly
 # padding: a chunk whose first round fills two batches had 4% padding on the sample job against
 # 9% at one batch, and ran 6% faster; three batches (77 inputs) ran the engine 13% faster again
-# once the model itself got faster. Bigger chunks are faster still (0.93x of a bare loop at 192
-# against 0.83x), at the memory above: config chunk_inputs makes that trade (RESULTS.md). Batches
-# here are each chunk's (overlap.points_per_chunk): with two chunks in flight on 2 cores, 64
-# points, so the sample job's chunks hold 39 inputs.
-ADAPTIVE_FIRST_ROUND_BATCHES = 3
+# once the model itself got faster. Bigger chunks are faster still, at the memory above: config
+# chunk_inputs makes that trade (RESULTS.md). Batches here are each chunk's
+# (overlap.points_per_chunk): with two chunks in flight on 2 cores, 64 points. There four batches
+# (52 inputs a chunk) ran the engine at 0.91-0.93x of a bare loop against 0.87-0.89x at three (39),
+# and 10,000 inputs peaked at 1.09x the memory of 100 against 1.07x; with one chunk in flight (128
+# points) the cap holds chunks at 96, 1.08x.
+ADAPTIVE_FIRST_ROUND_BATCHES = 4
 # The adaptive rule keeps every evaluated point's gradient (times x - x') until its chunk is done:
 # at ~48 points a path (the sample job averages 22), keep a chunk's within this many bytes.
 ADAPTIVE_GRADIENT_BYTES = 1 << 30
