@@ -250,7 +250,7 @@ def name_hash(relpath: str) -> int:
 
 
 def _chunks(items: Iterable[AnySample | Failure], size: int,
-            last_pieces: int = 1) -> Iterator[list[AnySample | Failure]]:
+            in_flight: int = 1) -> Iterator[list[AnySample | Failure]]:
     """Lists of ``size`` to ``2 * size`` items, Failures riding along so that outputs keep the
     inputs' order. Past ``size`` items, a chunk ends after an item whose name hashes to 0 modulo
     ``size // 4`` (content-defined chunking, ``name_hash``), so bounds follow the names rather
@@ -261,10 +261,11 @@ def _chunks(items: Iterable[AnySample | Failure], size: int,
     those last items join it: a short last chunk runs every round of the adaptive rule in
     part-filled batches (a 9-input tail cost ~4% of a 240-image run on the sample CNN).
 
-    The last chunk comes as ``last_pieces`` chunks of about equal size: with that many chunks in
-    flight they end together, where one last chunk alone kept a core of two idle through it (on
-    the sample job 6% of a 600-image run's engine time, benchmarks/RESULTS.md). Which chunk is
-    last depends on the inputs alone, so a resumed run splits the same one.
+    With ``in_flight`` chunks in flight, the last chunk comes in pieces (chunks of their own) of at
+    most half a chunk, and at least one per chunk in flight, so that the chunks in flight end
+    within about half a chunk of each other: a last chunk left to run alone kept a core of two idle
+    through it (on the sample job 6% of a 600-image run's engine time, benchmarks/RESULTS.md).
+    Which chunk is last depends on the inputs alone, so a resumed run splits the same one.
     """
     every = max(1, size // 4)
     source, read_back = iter(items), deque()
@@ -276,12 +277,19 @@ def _chunks(items: Iterable[AnySample | Failure], size: int,
             short = min(size - 1, 2 * size - len(chunk))  # a last chunk this short joins this one
             ahead = list(islice(source, short + 1))
             if len(ahead) <= short:
-                yield from _pieces(chunk + ahead, last_pieces)
+                yield from _last_pieces(chunk + ahead, size, in_flight)
                 return
             yield chunk
             chunk = []
             read_back.extend(ahead)
-    yield from _pieces(chunk, last_pieces)
+    yield from _last_pieces(chunk, size, in_flight)
+
+
+def _last_pieces(chunk: list, size: int, in_flight: int) -> Iterator[list]:
+    """The last chunk, as _chunks yields it (see there)."""
+    if in_flight <= 1:
+        return _pieces(chunk, 1)
+    return _pieces(chunk, max(in_flight, -(-2 * len(chunk) // max(1, size))))
 
 
 def _pieces(chunk: list, count: int) -> Iterator[list]:

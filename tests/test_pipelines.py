@@ -68,14 +68,15 @@ def test_chunks_keep_the_order_and_their_bounds_and_a_short_tail_joins_the_chunk
     if len(chunks) >= 2:
         assert len(chunks[-2]) >= size
         assert len(chunks[-1]) >= size or len(chunks[-2]) + len(chunks[-1]) > 2 * size
-    for pieces in (2, 3):  # the last chunk comes in that many pieces of about equal size, the others as they were
-        split = list(_chunks(items, size, pieces))
+    for in_flight in (2, 3):  # the last chunk in pieces of at most half a chunk, one per chunk in flight at least
+        split = list(_chunks(items, size, in_flight))
         if not chunks:
             assert split == []
             continue
         before, last = split[: len(chunks) - 1], split[len(chunks) - 1 :]
         assert before == chunks[:-1] and [item for piece in last for item in piece] == chunks[-1]
-        assert len(last) == min(pieces, len(chunks[-1])) and max(map(len, last)) - min(map(len, last)) <= 1
+        assert len(last) == min(len(chunks[-1]), max(in_flight, -(-2 * len(chunks[-1]) // size)))
+        assert max(map(len, last)) - min(map(len, last)) <= 1 and max(map(len, last)) <= -(-size // 2)
 
 
 @pytest.mark.parametrize("size", range(8, 97))
