@@ -138,7 +138,7 @@ class Config(Section):
     # Path points (inputs x baselines x steps) per backward; on a CPU, shared by the chunks in
     # flight (two on several cores: batches of half each, overlap.py).
     batch_size: int = Field(256, ge=1)
-    # Inputs explained together (a chunk holds this many to twice as many): more run faster, as the
+    # Inputs explained together (a chunk holds this many to 1.5 times as many): more run faster, as the
     # adaptive rule's rounds are fewer and fuller, and hold more memory. auto: see the jobs.
     chunk_inputs: Union[int, Literal["auto"]] = "auto"
     device: str = "auto"
