@@ -32,9 +32,9 @@ MAX_INPUTS_PER_CHUNK = 96
 # once the model itself got faster. Bigger chunks are faster still, at the memory above: config
 # chunk_inputs makes that trade (RESULTS.md). Batches here are each chunk's
 # (overlap.points_per_chunk): with two chunks in flight on 2 cores, 64 points. There four batches
-# (52 inputs a chunk) ran the engine at 0.91-0.93x of a bare loop against 0.87-0.89x at three (39),
-# and 10,000 inputs peaked at 1.09x the memory of 100 against 1.07x; with one chunk in flight (128
-# points) the cap holds chunks at 96, 1.08x.
+# (52 inputs a chunk) ran the engine at 0.90-0.92x of a bare loop against 0.87-0.89x at three (39),
+# and, as chunks end within half their size past it (run._chunks), 10,000 inputs peaked at 1.08x the
+# memory of 100; with one chunk in flight (128 points) the cap holds chunks at 96, 1.05x.
 ADAPTIVE_FIRST_ROUND_BATCHES = 4
 # The adaptive rule keeps every evaluated point's gradient (times x - x') until its chunk is done:
 # at ~48 points a path (the sample job averages 22), keep a chunk's within this many bytes.
