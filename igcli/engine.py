@@ -253,11 +253,8 @@ class _PathIntegral:
         like = self.deltas
         broadcast = (-1,) + (1,) * (like.dim() - 1)
         alpha = alpha.to(like.dtype)
-        # One selector and one buffer of points for all the batches: each batch's are views.
-        # The selector's rows past the last point stay zero: padding rows (copies of a batch's
-        # first point) have zero weight, add nothing to the gradients, and their outputs are cut off.
-        selector = like.new_zeros((len(path) + self.batch.points, self.classes))
-        selector[: len(path)].scatter_(1, targets, 1.0)
+        # One buffer of points for all the batches (each batch's a view of it). Selectors stay per
+        # batch: one for a whole round of a fixed rule grows with its points times the classes.
         buffer = like.new_empty((padded_size(min(len(path), self.batch.points), self.batch.points),) + like.shape[1:])
         start = 0
         while start < len(path):
@@ -272,7 +269,11 @@ class _PathIntegral:
             torch.addcmul(starts, alpha[batch].view(broadcast), deltas, out=points[:count])
             if size > count:
                 points[count:] = points[0]
-            scores, grads = self._scores_and_grads(points, selector[batch.start : batch.start + size])
+            # Padding rows (copies of the first point) have zero weight: they add nothing to the
+            # gradients, and their outputs are cut off.
+            selector = like.new_zeros((size, self.classes))
+            selector[:count].scatter_(1, targets[batch], 1.0)
+            scores, grads = self._scores_and_grads(points, selector)
             yield batch, scores[:count], grads[:count], deltas
 
     def _scores_and_grads(self, points: Tensor, selector: Tensor) -> tuple[Tensor, Tensor]:
