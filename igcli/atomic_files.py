@@ -6,7 +6,10 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from .names import printable, shorten
+
 _serial = itertools.count()
+NAME_MAX = 255  # bytes in one file name on ext4, XFS, btrfs, APFS, NTFS (UTF-16 units)
 _BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 
 
@@ -26,9 +29,13 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
 def _create_temporary(path: Path) -> tuple[int, Path]:
     # Not tempfile.mkstemp: its files are private (0600) whatever the umask, so every output would
     # be, and its random names cost more than writing a heatmap (80 against 50 us a file here).
-    # The process id and a counter make names unique; a name left by a killed run is skipped.
+    # The process id and a counter make names unique; a name left by a killed run is skipped. A
+    # long name is shortened (with a hash) so that the temporary one fits NAME_MAX too.
     while True:
-        temporary = path.with_name(f".{path.name}.{os.getpid()}-{next(_serial)}.tmp")
+        tail = f".{os.getpid()}-{next(_serial)}.tmp"
+        budget = NAME_MAX - 1 - len(tail)
+        name = path.name if len(os.fsencode(path.name)) <= budget else shorten(printable(path.name), budget)
+        temporary = path.with_name(f".{name}{tail}")
         try:
             return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o666), temporary
         except FileExistsError:

@@ -18,7 +18,7 @@ import yaml
 
 from . import __version__
 from .errors import IgcliError, ModelError
-from .inputs.discover import read_path_list
+from .inputs.discover import PathList, read_path_list
 from .models.base import ScoreKind
 from .quadrature import Rule
 
@@ -104,8 +104,8 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
     from .heap import keep_freed_memory
     from .run import explain_inputs
 
-    if files_from is not None:
-        inputs = inputs + tuple(read_path_list(files_from))
+    if files_from is not None:  # one list: its files keep their tree below their common folder
+        inputs = inputs + (PathList(read_path_list(files_from)),)
     if not inputs:
         raise click.UsageError("give at least one input file, folder or glob (or --files-from, or - for stdin)")
     if show and jsonl == "-":
@@ -119,9 +119,9 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
         summary = explain_inputs(config, inputs, out_dir, jsonl, progress=not quiet and sys.stderr.isatty(),
                                  show=sys.stdout if show else None, shard=_shard(shard),
                                  max_errors=0 if fail_fast else max_errors, resume=resume)
-    except KeyboardInterrupt:  # a second signal: the files written so far are whole, the manifest says so
+    except KeyboardInterrupt as error:  # a second signal: the files written so far are whole, the manifest says so
         click.echo("igcli: stopped at once; rerun with --resume to finish", err=True)
-        sys.exit(130)
+        sys.exit(128 + getattr(error, "signum", 2))  # 130 for SIGINT, 143 for SIGTERM
     if not quiet:
         click.echo(_summary_line(summary), err=True)
     if summary.signal:

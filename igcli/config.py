@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from .baselines import TEXT_BASELINES, BaselineKind
 from .config_source import ConfigSource, KeyPath, apply_override, parse_override, read_yaml
 from .errors import ConfigError
+from .inputs.discover import DEFAULT_MAX_BYTES
 from .models.base import Precision, ScoreKind
 from .quadrature import Rule
 
@@ -63,6 +64,8 @@ class InputSection(Section):
     extensions: tuple[str, ...] | None = None  # default: by kind (IMAGE_SUFFIXES or .txt .jsonl)
     text_field: str = "text"  # text: the field of each .jsonl line that holds the document
     max_length: int | None = Field(None, ge=2)  # text: tokens kept (default: the model's limit)
+    # The largest input file read, in bytes; larger ones (or devices) fail alone, unread.
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
 
     def suffixes(self) -> tuple[str, ...]:
         """What folders and globs pick up."""
@@ -238,7 +241,13 @@ def describe_error(detail: dict[str, Any], source: ConfigSource) -> str:
         hint = "; set model.path (or --model) or model.factory" if loc == ("model",) else ""
         return f"{where}: missing required key '{dotted}'{hint}"
     message = detail["msg"].removeprefix("Value error, ")
-    return f"{where}: '{dotted}': {message} (got {detail.get('input')!r})"
+    return f"{where}: '{dotted}': {_short(message)} (got {_short(repr(detail.get('input')))})"
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """One line of at most ``limit`` characters: a message never echoes a huge value."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_union_tag(part: Any) -> bool:

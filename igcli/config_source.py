@@ -1,7 +1,8 @@
 """Reading a YAML config as plain data, remembering where each key stood in the file.
 
 Locations let validation errors say ``configs/x.yaml:12``; duplicate keys, which PyYAML would
-silently collapse, are refused here.
+silently collapse, are refused here, and so are files over MAX_CONFIG_BYTES and documents that
+aliases expand past MAX_VALUES values (a "billion laughs" bomb), before anything is built.
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import yaml
 from .errors import ConfigError
 
 KeyPath = tuple[str, ...]
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; this is a runaway file
+MAX_VALUES = 10_000  # scalars, lists and mappings in a document once its aliases are expanded
+MAX_DEPTH = 64  # nesting levels
 
 
 @dataclass
@@ -35,14 +39,20 @@ class ConfigSource:
 def read_yaml(path: Path) -> ConfigSource:
     """Parse ``path`` into a ConfigSource; YAML syntax errors become one-line ConfigErrors."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read config ({error})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config ({error.strerror or error})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES:,} bytes; is this really an igcli config?")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start})") from None
+    try:
+        node, data = load_yaml(text, str(path))
     except yaml.YAMLError as error:
         raise ConfigError(_describe_yaml_error(path, error, text)) from None
     if data is None:
@@ -52,6 +62,49 @@ def read_yaml(path: Path) -> ConfigSource:
     source = ConfigSource(data=data, name=str(path))
     _collect_origins(node, (), path, source.origins)
     return source
+
+
+def load_yaml(text: str, where: str) -> tuple[yaml.Node | None, Any]:
+    """(node, data) of one YAML document, safely: the node graph is measured with its aliases
+    expanded before any value is built, so a small file cannot ask for gigabytes."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise ConfigError(f"{where}: YAML nested too deeply (over {MAX_DEPTH} levels)") from None
+        if node is None:
+            return None, None
+        _expanded_size(node, where, {}, set(), 0)
+        return node, loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, where: str, sizes: dict[int, int], open_nodes: set[int], depth: int) -> int:
+    """How many values ``node`` stands for with every alias expanded; ConfigError past the budget."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise ConfigError(f"{where}: a YAML alias refers to a value that holds it; write the value out")
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{where}: YAML nested too deeply (over {MAX_DEPTH} levels)")
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    else:
+        children = []
+    open_nodes.add(id(node))
+    total = 1
+    for child in children:
+        total += _expanded_size(child, where, sizes, open_nodes, depth + 1)
+        if total > MAX_VALUES:
+            raise ConfigError(f"{where}: YAML expands to over {MAX_VALUES:,} values (through aliases?); "
+                              "an igcli config holds a few dozen")
+    open_nodes.discard(id(node))
+    sizes[id(node)] = total
+    return total
 
 
 def _describe_yaml_error(path: Path, error: yaml.YAMLError, text: str) -> str:
@@ -87,7 +140,7 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set steps=64")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw, f"--set {key.strip()}")[1] if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return tuple(part.strip() for part in key.split(".")), value

@@ -1,7 +1,9 @@
 """--resume: reuse the records of a previous run into the same folder where nothing they depend on changed.
 
 A record's key hashes the run key (igcli's version, the resolved config and the bytes of every
-file it names: model, labels, tokenizer, baseline, factory source) with the input's own bytes. A
+file it names: model, labels, tokenizer, baseline, factory source, a ``pkg.mod`` factory's module
+file included) with the input's own bytes. Inputs are matched by their resolved path, however a
+run spelled it (``/abs/images`` or ``images``). A
 rerun with --resume keeps a previous record when its key matches and the files it lists still
 exist; anything else is computed again. Records of one input are written in one line group, so a
 run killed mid-write leaves at most a torn last line, which is ignored.
@@ -9,8 +11,10 @@ run killed mid-write leaves at most a torn last line, which is ignored.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +49,25 @@ def _named_files(config: Config) -> list[Path]:
     factory = config.model.factory
     if factory and ".py:" in factory:
         paths.append(Path(factory.rpartition(":")[0]))
+    elif factory:
+        source = _module_source(factory.rpartition(":")[0])
+        if source is not None:
+            paths.append(source)
     return paths
+
+
+def _module_source(name: str) -> Path | None:
+    """The source file of a factory's module (``pkg.mod``): the job imported it already, so this
+    finds it without running anything new. Only that file is hashed, not its whole package."""
+    module = sys.modules.get(name)
+    origin = getattr(module, "__file__", None)
+    if origin is None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return None
+        origin = spec.origin if spec is not None else None
+    return Path(origin) if origin and os.path.isfile(origin) else None
 
 
 def _content_digest(path: Path) -> str:
@@ -84,7 +106,7 @@ class PreviousRun:
             record = _parse(line)
             if record is None or record.get("error") is not None or not record.get("key"):
                 continue
-            source = record["input"]
+            source = resolved_input(record["input"])
             if previous.keys.get(source) != record["key"]:
                 previous.keys[source], previous.lines[source], previous.files[source] = record["key"], [], []
             previous.lines[source].append(line)
@@ -93,6 +115,7 @@ class PreviousRun:
 
     def reusable(self, source: str, key: str) -> list[str] | None:
         """The record lines for ``source`` when made with ``key`` and their files are all there."""
+        source = resolved_input(source)
         if self.keys.get(source) != key:
             return None
         if not all(os.path.isfile(self.out_dir / relative) for relative in self.files[source]):
@@ -100,9 +123,26 @@ class PreviousRun:
         return self.lines[source]
 
 
+def resolved_input(source: str) -> str:
+    """A record's input as one spelling: absolute, links resolved; a .jsonl line keeps its ``:N``."""
+    path, colon, line = source.rpartition(":")
+    if colon and line.isdigit() and path:
+        return f"{os.path.realpath(path)}:{line}"
+    return os.path.realpath(source)
+
+
 def _parse(line: str) -> dict[str, Any] | None:
+    """A record fit to reuse: a mapping with the fields a run's totals read (others are recomputed)."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError:
         return None
-    return record if isinstance(record, dict) and isinstance(record.get("input"), str) else None
+    if not isinstance(record, dict) or not isinstance(record.get("input"), str):
+        return None
+    target, completeness = record.get("target"), record.get("completeness")
+    if record.get("error") is None and not (
+            isinstance(target, dict) and "rank" in target and isinstance(completeness, dict)
+            and {"converged", "rel_error"} <= completeness.keys() and isinstance(record.get("steps"), int)
+            and isinstance(record.get("warnings"), list)):
+        return None
+    return record

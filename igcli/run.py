@@ -22,12 +22,14 @@ from tqdm import tqdm
 
 from . import __version__
 from .atomic_files import remove_leftovers
-from .config import Config, resolved
+from .config import Config, TopK, resolved
 from .errors import IgcliError, UsageError
 from .inputs.discover import InputRef, discover_inputs, in_shard
 from .inputs.prefetch import prefetched, read_ahead
 from .jobs import make_job
 from .jobs.common import BASELINE_WARNING, AnySample, Job
+from .outputs.lock import OutputLock
+from .outputs.naming import OutputNames
 from .outputs.writer import RunWriter
 from .overlap import ordered_map, own_stream, threads_shared
 from .records import Attribution, Failure
@@ -96,22 +98,40 @@ def explain_inputs(
         raise UsageError("--resume reuses the records in an output folder: give -o OUT_DIR")
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     job = make_job(config)
-    refs = _input_refs(config, specs, shard)
-    # Read before the writer truncates results.jsonl.
-    previous = PreviousRun.load(out_dir) if resume else PreviousRun()
-    if resume and out_dir.is_dir() and (removed := remove_leftovers(out_dir)):
-        log.info("removed %d temporary file(s) left by an interrupted run", removed)
-    writer = RunWriter(out_dir, config.output, jsonl, show)
-    summary, state = RunSummary(), "failed"
-    status = functools.partial(manifest, config, job, summary, started)
+    refs = _input_refs(config, specs, shard, out_dir)
+    with OutputLock(out_dir) if out_dir is not None else nullcontext():
+        # Read before the writer truncates results.jsonl.
+        previous = PreviousRun.load(out_dir) if resume else PreviousRun()
+        if resume and out_dir.is_dir() and (removed := remove_leftovers(out_dir)):
+            log.info("removed %d temporary file(s) left by an interrupted run", removed)
+        writer = RunWriter(out_dir, config.output, jsonl, show)
+        summary = RunSummary()
+        status = functools.partial(manifest, config, job, summary, started)
+        _run(job, config, refs, previous, writer, summary, status, progress, max_errors, clock)
+    if summary.baseline_warnings:
+        log.warning("%d record(s) have a baseline that is not uninformative; see their 'warnings'",
+                    summary.baseline_warnings)
+    return summary
+
+
+def _run(job: Job, config: Config, refs: Iterator[InputRef], previous: PreviousRun, writer: RunWriter,
+         summary: RunSummary, status, progress: bool, max_errors: int | None, clock: float) -> None:
+    """Explain and write every input, then the manifest and report, whatever stops the run."""
+    state = "failed"
     try:
+        writer.start(status("running"))
+        names = OutputNames(config.output, isinstance(config.target, TopK))
         with _stop_on_signals() as stop:
-            _explain_chunks(job, refs, _Reuse(previous, run_key(config)), writer, summary, status, progress,
+            _explain_chunks(job, refs, names, _Reuse(previous, run_key(config)), writer, summary, status, progress,
                             stop, max_errors)
             writer.drain()
         state = "interrupted" if summary.signal else "stopped" if summary.stopped else "complete"
+    except StopNow as error:
+        summary.stopped, summary.signal = "interrupted at once by a second signal", error.signum
+        state = "interrupted"
+        raise
     except KeyboardInterrupt:
-        summary.stopped, summary.signal = "interrupted at once by a second signal", signal.SIGINT
+        summary.stopped, summary.signal = "interrupted at once", signal.SIGINT
         state = "interrupted"
         raise
     except IgcliError as error:
@@ -120,34 +140,38 @@ def explain_inputs(
     finally:
         summary.seconds = time.perf_counter() - clock
         writer.finish(status(state))
-    if summary.baseline_warnings:
-        log.warning("%d record(s) have a baseline that is not uninformative; see their 'warnings'",
-                    summary.baseline_warnings)
-    return summary
 
 
-def _input_refs(config: Config, specs: Sequence[str], shard: tuple[int, int] | None) -> Iterator[InputRef]:
+def _input_refs(config: Config, specs: Sequence[str], shard: tuple[int, int] | None,
+                out_dir: Path | None) -> Iterator[InputRef]:
+    """The inputs (of ``shard``), streamed; UsageError when the specs name none at all. A shard
+    that happens to hold none of them is an empty run, not an error: array jobs size shards blind."""
     suffixes = config.input.suffixes()
-    refs = discover_inputs(specs, suffixes)
-    if shard is not None:
-        refs = (ref for ref in refs if in_shard(ref, *shard))
-    first = next(refs, None)
+    found = discover_inputs(specs, suffixes, exclude=out_dir)
+    first = next(found, None)
     if first is None:
-        raise UsageError(f"no inputs found in {', '.join(specs)} (extensions: {' '.join(suffixes)})")
-    return chain([first], refs)
+        raise UsageError(f"no inputs found in {', '.join(map(str, specs))} (extensions: {' '.join(suffixes)})")
+    refs = chain([first], found)
+    if shard is None:
+        return refs
+    in_this = (ref for ref in refs if in_shard(ref, *shard))
+    first = next(in_this, None)
+    if first is None:
+        log.warning("shard %d/%d holds none of the inputs; writing an empty, complete output", *shard)
+        return iter(())
+    return chain([first], in_this)
 
 
-def _explain_chunks(job: Job, refs: Iterator[InputRef], reuse: _Reuse, writer: RunWriter, summary: RunSummary,
-                    status, progress: bool, stop: _StopRequest, max_errors: int | None) -> None:
+def _explain_chunks(job: Job, refs: Iterator[InputRef], names: OutputNames, reuse: _Reuse, writer: RunWriter,
+                    summary: RunSummary, status, progress: bool, stop: _StopRequest, max_errors: int | None) -> None:
     in_flight = job.in_flight
     with tqdm(desc="explain", unit="input", disable=not progress) as bar, threads_shared(in_flight, job.device):
-        samples = prefetched(job.read(refs), read_ahead(job.chunk_size))
+        samples = _named(prefetched(job.read(refs), read_ahead(job.chunk_size)), names, max_errors)
         chunks = _checking_first(_chunks(samples, job.chunk_size, in_flight), job)
         work = functools.partial(_chunk_outcome, job, reuse, in_flight > 1)
         with closing(ordered_map(work, chunks, in_flight)) as outcomes:
             for chunk, (reused, groups) in outcomes:
-                _write_chunk(writer, summary, reused, groups)
-                bar.update(len(chunk))
+                bar.update(_write_chunk(writer, summary, reused, groups, max_errors))
                 if stop.signum is not None:
                     summary.signal = stop.signum
                     summary.stopped = f"interrupted by {signal.Signals(stop.signum).name}"
@@ -159,16 +183,41 @@ def _explain_chunks(job: Job, refs: Iterator[InputRef], reuse: _Reuse, writer: R
                 writer.update_manifest(lambda: status("running"))
 
 
+def _named(items: Iterator[AnySample | Failure], names: OutputNames,
+           max_errors: int | None) -> Iterator[AnySample | Failure]:
+    """Each sample with output names of its own (OutputNames.claim); a Failure claims none, so a
+    failed a.jpg does not rename a.png. Past ``max_errors`` failed reads nothing more is read: the
+    run stops at that input (see _write_chunk)."""
+    failed = 0
+    for item in items:
+        if isinstance(item, Failure):
+            failed += 1
+        else:
+            names.claim(item)
+        yield item
+        if max_errors is not None and failed > max_errors:
+            return
+
+
 def _write_chunk(writer: RunWriter, summary: RunSummary, reused: list[list[str]] | None,
-                 groups: list[list[Attribution | Failure]] | None) -> None:
-    """Pass on a reused chunk's record lines, or write a computed chunk's records; count them."""
+                 groups: list[list[Attribution | Failure]] | None, max_errors: int | None = None) -> int:
+    """Pass on a reused chunk's record lines, or write a computed chunk's records; count them.
+    Once more than ``max_errors`` inputs have failed, the inputs after the last one are not
+    written: --fail-fast stops at the first failed input, not at the end of its chunk. Returns
+    the inputs written."""
+    written = 0
     for lines in reused or ():
         for record in writer.write_lines(lines):
             summary.add(record)
             summary.reused += record.get("error") is None
+        written += 1
     for group in groups or ():
+        if max_errors is not None and summary.failed > max_errors:
+            break
         for record in writer.write_group(group):
             summary.add(record)
+        written += 1
+    return written
 
 
 def _checking_first(chunks: Iterator[list[AnySample | Failure]], job: Job) -> Iterator[list[AnySample | Failure]]:
@@ -214,6 +263,14 @@ class _Reuse:
         return found
 
 
+class StopNow(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM: stop at once; the exit code is 128 + ``signum``."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class _StopRequest:
     """The first SIGINT/SIGTERM asks the run to stop after the inputs in flight; a second stops it now."""
 
@@ -222,7 +279,7 @@ class _StopRequest:
 
     def __call__(self, signum: int, frame) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise StopNow(signum)
         self.signum = signum
         log.warning("%s: finishing the inputs in flight, then stopping (send it again to stop at once)",
                     signal.Signals(signum).name)

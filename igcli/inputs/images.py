@@ -12,9 +12,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..baselines import Normalization
 from ..errors import InputError
+from ..names import printable
 from ..previews import preview
 from ..records import Sample
-from .discover import InputRef, read_input
+from .discover import DEFAULT_MAX_BYTES, InputRef, read_input
 
 Size = int | tuple[int, int] | None
 
@@ -27,19 +28,20 @@ class ImagePreprocess:
     resize: Size = None
     crop: Size = None
     normalization: Normalization = Normalization((0.0,), (1.0,))
+    max_bytes: int = DEFAULT_MAX_BYTES  # input.max_bytes: larger files are refused unread
 
 
 def read_image(ref: InputRef, prep: ImagePreprocess) -> Sample:
     """The image at ``ref`` as the model will see it."""
-    data = read_input(ref, "an image")
+    data = read_input(ref, "an image", prep.max_bytes)
     image, preview, notes = open_image(ref, data, prep.mode)
     try:
         image = preprocess(image, prep)
     except ValueError as error:
-        raise InputError(f"{ref.path}: {error}; adjust input.resize or input.crop") from None
+        raise InputError(f"{ref.source}: {error}; adjust input.resize or input.crop") from None
     array = np.asarray(image, dtype=np.float32) / 255.0
     pixels = torch.from_numpy(array.reshape(image.height, image.width, -1)).permute(2, 0, 1).contiguous()
-    return Sample(str(ref.path), ref.relpath, prep.normalization.apply(pixels), pixels, notes,
+    return Sample(ref.source, ref.relpath, prep.normalization.apply(pixels), pixels, notes,
                   hashlib.sha256(data).hexdigest(), preview)
 
 
@@ -48,7 +50,7 @@ def open_image(ref: InputRef, data: bytes, mode: str) -> tuple[Image.Image, Imag
     the report's preview of the file (previews.file_preview) while it is decoded."""
     notes: list[str] = []
     if not data:
-        raise InputError(f"{ref.path}: empty file (0 bytes)")
+        raise InputError(f"{ref.source}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -59,11 +61,11 @@ def open_image(ref: InputRef, data: bytes, mode: str) -> tuple[Image.Image, Imag
                 image = ImageOps.exif_transpose(opened) or opened
                 return _convert(image, mode), preview(image), notes
     except UnidentifiedImageError:
-        raise InputError(f"{ref.path}: not an image Pillow can read (is it really {ref.path.suffix or 'an image'}?)") from None
+        raise InputError(f"{ref.source}: not an image Pillow can read (is it really {printable(ref.path.suffix) or 'an image'}?)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{ref.path}: image exceeds Pillow's pixel limit (decompression bomb guard)") from None
+        raise InputError(f"{ref.source}: image exceeds Pillow's pixel limit (decompression bomb guard)") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise InputError(f"{ref.path}: corrupt or truncated image ({error})") from None
+        raise InputError(f"{ref.source}: corrupt or truncated image ({error})") from None
 
 
 def _convert(image: Image.Image, mode: str) -> Image.Image:
@@ -83,7 +85,14 @@ def _convert(image: Image.Image, mode: str) -> Image.Image:
 
 def preprocess(image: Image.Image, prep: ImagePreprocess) -> Image.Image:
     if prep.resize is not None:
-        image = image.resize(_resize_target(image.size, prep.resize), Image.Resampling.BILINEAR)
+        width, height = _resize_target(image.size, prep.resize)
+        # Pillow's bomb guard covers the decoded size only; a 1x100000 image resized to a shorter
+        # side of 224 would be 224x22,400,000 pixels.
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and width * height > limit:
+            raise ValueError(f"resizing {image.width}x{image.height} to {width}x{height} exceeds Pillow's pixel "
+                             f"limit ({limit:,}, the decompression bomb guard)")
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
     if prep.crop is not None:
         height, width = (prep.crop, prep.crop) if isinstance(prep.crop, int) else prep.crop
         if height > image.height or width > image.width:

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ..errors import InputError
+from ..names import printable
 from ..records import Failure, output_stem
-from .discover import InputRef, read_input
+from .discover import DEFAULT_MAX_BYTES, InputRef, read_input
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
@@ -19,10 +20,11 @@ class TextDocument:
     text: str
 
 
-def read_documents(ref: InputRef, text_field: str = "text") -> Iterator[TextDocument | Failure]:
+def read_documents(ref: InputRef, text_field: str = "text",
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[TextDocument | Failure]:
     """The documents in one file, or one Failure for the file (or for a bad .jsonl line)."""
     try:
-        data = read_input(ref, "a text file")
+        data = read_input(ref, "a text file", max_bytes)
     except InputError as error:
         yield _failure(ref, str(error))
         return
@@ -32,18 +34,18 @@ def read_documents(ref: InputRef, text_field: str = "text") -> Iterator[TextDocu
     elif ref.path.suffix.lower() == ".jsonl":
         yield from _jsonl_documents(ref, text, text_field)
     elif not text.strip():
-        yield _failure(ref, f"{ref.path}: empty document")
+        yield _failure(ref, f"{ref.source}: empty document")
     else:
-        yield TextDocument(str(ref.path), ref.relpath, text)
+        yield TextDocument(ref.source, ref.relpath, text)
 
 
 def _decode(ref: InputRef, data: bytes) -> str | Failure:
     if b"\x00" in data:
-        return _failure(ref, f"{ref.path}: binary data (NUL bytes), not text")
+        return _failure(ref, f"{ref.source}: binary data (NUL bytes), not text")
     try:
         return data.decode("utf-8-sig")  # a byte-order mark is tolerated and dropped
     except UnicodeDecodeError as error:
-        return _failure(ref, f"{ref.path}: not UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}); "
+        return _failure(ref, f"{ref.source}: not UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}); "
                              "convert the file to UTF-8")
 
 
@@ -52,7 +54,7 @@ def _jsonl_documents(ref: InputRef, text: str, field: str) -> Iterator[TextDocum
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        source, relpath = f"{ref.path}:{number}", f"{stem}/line-{number:05d}"
+        source, relpath = f"{ref.source}:{number}", f"{stem}/line-{number:05d}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
@@ -63,8 +65,8 @@ def _jsonl_documents(ref: InputRef, text: str, field: str) -> Iterator[TextDocum
             yield Failure(source, relpath, "InputError",
                           f"{source}: no text in field '{field}'; set input.text_field to the field that holds it")
             continue
-        yield TextDocument(source, relpath, value)
+        yield TextDocument(source, relpath, printable(value))  # JSON may escape lone surrogates
 
 
 def _failure(ref: InputRef, message: str) -> Failure:
-    return Failure(str(ref.path), ref.relpath, "InputError", message)
+    return Failure(ref.source, ref.relpath, "InputError", message)

@@ -19,7 +19,7 @@ from ..inputs.images import ImagePreprocess, read_image
 from ..models.loading import load_model, resolve_device
 from ..overlap import chunks_in_flight, points_per_chunk
 from ..quadrature import Rule
-from ..records import Attribution, Failure, Sample, output_stem
+from ..records import Attribution, Failure, Sample
 from .common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
 
 # The auto size's cap. A chunk's stored maps and copies grow with it, and so does the peak memory:
@@ -54,7 +54,8 @@ class ImageJob:
         self.labels = read_labels(section.labels) if section.labels else None
         self.target = resolve_target(config.target, self.labels)
         norm = Normalization(tuple(config.input.mean), tuple(config.input.std))
-        self.preprocess = ImagePreprocess(config.input.mode, config.input.resize, config.input.crop, norm)
+        self.preprocess = ImagePreprocess(config.input.mode, config.input.resize, config.input.crop, norm,
+                                          config.input.max_bytes)
         self.baseline = _baseline_plan(config, self.preprocess)
         steps = None if config.steps == "auto" else config.steps
         self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps,
@@ -66,17 +67,11 @@ class ImageJob:
         self.chunk_size = _inputs_per_chunk(config, self.batch.points)
 
     def read(self, refs: Iterable[InputRef]) -> Iterator[Sample | Failure]:
-        seen: dict[str, str] = {}
-        for ref in refs:
-            stem = output_stem(ref.relpath)
+        for ref in refs:  # output names are made unique by the run (outputs.names), across kinds
             try:
-                if stem in seen:
-                    raise InputError(f"{ref.path}: would write the same outputs as {seen[stem]} ({stem}.*); "
-                                     "rename one, or pass their parent folders instead of the files")
-                seen[stem] = str(ref.path)
                 yield read_image(ref, self.preprocess)
             except InputError as error:
-                yield Failure(str(ref.path), ref.relpath, "InputError", str(error))
+                yield Failure(ref.source, ref.relpath, "InputError", str(error))
 
     def check(self, sample: Sample) -> None:
         x = sample.x.unsqueeze(0).to(self.backend.device, self.backend.dtype)

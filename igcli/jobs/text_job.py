@@ -65,7 +65,7 @@ class TextJob:
 
     def read(self, refs: Iterable[InputRef]) -> Iterator[TextSample | Failure]:
         for ref in refs:
-            for document in read_documents(ref, self.config.input.text_field):
+            for document in read_documents(ref, self.config.input.text_field, self.config.input.max_bytes):
                 yield document if isinstance(document, Failure) else self._tokenize(document)
 
     def _tokenize(self, document: TextDocument) -> TextSample:

@@ -246,7 +246,11 @@ def _load_pickle(path: Path, trust_pickle: bool) -> nn.Module:
 
 
 def _build_from_factory(factory: str, weights: Path | None) -> nn.Module:
-    module = _resolve_factory(factory)()
+    function = _resolve_factory(factory)
+    try:
+        module = function()
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - a factory runs arbitrary code (docs/hostile-inputs.md)
+        raise ModelError(f"model.factory '{factory}' failed: {_described(error)}") from None
     if not isinstance(module, nn.Module):
         raise ModelError(f"model.factory '{factory}' returned {type(module).__name__}, not a torch nn.Module")
     if weights is not None:
@@ -274,12 +278,19 @@ def _resolve_factory(factory: str) -> Callable[[], object]:
             spec.loader.exec_module(module)
         else:
             module = importlib.import_module(location)
-    except (ImportError, FileNotFoundError) as error:
-        raise ModelError(f"model.factory '{factory}': cannot import {location} ({first_line(error)})") from None
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - importing runs the module's code
+        raise ModelError(f"model.factory '{factory}': cannot import {location} ({_described(error)})") from None
     function = getattr(module, name, None)
     if not callable(function):
         raise ModelError(f"model.factory '{factory}': {location} has no function '{name}'")
     return function
+
+
+def _described(error: BaseException) -> str:
+    """One line for an exception raised by a factory's code (a SystemExit is the code exiting)."""
+    if isinstance(error, SystemExit):
+        return f"it called exit({error.code!r})"
+    return f"{type(error).__name__}: {first_line(error)}"[:300]
 
 
 def build_gradient_graph(path: Path, factory: str | None, score: ScoreKind, trust_pickle: bool = False,

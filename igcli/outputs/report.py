@@ -83,7 +83,24 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
 def _status(record: dict[str, Any]) -> str:
     if record.get("error") is not None:
         return "failed"
-    return "ok" if record["completeness"]["converged"] else "unconverged"
+    return "ok" if _field(record, "completeness", "converged") else "unconverged"
+
+
+def _field(record: Any, *keys: str) -> Any:
+    """``record[k1][k2]...``, or None where a key is missing: records from other versions, or
+    edited by hand, still make a page."""
+    for key in keys:
+        if not isinstance(record, dict):
+            return None
+        record = record.get(key)
+    return record
+
+
+def _number(value: Any, spec: str) -> tuple[Any, str]:
+    """(sort value, shown text) of a number that may be missing."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value, format(value, spec)
+    return -1, "n/a"
 
 
 def _row(number: int, record: dict[str, Any], status: str, out_dir: Path, pictures: Thumbnails | None) -> str:
@@ -92,26 +109,31 @@ def _row(number: int, record: dict[str, Any], status: str, out_dir: Path, pictur
     source = str(record.get("input", ""))
     if status == "failed":
         error = record["error"]
+        kind, message = (_field(error, "type"), _field(error, "message")) if isinstance(error, dict) else (None, error)
         cells = [_cell(number), _cell(source, e(source)), _cell(""), _cell(""), _cell(""), _cell(""), _cell(""),
-                 _cell(""), _cell(""), _cell(status, f'<b>{e(error["type"])}</b>: {e(error["message"])}')]
+                 _cell(""), _cell(""), _cell(status, f'<b>{e(str(kind or "error"))}</b>: {e(str(message))}')]
         return f'<tr data-status="failed">{"".join(cells)}</tr>\n'
-    target = record["target"]
-    name = target["label"] if target["label"] is not None else f"class {target['index']}"
-    if target["rank"] is not None:
-        name += f" (top {target['rank']})"
-    rel = record["completeness"]["rel_error"]
-    outputs = record.get("outputs") or {}
-    picture = f'<div class="words">{word_spans(record["words"])}</div>' if "words" in record else \
-        pictures.heatmap(outputs["heatmap"], out_dir) if "heatmap" in outputs and pictures is not None else ""
-    warnings = "".join(f'<div class="warn">{e(w)}</div>' for w in record.get("warnings", []))
+    label, index, rank = (_field(record, "target", key) for key in ("label", "index", "rank"))
+    name = str(label) if label is not None else f"class {index}"
+    if rank is not None:
+        name += f" (top {rank})"
+    outputs = record.get("outputs") if isinstance(record.get("outputs"), dict) else {}
+    words = record.get("words") if isinstance(record.get("words"), list) else None
+    picture = f'<div class="words">{word_spans(words)}</div>' if words is not None else \
+        pictures.heatmap(str(outputs["heatmap"]), out_dir) if "heatmap" in outputs and pictures is not None else ""
+    notes = record.get("warnings") if isinstance(record.get("warnings"), list) else []
+    warnings = "".join(f'<div class="warn">{e(str(w))}</div>' for w in notes)
+    steps = record.get("steps")
+    score = record.get("score")
     cells = [
         _cell(number), _cell(source, e(source) + warnings),
-        _cell("", pictures.input(source) if pictures is not None and "words" not in record else ""),
+        _cell("", pictures.input(source) if pictures is not None and words is None else ""),
         _cell("", picture),
-        _cell(name, e(name)), _cell(record["f_input"], f"{record['f_input']:.4g}"),
-        _cell(record["f_baseline"], f"{record['f_baseline']:.4g}"),
-        _cell(-1 if rel is None else rel, "n/a" if rel is None else f"{rel:.2e}"), _cell(record["steps"]),
-        _cell(status, e(status) + (" (" + e(record["score"]) + ")")),
+        _cell(name, e(name)), _cell(*_number(record.get("f_input"), ".4g")),
+        _cell(*_number(record.get("f_baseline"), ".4g")),
+        _cell(*_number(_field(record, "completeness", "rel_error"), ".2e")),
+        _cell(steps if isinstance(steps, int) else -1, e(str(steps if steps is not None else "n/a"))),
+        _cell(status, e(status) + (f" ({e(str(score))})" if score is not None else "")),
     ]
     return f'<tr data-status="{status}">{"".join(cells)}</tr>\n'
 

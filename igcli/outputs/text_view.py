@@ -8,6 +8,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from ..names import terminal_safe
+
 POSITIVE, NEGATIVE = (215, 25, 28), (44, 123, 182)
 NEUTRAL_BELOW = 0.2  # words under this share of the largest |score| are drawn neutral in terminals
 
@@ -52,13 +54,14 @@ F(baseline) = {record['f_baseline']:.4g} &middot; sum of attributions {record['a
 
 
 def render_ansi(record: dict[str, Any], color: bool) -> str:
-    """One line for a terminal: the label, then the words coloured (or scored, when plain)."""
+    """One line for a terminal: the label, then the words coloured (or scored, when plain). Names,
+    labels and words have their control characters escaped: a file name cannot drive the terminal."""
     words = record["words"]
     parts = []
     for word, strength in zip(words, _strengths(words)):
         if word["special"]:
             continue
-        text = word["word"]
+        text = terminal_safe(word["word"])
         if abs(strength) < NEUTRAL_BELOW:
             parts.append(text)
         elif color:
@@ -68,4 +71,4 @@ def render_ansi(record: dict[str, Any], color: bool) -> str:
             parts.append(f"{text}[{word['score']:+.2g}]")
     target = record["target"]
     name = target["label"] if target["label"] is not None else target["index"]
-    return f"{record['input']}: {name} ({record['f_input']:.2f}): {' '.join(parts)}"
+    return f"{terminal_safe(record['input'])}: {terminal_safe(str(name))} ({record['f_input']:.2f}): {' '.join(parts)}"

@@ -5,8 +5,10 @@ for text) and so on, with ``.top<k>`` before the extension for top-k targets.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
+import re
 import logging
 import os
 import sys
@@ -21,6 +23,7 @@ import numpy as np
 from ..atomic_files import write_bytes_atomic
 from ..config import OutputSection
 from ..errors import IgcliError, UsageError
+from ..names import printable
 from ..records import Attribution, Failure, TextSample
 from .heatmap import render_bare, render_overlay, signed_map
 from .png import png_bytes
@@ -32,6 +35,8 @@ log = logging.getLogger("igcli")
 MANIFEST_EVERY = 1.0  # seconds between rewrites of the running manifest
 WRITER_THREADS: int | None = None  # None: writer_threads() decides
 MAX_PENDING = 64  # inputs whose files may be in the writers' hands at once: bounds memory
+# Errors that an output's name causes (too long, bytes the file system refuses), not the disk.
+NAME_ERRORS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
 
 
 def writer_threads() -> int:
@@ -105,8 +110,13 @@ class RunWriter:
                 try:
                     result.outputs = self._write_files(result)
                 except OSError as error:
-                    raise OutputError(f"{self.out_dir}: cannot write outputs for {result.sample.source} "
-                                      f"({error.strerror or error}); the records so far are kept") from None
+                    if error.errno not in NAME_ERRORS:
+                        raise OutputError(f"{self.out_dir}: cannot write outputs for {result.sample.source} "
+                                          f"({error.strerror or error}); the records so far are kept") from None
+                    # This input's name, not the disk: it fails alone.
+                    result = Failure(result.sample.source, result.sample.relpath, "OutputError",
+                                     f"{result.sample.source}: cannot write its outputs under this name "
+                                     f"({error.strerror or error}); rename the file")
             records.append(result.to_json())
         return [_dumps(record) for record in records], records
 
@@ -178,9 +188,21 @@ class RunWriter:
                 raise OutputError(f"{getattr(stream, 'name', 'output')}: cannot write records "
                                   f"({error.strerror or error})") from None
 
-    def update_manifest(self, manifest: Callable[[], dict[str, Any]]) -> None:
+    def start(self, manifest: dict[str, Any]) -> None:
+        """Mark the folder as this run's at once: ``manifest.json`` says running (an earlier run's
+        says complete until then), and an earlier ``report.html`` is removed (rebuilt at the end)."""
+        if self.out_dir is None:
+            return
+        try:
+            (self.out_dir / "report.html").unlink(missing_ok=True)
+        except OSError as error:
+            raise OutputError(f"{self.out_dir / 'report.html'}: cannot remove the earlier report "
+                              f"({error.strerror or error})") from None
+        self.update_manifest(lambda: manifest, force=True)
+
+    def update_manifest(self, manifest: Callable[[], dict[str, Any]], force: bool = False) -> None:
         """Rewrite ``manifest.json`` with running totals, at most once per MANIFEST_EVERY seconds."""
-        if self.out_dir is None or time.monotonic() - self._manifest_written < MANIFEST_EVERY:
+        if self.out_dir is None or not force and time.monotonic() - self._manifest_written < MANIFEST_EVERY:
             return
         try:
             write_bytes_atomic(self.out_dir / "manifest.json", _dumps(manifest(), indent=2).encode())
@@ -232,5 +254,24 @@ def _check_writable(out_dir: Path) -> None:
                          "choose another with -o") from None
 
 
+def output_files(name: str, text: bool, options: OutputSection) -> list[str]:
+    """The files a record named ``name`` writes below the output folder (as ``_write_files`` does)."""
+    if text:
+        files = [f"html/{name}.html"]
+    else:
+        style = options.heatmap.style
+        files = [] if style == "none" else [f"heatmaps/{name}.png"]
+        files += [f"heatmaps/{name}.bare.png"] if style == "both" else []
+    files += [f"attributions/{name}.npy"] if options.attributions == "npy" else []
+    files += [f"records/{name}.json"] if options.records else []
+    return files
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _dumps(record: dict[str, Any], indent: int | None = None) -> str:
-    return json.dumps(record, indent=indent, ensure_ascii=False, allow_nan=False, default=str)
+    text = json.dumps(record, indent=indent, ensure_ascii=False, allow_nan=False, default=str)
+    # A file name's undecodable bytes reach here as lone surrogates where a message quotes an OS
+    # error; written as \\xNN (names.printable) so that the line is UTF-8 and every record is kept.
+    return _LONE_SURROGATE.sub(lambda match: json.dumps(printable(match.group()))[1:-1], text)
