@@ -64,31 +64,32 @@ def read_input(ref: InputRef, kind: str, max_bytes: int = DEFAULT_MAX_BYTES) -> 
         raise InputError(f"{ref.source}: permission denied; check the file's read permission") from None
     except OSError as error:  # a symlink loop, a name too long, an I/O error
         raise InputError(f"{ref.source}: cannot read ({error.strerror or error})") from None
-    with os.fdopen(handle, "rb", buffering=0) as stream:
-        try:
-            info = os.fstat(handle)
-            if stat.S_ISDIR(info.st_mode):
-                raise InputError(f"{ref.source}: is a folder, not {kind}")
-            if not stat.S_ISREG(info.st_mode):
-                raise InputError(f"{ref.source}: not a regular file ({_file_kind(info.st_mode)}); skipped")
-            if info.st_size > max_bytes:
-                raise InputError(f"{ref.source}: {info.st_size:,} bytes, over input.max_bytes ({max_bytes:,}); "
-                                 "raise it with --set input.max_bytes=N if the file is right")
-            data = _read_at_most(stream, max_bytes + 1)
-        except OSError as error:
-            if error.errno == errno.EISDIR:
-                raise InputError(f"{ref.source}: is a folder, not {kind}") from None
-            raise InputError(f"{ref.source}: cannot read ({error.strerror or error})") from None
+    try:
+        info = os.fstat(handle)
+        if stat.S_ISDIR(info.st_mode):
+            raise InputError(f"{ref.source}: is a folder, not {kind}")
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{ref.source}: not a regular file ({_file_kind(info.st_mode)}); skipped")
+        if info.st_size > max_bytes:
+            raise InputError(f"{ref.source}: {info.st_size:,} bytes, over input.max_bytes ({max_bytes:,}); "
+                             "raise it with --set input.max_bytes=N if the file is right")
+        data = _read_at_most(handle, max_bytes + 1)
+    except OSError as error:
+        if error.errno == errno.EISDIR:
+            raise InputError(f"{ref.source}: is a folder, not {kind}") from None
+        raise InputError(f"{ref.source}: cannot read ({error.strerror or error})") from None
+    finally:
+        os.close(handle)
     if len(data) > max_bytes:  # it grew while read
         raise InputError(f"{ref.source}: over input.max_bytes ({max_bytes:,}); "
                          "raise it with --set input.max_bytes=N if the file is right")
     return data
 
 
-def _read_at_most(stream, limit: int) -> bytes:
+def _read_at_most(handle: int, limit: int) -> bytes:
     parts, left = [], limit
     while left > 0:
-        block = stream.read(min(left, 1 << 20))
+        block = os.read(handle, min(left, 1 << 20))
         if not block:
             break
         parts.append(block)

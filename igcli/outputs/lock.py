@@ -34,9 +34,17 @@ class OutputLock:
         self.release()
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"{self.path.parent}: output folder is not writable ({error.strerror or error}); "
+                             "choose another with -o") from None
         while self._handle is None:
-            handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as error:
+                raise UsageError(f"{self.path.parent}: output folder is not writable ({error.strerror or error}); "
+                                 "choose another with -o") from None
             if not self._lock(handle):
                 os.close(handle)
                 raise UsageError(f"{self.path.parent}: another igcli run (pid {self._holder() or '?'}) is writing here; "
