@@ -121,7 +121,11 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
                                  max_errors=0 if fail_fast else max_errors, resume=resume)
     except KeyboardInterrupt as error:  # a second signal: the files written so far are whole, the manifest says so
         click.echo("igcli: stopped at once; rerun with --resume to finish", err=True)
-        sys.exit(128 + getattr(error, "signum", 2))  # 130 for SIGINT, 143 for SIGTERM
+        # The manifest is written. Chunks still in flight in other threads would abort the
+        # interpreter's shutdown (SIGABRT), so the process ends here: 130 for SIGINT, 143 for SIGTERM.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + getattr(error, "signum", 2))
     if not quiet:
         click.echo(_summary_line(summary), err=True)
     if summary.signal:

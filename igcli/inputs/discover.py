@@ -134,9 +134,10 @@ def _expand(specs: Iterable[str], suffixes: set[str], skip: _OutputFolders) -> I
             yield from _path_list(PathList(read_path_list(sys.stdin)), suffixes, skip)
             continue
         path = Path(spec)
-        if GLOB_CHARS & set(spec) and not path.exists():
+        # os.path's tests, not Path's: a name too long for the file system is False, not an OSError.
+        if GLOB_CHARS & set(spec) and not os.path.exists(spec):
             yield from _glob(spec, suffixes, skip)
-        elif path.is_dir():
+        elif os.path.isdir(spec):
             yield from _walk(path, suffixes, skip)
         else:
             yield InputRef(path, safe_relpath(path.name))
@@ -167,8 +168,8 @@ def _walk(root: Path, suffixes: set[str], skip: _OutputFolders) -> Iterator[Inpu
 def _path_list(paths: PathList, suffixes: set[str], skip: _OutputFolders) -> Iterator[InputRef]:
     """Files named in a list keep their tree below the files' common folder (two 0001.png in cats/
     and dogs/ stay apart); folders and globs in it expand as they would as arguments."""
-    files = {path for path in paths if not (GLOB_CHARS & set(path) and not Path(path).exists())
-             and not Path(path).is_dir()}
+    files = {path for path in paths if not (GLOB_CHARS & set(path) and not os.path.exists(path))
+             and not os.path.isdir(path)}
     root = common_folder(sorted(files))
     for path in paths:
         if path in files:

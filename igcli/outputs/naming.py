@@ -4,7 +4,8 @@ Inputs claim the files their records will write (writer.output_files) as they ar
 compared as a case-insensitive, normalising file system would (names.name_key), file against file
 and file against folder, so ``a.png`` and ``A.PNG``, ``q.jsonl``'s line 1 and ``q/line-00001.txt``,
 or ``a.png``'s bare heatmap and ``a.bare.png``'s never meet. A later input whose name is taken gets
-its own with ``~`` and a hash of its path (a warning in its record says so); nothing is lost.
+its own with ``~`` and a hash of its path (a warning in its record says so), or, where a file holds
+the name of a folder it needs, that name flattened (``/`` as ``%2F``) as well: nothing is lost.
 """
 from __future__ import annotations
 
@@ -35,7 +36,12 @@ class OutputNames:
         first_holder = holder
         while holder is not None:
             attempt += 1
-            name = variant(stem, f"{sample.source}\0{attempt}")
+            # Past the first try the folders go too: a file may hold the name a folder needs.
+            base = stem if attempt == 1 else stem.replace("/", "%2F")
+            name = variant(base, f"{sample.source}\0{attempt}")
+            if len(stem) == len(sample.relpath):  # no extension: a dot in the new name would make one
+                head, slash, last = name.rpartition("/")
+                name = head + slash + last.replace(".", "%2E")
             holder = self._holder(self._keys(name, sample))
         files, folders = self._keys(name, sample)
         for key in files:
