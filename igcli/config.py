@@ -13,6 +13,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from .adaptive import DEFAULT_MAP_TOLERANCE
 from .baselines import TEXT_BASELINES, BaselineKind
 from .config_source import ConfigSource, KeyPath, apply_override, parse_override, read_yaml
 from .errors import ConfigError
@@ -132,7 +133,8 @@ class Config(Section):
     steps: Union[int, Literal["auto"]] = "auto"
     method: Rule = Rule.adaptive
     tolerance: float = Field(0.01, gt=0)  # relative completeness error that stops refinement
-    map_tolerance: float | None = Field(None, gt=0)  # adaptive: also refine until the map's estimated L2 error is within
+    # adaptive: also refine until the map's estimated relative L2 error is within (null: completeness only)
+    map_tolerance: float | None = Field(DEFAULT_MAP_TOLERANCE, gt=0)
     min_steps: int = Field(8, ge=1)
     max_steps: int = Field(512, ge=1)
     # Path points (inputs x baselines x steps) per backward; on a CPU, shared by the chunks in

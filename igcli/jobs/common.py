@@ -82,6 +82,8 @@ def to_record(sample: AnySample, e: Explanation, config: Config, labels: list[st
         score=config.model.score.value, f_input=e.f_input, f_baseline=e.f_baseline,
         attribution_sum=e.attribution_sum, abs_error=e.abs_error, rel_error=e.rel_error,
         tolerance=config.tolerance, converged=e.converged, steps=e.steps, gradient_evals=e.gradient_evals,
+        stopped_by=e.stopped_by, map_error=e.map_error, within_noise=e.within_noise,
+        map_tolerance=config.map_tolerance if e.map_error is not None else None,
         rule=config.method.value, seconds=seconds, attributions=e.attributions,
         warnings=baseline_warnings(e, section.warn_ratio),
         baseline={"kind": section.kind.value, "samples": section.samples, "seed": section.seed},
