@@ -96,7 +96,9 @@ class BaselineSection(Section):
     sigma: float | None = Field(None, gt=0)  # gaussian: noise std in [0,1] units; blur: pixels
     path: Path | None = None  # kind: file — an image or a .npy in model space
     token: Union[int, str, None] = None  # kind: token (text) — the token id or string to fill with
-    warn_ratio: float = Field(0.25, ge=0)  # warn when F(x') > warn_ratio * F(x) for the target
+    # Warn when the target's probability at the baseline is more than this above chance (1/classes
+    # for softmax and logits, 0.5 for sigmoid): the baseline then carries evidence for the target.
+    warn_margin: float = Field(0.1, ge=0, le=1)
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> "BaselineSection":

@@ -77,6 +77,10 @@ class Explanation:
     stopped_by: str = "tolerance"  # tolerance | max_steps | fixed_steps
     map_error: float | None = None  # estimated relative L2 map error, the largest over baselines; None: no estimate
     within_noise: bool = False  # completeness judged against float noise, as |F(x) - F(x')| is no larger
+    # The target's probability at the baseline (mean over baselines): F(x') for softmax and sigmoid
+    # scores, the softmax of the baseline's logits for logits; and the classes it is one of.
+    baseline_probability: float = float("nan")
+    classes: int = 0
 
 
 def resolve_targets(scores: Tensor, spec: TargetSpec) -> list[list[int]]:
@@ -120,6 +124,7 @@ class _Paths:
     f_baseline: Tensor  # float64
     noise: Tensor  # completeness errors below this are rounding, not quadrature
     end_slopes: Tensor  # [P, 2] float64: dF/dalpha at alpha 0 and 1 as the score head predicts it
+    baseline_probability: Tensor  # float64: Explanation.baseline_probability per path
 
 
 def explain(
@@ -151,7 +156,7 @@ def explain(
                                 backend.score_kind)
     path_integral = _PathIntegral(backend, inputs, flat_baselines, paths, f_inputs.shape[1], batch, common_start,
                                   map_buffers)
-    return _combine(groups, paths, path_integral.run(quadrature), quadrature)
+    return _combine(groups, paths, path_integral.run(quadrature), quadrature, f_inputs.shape[1])
 
 
 def start_offset(dtype: torch.dtype) -> float:
@@ -181,7 +186,9 @@ def _make_paths(targets: list[list[int]], samples: int, f_inputs: Tensor, f_base
     f_input, f_baseline = f_inputs[n, t].double(), f_baselines[b, t].double()
     noise = 64 * torch.finfo(f_inputs.dtype).eps * (f_input.abs() + f_baseline.abs())
     slopes = end_slopes(score_kind, f_baselines[b], f_inputs[n], t)
-    return _Paths(n, b, t, f_input, f_baseline, noise, slopes), groups
+    probability = f_baseline if score_kind is not ScoreKind.logits else \
+        torch.softmax(f_baselines[b].double(), dim=1).gather(1, t[:, None]).squeeze(1)
+    return _Paths(n, b, t, f_input, f_baseline, noise, slopes, probability), groups
 
 
 class _PathIntegral:
@@ -339,7 +346,7 @@ def completeness_met(abs_error: Tensor, change: Tensor, noise: Tensor, tolerance
     return torch.where(change <= noise, abs_error <= noise, abs_error <= tolerance * change)
 
 
-def _combine(groups, paths: _Paths, results: PathResults, quad: Quadrature) -> list[Explanation]:
+def _combine(groups, paths: _Paths, results: PathResults, quad: Quadrature, classes: int) -> list[Explanation]:
     """One Explanation per group: its paths (one per baseline, consecutive) averaged, for all
     groups at once; the scalars cross from the device in one transfer."""
     attributions = results.attributions
@@ -352,15 +359,16 @@ def _combine(groups, paths: _Paths, results: PathResults, quad: Quadrature) -> l
     change, noise = (f_input - f_baseline).abs(), paths.noise.view(per_group).max(1).values
     abs_error = (total - (f_input - f_baseline)).abs()
     met = completeness_met(abs_error, change, noise, quad.tolerance)
-    columns = torch.stack([f_input, f_baseline, total, abs_error, change, met.double(),
-                           (change <= noise).double()]).cpu().tolist()
+    columns = torch.stack([f_input, f_baseline, total, abs_error, change, met.double(), (change <= noise).double(),
+                           paths.baseline_probability.view(per_group).mean(1)]).cpu().tolist()
     maps = mean_attr.detach().cpu()
     steps_max, evals_sum = results.steps.view(per_group).max(1).values.tolist(), results.evaluations.view(per_group).sum(1).tolist()
     # Any baseline's path short of its tolerances (at the cap) holds the group back; NaN: no estimate.
     stopped = results.within_tolerance.view(per_group).all(1).tolist()
     map_errors = results.map_error.view(per_group).max(1).values.tolist()
     explanations = []
-    for g, ((n, cls, rank), f_in, f_base, summed, error, delta, completeness_ok, noisy) in enumerate(zip(groups, *columns)):
+    for g, ((n, cls, rank), f_in, f_base, summed, error, delta, completeness_ok, noisy, probability) in enumerate(
+            zip(groups, *columns)):
         map_error = None if math.isnan(map_errors[g]) else map_errors[g]
         stopped_by = "fixed_steps" if quad.steps is not None else "tolerance" if stopped[g] else "max_steps"
         map_ok = map_error is None or quad.map_tolerance is None or map_error <= quad.map_tolerance
@@ -371,5 +379,6 @@ def _combine(groups, paths: _Paths, results: PathResults, quad: Quadrature) -> l
             steps=int(steps_max[g]), gradient_evals=int(evals_sum[g]),
             converged=bool(completeness_ok) and map_ok and stopped_by != "max_steps",
             stopped_by=stopped_by, map_error=map_error, within_noise=bool(noisy),
+            baseline_probability=probability, classes=classes,
         ))
     return explanations

@@ -81,7 +81,7 @@ class Attribution:
     gradient_evals: int
     rule: str
     baseline: dict[str, Any]
-    seconds: float
+    seconds: float  # this record's share of the run's wall time (run._share_wall_time)
     attributions: Tensor  # shaped like the input ([C, H, W], or [L, D] for text), on the CPU
     warnings: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
