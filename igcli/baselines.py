@@ -87,7 +87,7 @@ def make_baselines(plan: BaselinePlan, pixels: Tensor, norm: Normalization, key:
     """
     count = plan.samples
     if plan.kind is BaselineKind.auto:
-        raise ValueError("baseline kind 'auto' is chosen with the model (image_job.choose_auto_baselines)")
+        raise ValueError("baseline kind 'auto' is chosen with the model (ImageJob._auto_baselines)")
     if plan.kind is BaselineKind.zeros:
         return torch.zeros((count,) + pixels.shape, dtype=pixels.dtype)
     if plan.kind is BaselineKind.file:
