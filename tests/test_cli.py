@@ -156,7 +156,7 @@ def test_no_inputs_found(tmp_path):
 
 def test_validate_config_prints_the_resolved_config(tmp_path):
     result = igcli("validate-config", DIGITS_CONFIG, "--set", "steps=32")
-    assert result.exit_code == 0 and "steps: 32" in result.stdout and "tolerance: 0.0105" in result.stdout
+    assert result.exit_code == 0 and "steps: 32" in result.stdout and "\ntolerance: 0.01\n" in result.stdout and "map_tolerance: 0.07" in result.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {path: x.pt2}\nbaseline: {kind: blak}\n")
     result = igcli("validate-config", bad)
