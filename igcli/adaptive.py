@@ -28,6 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+# The default map tolerance: the estimated relative L2 error of the map that the rule refines until,
+# besides completeness. Chosen on real models (docs/performance.md).
+DEFAULT_MAP_TOLERANCE = 0.07
 REFINE_SHARE = 0.34  # of a path's intervals bisected per round: the worst third (measured best of 1/4..1/2)
 INITIAL_INTERVALS = 4
 # What bisecting an interval is expected to leave of its errors, to bisect no more of a path's
@@ -100,8 +103,19 @@ class PathEnds:
     slopes: np.ndarray
 
 
+@dataclass
+class PathResults:
+    """What a rule gives for each of P paths."""
+
+    attributions: Tensor  # [P, ...]
+    steps: Tensor  # intervals (adaptive) or the rule's m, [P]
+    evaluations: Tensor  # gradient evaluations, [P]
+    within_tolerance: Tensor  # [P] bool: the rule stopped because its error estimates met the tolerances
+    map_error: Tensor  # [P] float64: estimated relative L2 error of the map; NaN where the rule has none
+
+
 def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad,
-                      buffers: MapBuffers | None = None, ends: PathEnds | None = None) -> tuple:
+                      buffers: MapBuffers | None = None, ends: PathEnds | None = None) -> PathResults:
     """Attributions [P, ...] along each path (the integral of dF/dx times x - x'), with the
     intervals and evaluations each used.
 
@@ -110,10 +124,11 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
     With ``quad.map_tolerance`` the map is refined too: intervals are ranked by whichever of their
     two errors is the larger share of its budget, and a path stops once its completeness error
     (the signed sum, the number each record reports) is within ``tolerance`` and its estimated
-    map error, sqrt(sum of squared interval bounds), within ``map_tolerance`` of ||A||.
+    map error, sqrt(sum of squared interval bounds), within ``map_tolerance`` of ||A||, and
+    the change its last round made to the map is too (two consecutive estimates agree). No path
+    stops on the first, uniform round: a kink between its nodes can hide from both estimates there.
     The stored maps live in memory borrowed from ``buffers`` (a fresh MapBuffers: none kept).
     ``ends``: where known, the ends whose gradient is ~0 are not evaluated (PathEnds).
-    Returns the attributions, the intervals and the gradient evaluations of each path.
     """
     buffers = buffers or MapBuffers()
     refinement = _Refinement(deltas, f_delta, noise, quad, buffers, ends)
@@ -131,7 +146,8 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
             refinement.split(chosen, scores)
         steps = refinement.intervals_per_path()
         evaluations = steps + 1 - refinement.flat.sum(1)
-        return refinement.attributions(), torch.from_numpy(steps), torch.from_numpy(evaluations)
+        return PathResults(refinement.attributions(), torch.from_numpy(steps), torch.from_numpy(evaluations),
+                           torch.from_numpy(refinement.done), torch.from_numpy(refinement.relative_map_error()))
     finally:  # also when the model fails mid-chunk: the next chunk still finds the buffer
         if refinement.storage is not None:
             buffers.give_back(refinement.storage)
@@ -168,15 +184,6 @@ def _sum_rows_by_group(values: Tensor, group: np.ndarray, groups: int, weight: n
     return (_on(values, matrix).to(values.dtype) @ values.flatten(1)).view(shape)
 
 
-def _add_rows_by_group(target: Tensor, values: Tensor, group: np.ndarray) -> None:
-    """target[group[i]] += values[i] for every row i, in a fixed order on every device and run."""
-    if values.device.type in ORDERED_SCATTER_DEVICES:
-        target.index_add_(0, _on(target, group), values)
-        return
-    groups, slot = np.unique(group, return_inverse=True)
-    target.index_add_(0, _on(target, groups), _sum_rows_by_group(values, slot.ravel(), len(groups)))
-
-
 class _Intervals:
     """Every path's intervals [a, b], in no particular order: their path, end nodes, completeness
     error F(b) - F(a) - (s(a) + s(b)) (b - a) / 2, and (map-aware rule) the bound
@@ -197,9 +204,10 @@ class _Refinement:
         self.count = len(deltas)
         self.budget = quad.steps if quad.steps is not None else quad.max_steps
         self.start_intervals = max(1, min(INITIAL_INTERVALS, self.budget))
-        change = np.abs(f_delta.cpu().numpy())
-        # + 1e-30: a path whose F is 0 at both ends still ranks its intervals.
-        self.completeness_budget = quad.tolerance * change + noise.cpu().numpy() + 1e-30
+        change, noise = np.abs(f_delta.cpu().numpy()), noise.cpu().numpy()
+        # The budget is what records judge by (engine.completeness_met): float noise only where F
+        # itself changes by no more than that. + 1e-30: a path whose F is 0 at both ends still ranks.
+        self.completeness_budget = np.where(change <= noise, noise, quad.tolerance * change) + 1e-30
         self.ends = ends
         self.flat = np.zeros((self.count, 2), dtype=bool)  # ends taken as zero gradient, not evaluated
         self.first_evaluated = np.zeros(0, dtype=bool)  # which first-round nodes were evaluated (first_points)
@@ -209,6 +217,9 @@ class _Refinement:
                 self.flat = np.abs(ends.slopes) * weight <= FLAT_END_SHARE * quad.tolerance * change[:, None]
         self.map_aware = quad.map_tolerance is not None
         self.active = np.ones(self.count, dtype=bool)
+        self.done = np.zeros(self.count, dtype=bool)  # stopped with every estimate within its tolerance
+        self.rounds = 0  # bisection rounds so far: every active path takes part in each
+        self.last_change = np.full(self.count, np.inf)  # ||change of the map|| in a path's last round (map-aware)
         self.norms = np.zeros(self.count)  # ||A|| per path from the running trapezoid (map-aware only)
         self.alpha = np.zeros(0)
         self.node_path = np.zeros(0, dtype=np.int64)  # each node's path
@@ -275,7 +286,7 @@ class _Refinement:
             map_budget = self.quad.map_tolerance * self.norms + 1e-30
             completeness = np.abs(np.bincount(iv.path, iv.error, minlength=count))
             map_error = np.sqrt(np.bincount(iv.path, iv.bound * iv.bound, minlength=count))
-            done = (completeness <= budget) & (map_error <= map_budget)
+            done = (completeness <= budget) & (map_error <= map_budget) & (self.last_change <= map_budget)
             failed = ~np.isfinite(completeness + map_error)
             rank_by = np.maximum(np.abs(iv.error) / budget[iv.path], iv.bound / map_budget[iv.path])
         else:
@@ -285,6 +296,8 @@ class _Refinement:
         # A NaN or infinite gradient or F: no refinement will mend it, and its record is a failure.
         self.active &= ~failed
         if self.quad.steps is None:
+            done &= self.rounds >= 1  # never on the first round (see integrate_locally)
+            self.done |= self.active & done
             self.active &= ~done
         self.active &= intervals < self.budget
         share = np.minimum(np.maximum(1, np.ceil(REFINE_SHARE * intervals)), self.budget - intervals)
@@ -349,7 +362,18 @@ class _Refinement:
         iv.error = np.concatenate([iv.error, np.zeros(len(path))])
         iv.bound = np.concatenate([iv.bound, np.zeros(len(path))])
         fresh = np.concatenate([chosen, np.arange(first_new, len(iv.path))])
+        self.rounds += 1
         self._update(fresh, scores, len(middle), np.unique(path), bounds)
+
+    def relative_map_error(self) -> np.ndarray:
+        """Per path, the estimated L2 error of its map over ||A||, sqrt(sum of squared interval
+        bounds) / ||A||; NaN unless map-aware."""
+        if not self.map_aware:
+            return np.full(self.count, np.nan)
+        iv = self.intervals
+        estimate = np.sqrt(np.bincount(iv.path, iv.bound * iv.bound, minlength=self.count))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(estimate == 0, 0.0, estimate / self.norms)
 
     def intervals_per_path(self) -> np.ndarray:
         return np.bincount(self.intervals.path, minlength=self.count)
@@ -413,8 +437,12 @@ class _Refinement:
         width = self.alpha[right] - self.alpha[left]
         iv.error[fresh] = self.score[right] - self.score[left] - (self.slope[left] + self.slope[right]) * width / 2
         if self.map_aware:
-            iv.bound[fresh] = host[2 * new_nodes : 2 * new_nodes + len(fresh)]
-            self.norms[refining] = host[2 * new_nodes + len(fresh):]
+            fills = 2 * new_nodes + len(fresh)
+            iv.bound[fresh] = host[2 * new_nodes : fills]
+            if len(host) > fills + len(refining):  # a bisection round: the map's change per refined path too
+                self.last_change[refining] = host[fills : fills + len(refining)]
+                fills += len(refining)
+            self.norms[refining] = host[fills:]
 
     def _norms(self, paths: np.ndarray) -> Tensor:
         return _rows(self.running, paths).flatten(1).norm(dim=1)
@@ -433,5 +461,7 @@ class _Refinement:
         bounds = jumps.flatten(2).norm(dim=2).mul_(quarter).flatten()
         # 2 d(m) - d(a) - d(b) is the sum of the two jumps: no more passes over the maps.
         change = jumps[0].add_(jumps[1]).mul_(quarter.view((-1,) + (1,) * (density.dim() - 1)))
-        _add_rows_by_group(self.running, change, iv.path[chosen])
-        return bounds
+        paths, slot = np.unique(iv.path[chosen], return_inverse=True)
+        per_path = _sum_rows_by_group(change, slot.ravel(), len(paths))
+        self.running.index_add_(0, _on(self.running, paths), per_path)
+        return torch.cat([bounds, per_path.flatten(1).norm(dim=1)])

@@ -25,6 +25,7 @@ class BaselineKind(str, enum.Enum):
     file = "file"  # an image (preprocessed like inputs) or a .npy in model space
     pad = "pad"  # text: every token but the special ones ([CLS], [SEP]) replaced by PAD
     token = "token"  # text: the same with a chosen token
+    auto = "auto"  # per input, whichever of black, white and its mean colour the model scores lowest for the target
 
 
 RANDOM_KINDS = {BaselineKind.uniform, BaselineKind.gaussian}
@@ -50,7 +51,7 @@ class BaselinePlan:
     @property
     def same_for_every_input(self) -> bool:
         """True where the baselines depend only on the inputs' shape, not their pixels or path."""
-        return self.kind not in RANDOM_KINDS and self.kind is not BaselineKind.blur
+        return self.kind not in RANDOM_KINDS and self.kind not in (BaselineKind.blur, BaselineKind.auto)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,16 @@ class Normalization:
         return (pixels - mean.view(view)) / std.view(view)
 
 
+AUTO_CANDIDATES = ("black", "white", "mean colour")
+
+
+def auto_candidates(pixels: Tensor, norm: Normalization) -> Tensor:
+    """The constant baselines ``auto`` chooses among (AUTO_CANDIDATES, in that order) for one input
+    of [C, H, W] pixels in [0, 1]: [3, C, H, W] in model space."""
+    mean_colour = pixels.mean(dim=(-2, -1), keepdim=True).expand_as(pixels)
+    return torch.stack([norm.apply(p) for p in (torch.zeros_like(pixels), torch.ones_like(pixels), mean_colour)])
+
+
 def make_baselines(plan: BaselinePlan, pixels: Tensor, norm: Normalization, key: str) -> Tensor:
     """``plan.samples`` baselines for one input, shaped [samples, C, H, W] in model space.
 
@@ -75,6 +86,8 @@ def make_baselines(plan: BaselinePlan, pixels: Tensor, norm: Normalization, key:
     path) seeds the random kinds together with ``plan.seed``.
     """
     count = plan.samples
+    if plan.kind is BaselineKind.auto:
+        raise ValueError("baseline kind 'auto' is chosen with the model (ImageJob._auto_baselines)")
     if plan.kind is BaselineKind.zeros:
         return torch.zeros((count,) + pixels.shape, dtype=pixels.dtype)
     if plan.kind is BaselineKind.file:

@@ -22,7 +22,8 @@ from .inputs.discover import PathList, read_path_list
 from .models.base import ScoreKind
 from .quadrature import Rule
 
-EXIT_CODES = ("Exit codes: 0 all inputs explained; 1 some inputs failed (or an output could not be written); "
+EXIT_CODES = ("Exit codes: 0 all inputs explained; 1 some inputs failed (or an output could not be written; or, "
+              "with --strict, a record did not converge); "
               "2 usage or config error; 3 model error; 130/143 stopped by SIGINT/SIGTERM.")
 
 
@@ -89,13 +90,16 @@ def main() -> None:
               help="Reuse the records already in OUT whose input, model and config are unchanged; do the rest.")
 @click.option("--show", is_flag=True,
               help="Text: print each document's words coloured by attribution (plain when not a TTY or NO_COLOR).")
+@click.option("--strict", is_flag=True,
+              help="Exit 1 when any record did not converge (completeness or map error above its tolerance, or "
+                   "max_steps reached).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; errors only.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more on stderr.")
 @reporting_errors
 def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, ...], out_dir: Path | None,
             jsonl: str | None, model_path: str | None, device: str | None, steps: str | None,
             method: str | None, batch_size: int | None, files_from, shard: str | None, fail_fast: bool,
-            max_errors: int | None, resume: bool, show: bool, quiet: bool, verbose: bool) -> None:
+            max_errors: int | None, resume: bool, show: bool, strict: bool, quiet: bool, verbose: bool) -> None:
     """Explain INPUTS (image or text files, folders, globs): heatmaps or coloured text, and JSON records.
 
     SIGINT or SIGTERM finish the inputs in flight, write the manifest and exit 130 or 143; a second
@@ -130,7 +134,7 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
         click.echo(_summary_line(summary), err=True)
     if summary.signal:
         sys.exit(128 + summary.signal)
-    if summary.failed:
+    if summary.failed or strict and summary.not_converged:
         sys.exit(1)
 
 
@@ -271,6 +275,6 @@ def _summary_line(summary: Any) -> str:
     totals = summary.to_json()
     reused = f" ({totals['reused']} reused)" if totals["reused"] else ""
     return (f"igcli: {totals['inputs']} inputs, {totals['records']} records{reused}, {totals['failed']} failed, "
-            f"{totals['not_converged']} not converged; steps mean {totals['mean_steps'] or 0:.1f} "
+            f"{totals['not_converged']} not converged ({totals['at_max_steps']} at max_steps); steps mean {totals['mean_steps'] or 0:.1f} "
             f"max {totals['max_steps'] or 0}; max relative completeness error {totals['max_rel_error']:.2e}; "
             f"{totals['seconds']:.1f} s")

@@ -13,6 +13,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from .adaptive import DEFAULT_MAP_TOLERANCE
 from .baselines import TEXT_BASELINES, BaselineKind
 from .config_source import ConfigSource, KeyPath, apply_override, parse_override, read_yaml
 from .errors import ConfigError
@@ -98,7 +99,9 @@ class BaselineSection(Section):
     sigma: float | None = Field(None, gt=0)  # gaussian: noise std in [0,1] units; blur: pixels
     path: Path | None = None  # kind: file — an image or a .npy in model space
     token: Union[int, str, None] = None  # kind: token (text) — the token id or string to fill with
-    warn_ratio: float = Field(0.25, ge=0)  # warn when F(x') > warn_ratio * F(x) for the target
+    # Warn when the target's probability at the baseline is more than this above chance (1/classes
+    # for softmax and logits, 0.5 for sigmoid): the baseline then carries evidence for the target.
+    warn_margin: float = Field(0.1, ge=0, le=1)
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> "BaselineSection":
@@ -135,7 +138,8 @@ class Config(Section):
     steps: Union[int, Literal["auto"]] = "auto"
     method: Rule = Rule.adaptive
     tolerance: float = Field(0.01, gt=0)  # relative completeness error that stops refinement
-    map_tolerance: float | None = Field(None, gt=0)  # adaptive: also refine until the map's estimated L2 error is within
+    # adaptive: also refine until the map's estimated relative L2 error is within (null: completeness only)
+    map_tolerance: float | None = Field(DEFAULT_MAP_TOLERANCE, gt=0)
     min_steps: int = Field(8, ge=1)
     max_steps: int = Field(512, ge=1)
     # Path points (inputs x baselines x steps) per backward; on a CPU, shared by the chunks in

@@ -6,6 +6,7 @@ batched across inputs, baselines and path points together, ``batch_size`` points
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Iterator, Literal
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .adaptive import MapBuffers, PathEnds, integrate_locally
+from .adaptive import DEFAULT_MAP_TOLERANCE, MapBuffers, PathEnds, PathResults, integrate_locally
 from .models.base import Backend, ScoreKind, end_slopes
 from .quadrature import Rule, nodes, refine
 
@@ -35,7 +36,7 @@ class Quadrature:
     tolerance: float = 0.01  # relative completeness error that counts as converged
     min_steps: int = 8
     max_steps: int = 512
-    map_tolerance: float | None = None  # adaptive only: estimated relative L2 map error, refined too
+    map_tolerance: float | None = DEFAULT_MAP_TOLERANCE  # adaptive: estimated relative L2 map error; None: completeness only
 
 
 @dataclass
@@ -70,7 +71,16 @@ class Explanation:
     rel_error: float | None  # abs_error / |F(x) - F(x')|; None when that difference is 0
     steps: int  # the rule's m, the largest over baselines
     gradient_evals: int  # over all baselines and refinements
-    converged: bool  # every baseline's path met the tolerance
+    # rel_error <= tolerance (abs_error within float noise where |F(x) - F(x')| is itself at noise
+    # level: ``within_noise``), the map estimate within map_tolerance, and no path at max_steps
+    converged: bool
+    stopped_by: str = "tolerance"  # tolerance | max_steps | fixed_steps
+    map_error: float | None = None  # estimated relative L2 map error, the largest over baselines; None: no estimate
+    within_noise: bool = False  # completeness judged against float noise, as |F(x) - F(x')| is no larger
+    # The target's probability at the baseline (mean over baselines): F(x') for softmax and sigmoid
+    # scores, the softmax of the baseline's logits for logits; and the classes it is one of.
+    baseline_probability: float = float("nan")
+    classes: int = 0
 
 
 def resolve_targets(scores: Tensor, spec: TargetSpec) -> list[list[int]]:
@@ -114,6 +124,7 @@ class _Paths:
     f_baseline: Tensor  # float64
     noise: Tensor  # completeness errors below this are rounding, not quadrature
     end_slopes: Tensor  # [P, 2] float64: dF/dalpha at alpha 0 and 1 as the score head predicts it
+    baseline_probability: Tensor  # float64: Explanation.baseline_probability per path
 
 
 def explain(
@@ -145,8 +156,7 @@ def explain(
                                 backend.score_kind)
     path_integral = _PathIntegral(backend, inputs, flat_baselines, paths, f_inputs.shape[1], batch, common_start,
                                   map_buffers)
-    attributions, steps, evals = path_integral.run(quadrature)
-    return _combine(groups, paths, attributions, steps, evals, quadrature.tolerance)
+    return _combine(groups, paths, path_integral.run(quadrature), quadrature, f_inputs.shape[1])
 
 
 def start_offset(dtype: torch.dtype) -> float:
@@ -176,7 +186,9 @@ def _make_paths(targets: list[list[int]], samples: int, f_inputs: Tensor, f_base
     f_input, f_baseline = f_inputs[n, t].double(), f_baselines[b, t].double()
     noise = 64 * torch.finfo(f_inputs.dtype).eps * (f_input.abs() + f_baseline.abs())
     slopes = end_slopes(score_kind, f_baselines[b], f_inputs[n], t)
-    return _Paths(n, b, t, f_input, f_baseline, noise, slopes), groups
+    probability = f_baseline if score_kind is not ScoreKind.logits else \
+        torch.softmax(f_baselines[b].double(), dim=1).gather(1, t[:, None]).squeeze(1)
+    return _Paths(n, b, t, f_input, f_baseline, noise, slopes, probability), groups
 
 
 class _PathIntegral:
@@ -192,9 +204,8 @@ class _PathIntegral:
         self.integral: Tensor | None = None  # fixed rules' running sum of weighted gradients
         self.common_start = common_start  # every path starts at the same point
 
-    def run(self, quad: Quadrature) -> tuple[Tensor, Tensor, Tensor]:
-        """Integrate every path; returns the attributions, and the steps and gradient evaluations
-        each path used."""
+    def run(self, quad: Quadrature) -> PathResults:
+        """Integrate every path."""
         if quad.rule is Rule.adaptive:
             paths = self.paths
             ends = PathEnds(torch.stack([paths.f_baseline, paths.f_input], dim=1).cpu().numpy(),
@@ -208,17 +219,18 @@ class _PathIntegral:
         active = torch.arange(count, device=self.integral.device)
         m = quad.steps if quad.steps is not None else min(quad.min_steps, quad.max_steps)
         level = nodes(quad.rule, m)
+        no_estimate = torch.full((count,), float("nan"), dtype=torch.float64)
         while True:
             self.accumulate(active, level.alphas, level.weights)
             evals[active.cpu()] += len(level.alphas)
             steps[active.cpu()] = m
             if quad.steps is not None:
-                return self.attributions(), steps, evals
+                return PathResults(self.attributions(), steps, evals, torch.zeros(count, dtype=torch.bool), no_estimate)
             converged = _converged(self.attribution_sums(), self.paths, quad.tolerance)
             active = active[~converged[active]]
             refinement = refine(quad.rule, m)
             if len(active) == 0 or refinement.steps > quad.max_steps:
-                return self.attributions(), steps, evals
+                return PathResults(self.attributions(), steps, evals, converged.cpu(), no_estimate)
             self.integral[active] *= refinement.keep
             level, m = refinement.new, refinement.steps
 
@@ -323,32 +335,50 @@ class _PathIntegral:
 
 
 def _converged(sums: Tensor, paths: _Paths, tolerance: float) -> Tensor:
-    """|sum - dF| within tolerance * |dF|, or within float noise when dF is ~0."""
-    delta = paths.f_input - paths.f_baseline
-    return (sums - delta).abs() <= tolerance * delta.abs() + paths.noise
+    """Per path, completeness_met for these attribution sums."""
+    return completeness_met((sums - (paths.f_input - paths.f_baseline)).abs(),
+                            (paths.f_input - paths.f_baseline).abs(), paths.noise, tolerance)
 
 
-def _combine(groups, paths: _Paths, attributions: Tensor, steps: Tensor, evals: Tensor,
-             tolerance: float) -> list[Explanation]:
+def completeness_met(abs_error: Tensor, change: Tensor, noise: Tensor, tolerance: float) -> Tensor:
+    """abs_error <= tolerance * change, i.e. rel_error <= tolerance as records print it; where the
+    change |F(x) - F(x')| is itself within float ``noise``, abs_error <= noise instead."""
+    return torch.where(change <= noise, abs_error <= noise, abs_error <= tolerance * change)
+
+
+def _combine(groups, paths: _Paths, results: PathResults, quad: Quadrature, classes: int) -> list[Explanation]:
     """One Explanation per group: its paths (one per baseline, consecutive) averaged, for all
     groups at once; the scalars cross from the device in one transfer."""
+    attributions = results.attributions
     samples = len(attributions) // len(groups)
     per_group = (len(groups), samples)
     mean_attr = attributions.view(per_group + tuple(attributions.shape[1:])).mean(1)
-    path_sums = attributions.double().flatten(1).sum(1)
-    converged = _converged(path_sums, paths, tolerance).view(per_group).all(1)
-    columns = torch.stack([paths.f_input.view(per_group)[:, 0], paths.f_baseline.view(per_group).mean(1),
-                           mean_attr.double().flatten(1).sum(1), converged.double()]).cpu().tolist()
+    f_input = paths.f_input.view(per_group)[:, 0]
+    f_baseline = paths.f_baseline.view(per_group).mean(1)
+    total = mean_attr.double().flatten(1).sum(1)
+    change, noise = (f_input - f_baseline).abs(), paths.noise.view(per_group).max(1).values
+    abs_error = (total - (f_input - f_baseline)).abs()
+    met = completeness_met(abs_error, change, noise, quad.tolerance)
+    columns = torch.stack([f_input, f_baseline, total, abs_error, change, met.double(), (change <= noise).double(),
+                           paths.baseline_probability.view(per_group).mean(1)]).cpu().tolist()
     maps = mean_attr.detach().cpu()
-    steps_max, evals_sum = steps.view(per_group).max(1).values.tolist(), evals.view(per_group).sum(1).tolist()
+    steps_max, evals_sum = results.steps.view(per_group).max(1).values.tolist(), results.evaluations.view(per_group).sum(1).tolist()
+    # Any baseline's path short of its tolerances (at the cap) holds the group back; NaN: no estimate.
+    stopped = results.within_tolerance.view(per_group).all(1).tolist()
+    map_errors = results.map_error.view(per_group).max(1).values.tolist()
     explanations = []
-    for g, ((n, cls, rank), f_input, f_baseline, total, done) in enumerate(zip(groups, *columns)):
-        abs_error = abs(total - (f_input - f_baseline))
-        delta = abs(f_input - f_baseline)
+    for g, ((n, cls, rank), f_in, f_base, summed, error, delta, completeness_ok, noisy, probability) in enumerate(
+            zip(groups, *columns)):
+        map_error = None if math.isnan(map_errors[g]) else map_errors[g]
+        stopped_by = "fixed_steps" if quad.steps is not None else "tolerance" if stopped[g] else "max_steps"
+        map_ok = map_error is None or quad.map_tolerance is None or map_error <= quad.map_tolerance
         explanations.append(Explanation(
             input_index=n, target=cls, rank=rank, attributions=maps[g],
-            f_input=f_input, f_baseline=f_baseline, attribution_sum=total, abs_error=abs_error,
-            rel_error=abs_error / delta if delta > 0 else None,
-            steps=int(steps_max[g]), gradient_evals=int(evals_sum[g]), converged=bool(done),
+            f_input=f_in, f_baseline=f_base, attribution_sum=summed, abs_error=error,
+            rel_error=error / delta if delta > 0 else None,
+            steps=int(steps_max[g]), gradient_evals=int(evals_sum[g]),
+            converged=bool(completeness_ok) and map_ok and stopped_by != "max_steps",
+            stopped_by=stopped_by, map_error=map_error, within_noise=bool(noisy),
+            baseline_probability=probability, classes=classes,
         ))
     return explanations

@@ -81,11 +81,15 @@ class Attribution:
     gradient_evals: int
     rule: str
     baseline: dict[str, Any]
-    seconds: float
+    seconds: float  # this record's share of the run's wall time (run._share_wall_time)
     attributions: Tensor  # shaped like the input ([C, H, W], or [L, D] for text), on the CPU
     warnings: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # kind-specific fields (tokens, words, ...)
+    stopped_by: str = "tolerance"  # tolerance | max_steps | fixed_steps (engine.Explanation)
+    map_error: float | None = None  # the rule's estimate of the map's relative L2 error; None: no estimate
+    map_tolerance: float | None = None
+    within_noise: bool = False  # |F(x) - F(x')| at float noise: completeness judged against that noise
     key: str | None = None  # run key + input bytes; --resume reuses the record while it matches
 
     @property
@@ -107,8 +111,12 @@ class Attribution:
                 "abs_error": self.abs_error,
                 "rel_error": self.rel_error,
                 "tolerance": self.tolerance,
+                "within_float_noise": self.within_noise,
+                "map_error": self.map_error,
+                "map_tolerance": self.map_tolerance,
                 "converged": self.converged,
             },
+            "stopped_by": self.stopped_by,
             "steps": self.steps,
             "gradient_evals": self.gradient_evals,
             "rule": self.rule,

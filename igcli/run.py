@@ -46,12 +46,14 @@ class RunSummary:
     failed: int = 0
     records: int = 0
     reused: int = 0  # records kept from an earlier run by --resume
-    not_converged: int = 0
+    not_converged: int = 0  # records whose converged is false (exit 1 with --strict)
+    at_max_steps: int = 0  # of those, records whose rule stopped at max_steps
     max_rel_error: float = 0.0
     steps_total: int = 0  # over records, as a sum: a summary holds the same few numbers after any number of inputs
     steps_max: int | None = None
     baseline_warnings: int = 0
     seconds: float = 0.0
+    compute_seconds: float = 0.0  # wall time from the first input explained to the last: the records' seconds sum to it
     stopped: str | None = None  # why the run ended before its last input
     signal: int | None = None  # the signal that stopped it (exit code 128 + signal)
 
@@ -66,6 +68,7 @@ class RunSummary:
         self.steps_total += record["steps"]
         self.steps_max = max(self.steps_max or 0, record["steps"])
         self.not_converged += not record["completeness"]["converged"]
+        self.at_max_steps += record.get("stopped_by") == "max_steps"
         self.baseline_warnings += any(w.startswith(BASELINE_WARNING) for w in record["warnings"])
         if record["completeness"]["rel_error"] is not None:
             self.max_rel_error = max(self.max_rel_error, record["completeness"]["rel_error"])
@@ -73,10 +76,11 @@ class RunSummary:
     def to_json(self) -> dict[str, Any]:
         return {
             "inputs": self.inputs, "failed": self.failed, "records": self.records, "reused": self.reused,
-            "not_converged": self.not_converged, "max_rel_error": self.max_rel_error,
+            "not_converged": self.not_converged, "at_max_steps": self.at_max_steps, "max_rel_error": self.max_rel_error,
             "mean_steps": self.steps_total / self.records if self.records else None,
             "max_steps": self.steps_max,
             "baseline_warnings": self.baseline_warnings, "seconds": round(self.seconds, 3),
+            "compute_seconds": round(self.compute_seconds, 3),
             "stopped": self.stopped,
         }
 
@@ -169,8 +173,13 @@ def _explain_chunks(job: Job, refs: Iterator[InputRef], names: OutputNames, reus
         samples = _named(prefetched(job.read(refs), read_ahead(job.chunk_size)), names, max_errors)
         chunks = _checking_first(_chunks(samples, job.chunk_size, in_flight), job)
         work = functools.partial(_chunk_outcome, job, reuse, in_flight > 1)
+        mark = time.perf_counter()
         with closing(ordered_map(work, chunks, in_flight)) as outcomes:
             for chunk, (reused, groups) in outcomes:
+                now = time.perf_counter()
+                if groups is not None:
+                    summary.compute_seconds += _share_wall_time(groups, now - mark)
+                mark = now
                 bar.update(_write_chunk(writer, summary, reused, groups, max_errors))
                 if stop.signum is not None:
                     summary.signal = stop.signum
@@ -197,6 +206,16 @@ def _named(items: Iterator[AnySample | Failure], names: OutputNames,
         yield item
         if max_errors is not None and failed > max_errors:
             return
+
+
+def _share_wall_time(groups: list[list[Attribution | Failure]], seconds: float) -> float:
+    """Give each record of a computed chunk an equal share of ``seconds``, the wall time since the
+    chunk before it came out: with chunks in flight at once, their own clocks overlap, and the
+    records' seconds would sum to more than the run took. Returns the seconds given out."""
+    records = [record for group in groups for record in group if isinstance(record, Attribution)]
+    for record in records:
+        record.seconds = seconds / len(records)
+    return seconds if records else 0.0
 
 
 def _write_chunk(writer: RunWriter, summary: RunSummary, reused: list[list[str]] | None,

@@ -10,6 +10,7 @@ import torch
 from ..config import Config, TopK
 from ..engine import Explanation, TargetSpec
 from ..errors import ConfigError
+from ..models.base import ScoreKind
 from ..inputs.discover import InputRef
 from ..records import Attribution, Failure, Sample, TextSample
 
@@ -69,8 +70,9 @@ def check_classes(classes: int, labels: list[str] | None, target: TargetSpec) ->
 
 
 def to_record(sample: AnySample, e: Explanation, config: Config, labels: list[str] | None, seconds: float,
-              details: dict[str, Any] | None = None) -> Attribution | Failure:
-    """The record of one Explanation; NaN or Inf from the model make it a Failure instead."""
+              details: dict[str, Any] | None = None, baseline_chosen: str | None = None) -> Attribution | Failure:
+    """The record of one Explanation; NaN or Inf from the model make it a Failure instead.
+    ``baseline_chosen``: the constant baseline that ``baseline.kind: auto`` picked for this input."""
     numbers = (e.f_input, e.f_baseline, e.attribution_sum)
     # attribution_sum is NaN or infinite whenever an attribution is: no pass over the map is needed.
     if not all(math.isfinite(v) for v in numbers):
@@ -82,18 +84,34 @@ def to_record(sample: AnySample, e: Explanation, config: Config, labels: list[st
         score=config.model.score.value, f_input=e.f_input, f_baseline=e.f_baseline,
         attribution_sum=e.attribution_sum, abs_error=e.abs_error, rel_error=e.rel_error,
         tolerance=config.tolerance, converged=e.converged, steps=e.steps, gradient_evals=e.gradient_evals,
+        stopped_by=e.stopped_by, map_error=e.map_error, within_noise=e.within_noise,
+        map_tolerance=config.map_tolerance if e.map_error is not None else None,
         rule=config.method.value, seconds=seconds, attributions=e.attributions,
-        warnings=baseline_warnings(e, section.warn_ratio),
-        baseline={"kind": section.kind.value, "samples": section.samples, "seed": section.seed},
+        warnings=baseline_warnings(e, config.model.score, section.warn_margin),
+        baseline={"kind": section.kind.value, "samples": section.samples, "seed": section.seed}
+        | ({"chosen": baseline_chosen} if baseline_chosen is not None else {}),
         details=details or {},
     )
 
 
-def baseline_warnings(e: Explanation, ratio: float) -> list[str]:
-    if abs(e.f_baseline) <= ratio * abs(e.f_input):
+def chance(score: ScoreKind, classes: int) -> float:
+    """The target's probability at an uninformative baseline: 1/classes for a softmax over the
+    classes (logits are judged by their softmax), 0.5 for a sigmoid (each class on its own)."""
+    return 0.5 if score is ScoreKind.sigmoid else 1 / max(1, classes)
+
+
+def baseline_warnings(e: Explanation, score: ScoreKind, margin: float) -> list[str]:
+    """A warning when the target's probability at the baseline is more than ``margin`` above chance."""
+    level = chance(score, e.classes)
+    above = e.baseline_probability - level
+    if not above > margin:  # NaN (no probability known) warns of nothing
         return []
-    return [f"{BASELINE_WARNING}{e.f_baseline:.4g} is over {ratio:g} x F(input)={e.f_input:.4g} for class {e.target}: "
-            "the baseline is not uninformative, so the attributions explain only F(input) - F(baseline)"]
+    probability = f" (probability {e.baseline_probability:.3g})" if score is ScoreKind.logits else ""
+    of = "for a sigmoid" if score is ScoreKind.sigmoid else f"1/{e.classes} classes"
+    return [f"{BASELINE_WARNING}{e.f_baseline:.4g}{probability} for class {e.target} is {above:.3g} above chance "
+            f"({level:.3g}, {of}; baseline.warn_margin {margin:g}): the baseline is not uninformative, so the "
+            "attributions explain only F(input) - F(baseline); baseline.kind auto picks the least informative of "
+            "black, white and the input's mean colour"]
 
 
 def model_failure(sample: AnySample, error: BaseException) -> Failure:

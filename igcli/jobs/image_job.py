@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from ..adaptive import INITIAL_INTERVALS, MapBuffers
-from ..baselines import BaselineKind, BaselinePlan, Normalization, make_baselines
+from ..baselines import AUTO_CANDIDATES, BaselineKind, BaselinePlan, Normalization, auto_candidates, make_baselines
 from ..config import Config, TopK
-from ..engine import BatchSize, Quadrature, explain
+from ..engine import BatchSize, Explanation, Quadrature, batched_scores, explain, resolve_targets
 from ..errors import ConfigError, InputError, ModelError, first_line
 from ..inputs.discover import InputRef
 from ..inputs.images import ImagePreprocess, read_image
@@ -97,7 +97,7 @@ class ImageJob:
             group = [samples[i] for i in indices]
             clock = time.perf_counter()
             try:
-                explanations = self._explain_group(group)
+                explanations, chosen = self._explain_group(group)
             except MODEL_FAILURES as error:
                 for i, sample in zip(indices, group):
                     results[i].append(model_failure(sample, error))
@@ -105,13 +105,33 @@ class ImageJob:
             seconds = (time.perf_counter() - clock) / max(1, len(explanations))
             for e in explanations:
                 sample = group[e.input_index]
-                results[indices[e.input_index]].append(to_record(sample, e, self.config, self.labels, seconds))
+                results[indices[e.input_index]].append(to_record(sample, e, self.config, self.labels, seconds,
+                                                                 baseline_chosen=chosen[e.input_index]))
         return results
 
-    def _explain_group(self, group: list[Sample]):
+    def _explain_group(self, group: list[Sample]) -> tuple[list[Explanation], list[str | None]]:
+        """The group's explanations, and per input the baseline ``auto`` chose (None for other kinds)."""
         inputs = torch.stack([sample.x for sample in group])
-        return explain(self.backend, inputs, self._baselines(group), self.target, self.quadrature, self.batch,
-                       self.map_buffers)
+        if self.baseline.kind is BaselineKind.auto:
+            baselines, chosen = self._auto_baselines(inputs, group)
+        else:
+            baselines, chosen = self._baselines(group), [None] * len(group)
+        return explain(self.backend, inputs, baselines, self.target, self.quadrature, self.batch,
+                       self.map_buffers), chosen
+
+    def _auto_baselines(self, inputs: torch.Tensor, group: list[Sample]) -> tuple[torch.Tensor, list[str]]:
+        """Per input, the candidate of AUTO_CANDIDATES with the lowest F for its (first) target:
+        [inputs, 1, C, H, W] and the names chosen."""
+        norm = self.preprocess.normalization
+        candidates = torch.stack([auto_candidates(sample.pixels, norm) for sample in group])  # [N, 3, C, H, W]
+        backend = self.backend
+        scores = batched_scores(backend, torch.cat([inputs, candidates.flatten(0, 1)]).to(backend.device, backend.dtype),
+                                self.batch.points).cpu()
+        targets = torch.tensor([classes[0] for classes in resolve_targets(scores[: len(group)], self.target)])
+        per_candidate = scores[len(group):].view(len(group), len(AUTO_CANDIDATES), -1)  # [N, 3, classes]
+        best = per_candidate.gather(2, targets.view(-1, 1, 1).expand(-1, len(AUTO_CANDIDATES), 1)).squeeze(2).argmin(1)
+        baselines = candidates[torch.arange(len(group)), best][:, None]
+        return baselines, [AUTO_CANDIDATES[int(i)] for i in best]
 
     def _baselines(self, group: list[Sample]) -> torch.Tensor:
         """[inputs, samples, C, H, W]; made once for the group where every input gets the same."""
