@@ -87,6 +87,7 @@ class Attribution:
     outputs: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # kind-specific fields (tokens, words, ...)
     key: str | None = None  # run key + input bytes; --resume reuses the record while it matches
+    region: Tensor | None = None  # a region target's pixels [H, W] bool, outlined on the heatmap
 
     @property
     def name(self) -> str:

@@ -11,16 +11,18 @@ import torch
 
 from ..adaptive import INITIAL_INTERVALS, MapBuffers
 from ..baselines import BaselineKind, BaselinePlan, Normalization, make_baselines
-from ..config import Config, TopK
+from ..config import Config, Region, TopK
 from ..engine import BatchSize, Quadrature, explain
 from ..errors import ConfigError, InputError, ModelError, first_line
 from ..inputs.discover import InputRef
 from ..inputs.images import ImagePreprocess, read_image
+from ..memory import FALLBACK_POINTS, auto_points
 from ..models.loading import load_model, resolve_device
 from ..overlap import chunks_in_flight, points_per_chunk
 from ..quadrature import Rule
 from ..records import Attribution, Failure, Sample, output_stem
 from .common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
+from .targets import region_target
 
 # The auto size's cap. A chunk's stored maps and copies grow with it, and so does the peak memory:
 # on the sample job 10,000 inputs peaked at 1.08x the memory of 100 with chunks of 77, 1.09x at 96,
@@ -53,6 +55,9 @@ class ImageJob:
         self.runtime = self.backend.runtime
         self.labels = read_labels(section.labels) if section.labels else None
         self.target = resolve_target(config.target, self.labels)
+        self.region = region_target(config.target, self.labels, section.score) \
+            if isinstance(config.target, Region) else None
+        self.classes: int | None = None  # the model's output columns, once check() has seen them
         norm = Normalization(tuple(config.input.mean), tuple(config.input.std))
         self.preprocess = ImagePreprocess(config.input.mode, config.input.resize, config.input.crop, norm)
         self.baseline = _baseline_plan(config, self.preprocess)
@@ -61,9 +66,22 @@ class ImageJob:
                                      config.map_tolerance)
         self.in_flight = chunks_in_flight(self.device, self.runtime)
         # Lowered for the whole run on out-of-memory; shared by the chunks in flight.
-        self.batch = BatchSize(points_per_chunk(config.batch_size, self.in_flight, self.device))
+        self.batch = BatchSize(points_per_chunk(self._batch_points(config.input.model_shape()), self.in_flight,
+                                                self.device))
         self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
         self.chunk_size = _inputs_per_chunk(config, self.batch.points)
+
+    def _batch_points(self, shape: tuple[int, ...] | None) -> int:
+        """``batch_size``, or for auto the points whose measured activations fit the memory budget
+        (igcli/memory.py) at inputs of ``shape`` (None: not known yet)."""
+        if self.config.batch_size != "auto":
+            return self.config.batch_size
+        if shape is None:
+            return FALLBACK_POINTS
+        try:
+            return auto_points(self.backend, torch.zeros(shape), self.device)
+        except MODEL_FAILURES:
+            return FALLBACK_POINTS  # the model rejects the shape: check() says so, in its words
 
     def read(self, refs: Iterable[InputRef]) -> Iterator[Sample | Failure]:
         seen: dict[str, str] = {}
@@ -81,11 +99,19 @@ class ImageJob:
     def check(self, sample: Sample) -> None:
         x = sample.x.unsqueeze(0).to(self.backend.device, self.backend.dtype)
         try:
-            classes = self.backend.scores(x).shape[1]
+            if self.region is not None:
+                self.region.check(self.backend, x)
+            else:
+                self.classes = self.backend.scores(x).shape[1]
         except MODEL_FAILURES as error:
             raise ModelError(f"model rejected an input shaped {list(x.shape)} from {sample.source} "
                              f"({first_line(error)}); check input.mode, input.resize and input.crop") from None
-        check_classes(classes, self.labels, self.target)
+        if self.classes is not None:
+            check_classes(self.classes, self.labels, self.target, self.config.model.score)
+        if self.config.batch_size == "auto" and self.config.input.model_shape() is None:
+            # Measured on the first input where the config does not fix the input size.
+            self.batch.points = points_per_chunk(self._batch_points(tuple(sample.x.shape)), self.in_flight,
+                                                 self.device)
         fixed = self.baseline.fixed
         if fixed is not None and tuple(fixed.shape) != tuple(sample.x.shape):
             raise ConfigError(f"baseline.path holds shape {list(fixed.shape)} but inputs are "
@@ -102,7 +128,7 @@ class ImageJob:
             group = [samples[i] for i in indices]
             clock = time.perf_counter()
             try:
-                explanations = self._explain_group(group)
+                explanations, regions = self._explain_group(group)
             except MODEL_FAILURES as error:
                 for i, sample in zip(indices, group):
                     results[i].append(model_failure(sample, error))
@@ -110,13 +136,21 @@ class ImageJob:
             seconds = (time.perf_counter() - clock) / max(1, len(explanations))
             for e in explanations:
                 sample = group[e.input_index]
-                results[indices[e.input_index]].append(to_record(sample, e, self.config, self.labels, seconds))
+                record = to_record(sample, e, self.config, self.labels, seconds, classes=self.classes)
+                if regions is not None and isinstance(record, Attribution):
+                    record = self.region.annotate(record, regions[e.input_index], self.labels)
+                results[indices[e.input_index]].append(record)
         return results
 
     def _explain_group(self, group: list[Sample]):
+        """The group's Explanations, and for a region target each input's region [N, H, W]."""
         inputs = torch.stack([sample.x for sample in group])
-        return explain(self.backend, inputs, self._baselines(group), self.target, self.quadrature, self.batch,
-                       self.map_buffers)
+        backend, regions = self.backend, None
+        if self.region is not None:
+            regions = self.region.regions(self.backend, inputs, self.batch.points)
+            backend = self.region.backend_for(self.backend, regions)
+        return explain(backend, inputs, self._baselines(group), self.target, self.quadrature, self.batch,
+                       self.map_buffers), regions
 
     def _baselines(self, group: list[Sample]) -> torch.Tensor:
         """[inputs, samples, C, H, W]; made once for the group where every input gets the same."""
