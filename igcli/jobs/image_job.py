@@ -16,7 +16,7 @@ from ..engine import BatchSize, Quadrature, explain
 from ..errors import ConfigError, InputError, ModelError, first_line
 from ..inputs.discover import InputRef
 from ..inputs.images import ImagePreprocess, read_image
-from ..memory import FALLBACK_POINTS, auto_points
+from ..memory import FALLBACK_POINTS, MAX_POINTS, auto_points
 from ..models.loading import load_model, resolve_device
 from ..overlap import chunks_in_flight, points_per_chunk
 from ..quadrature import Rule
@@ -77,7 +77,7 @@ class ImageJob:
         if self.config.batch_size != "auto":
             return self.config.batch_size
         if shape is None:
-            return FALLBACK_POINTS
+            return MAX_POINTS  # provisional, for the chunk size: check() measures on the first input
         try:
             return auto_points(self.backend, torch.zeros(shape), self.device)
         except MODEL_FAILURES:
