@@ -23,12 +23,14 @@ log = logging.getLogger("igcli")
 MAX_POINTS = 256
 GPU_POINTS = 256  # on a GPU: the former default; an out-of-memory error halves it (engine)
 FALLBACK_POINTS = 64  # where activations cannot be measured (onnxruntime) or the input size is not known yet
-# Saved activations a batch may hold: the smaller of this and a share of the memory available.
+# What one batch's forward + backward may add to the process's memory: the smaller of this and a
+# share of the memory available. The chunks in flight share it (overlap.points_per_chunk).
 BUDGET_BYTES = 512 << 20
 BUDGET_SHARE_OF_AVAILABLE = 0.25
-# Peak memory of a forward + backward over its saved activations: the backward's gradients of
-# the widest layers and oneDNN's layout copies come on top (benchmarks/peak_memory.py).
-PEAK_OVER_SAVED = 2.0
+# A forward + backward grows RSS by more than its saved activations (the backward's gradients of
+# the widest layers, oneDNN's layout copies): 1.17-1.39x, measured on the two CNNs of
+# benchmarks/memory_models.py at 8 to 128 points.
+PEAK_OVER_SAVED = 1.5
 PROBE_POINTS = (1, 2)
 
 
