@@ -10,8 +10,8 @@ import torch
 from ..config import Above, Config, Region, TopK
 from ..engine import Explanation, TargetSpec
 from ..errors import ConfigError
-from ..models.base import ScoreKind
 from ..inputs.discover import InputRef
+from ..models.base import ScoreKind
 from ..records import Attribution, Failure, Sample, TextSample
 
 # What a model's forward or backward raises on inputs it cannot take (exported programs assert).
