@@ -273,15 +273,16 @@ def _is_union_tag(part: Any) -> bool:
 
 
 def _nearest_key(loc: KeyPath) -> str | None:
-    model: type[BaseModel] = Config
+    sections: list[type[BaseModel]] = [Config]
     for part in loc[:-1]:
-        field = model.model_fields.get(part)
+        field = sections[0].model_fields.get(part)
         members = typing.get_args(field.annotation) or (field.annotation,) if field else ()
         sections = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
         if not sections:
             return None
-        model = sections[0]
-    matches = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.5)
+    # A union of sections (target: {top_k}, {above}, {class, region}) offers every member's keys.
+    names = [f.alias or name for section in sections for name, f in section.model_fields.items()]
+    matches = difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.5)
     return ".".join(loc[:-1] + (matches[0],)) if matches else None
 
 

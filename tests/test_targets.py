@@ -196,3 +196,18 @@ def test_region_mask_of_the_wrong_size_is_one_line_and_exit_2(job, tmp_path):
     result, _ = run("segmenter", "softmax", f"{{class: 1, region: {tmp_path / 'mask.npy'}}}")
     assert result.exit_code == 2
     assert "mask.npy: the mask is [4, 4] pixels but the model's output is [8, 8]" in result.output
+
+
+def test_target_keys_are_checked_with_a_hint(tmp_path):
+    from igcli.config import load_config
+    from igcli.errors import ConfigError
+
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {path: m.pt2}\ntarget: {clas: 1, region: predicted}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:2: unknown key 'target.clas'; did you mean 'target.class'\?"):
+        load_config(config)
+    config.write_text("model: {path: m.pt2}\ninput: {kind: text}\ntarget: {class: 1}\n")
+    with pytest.raises(ConfigError, match="target.region applies to image inputs"):
+        load_config(config)
+    config.write_text("model: {path: m.pt2}\ntarget: {class: 1, region: masks/a.png}\n")
+    assert load_config(config).target.region == tmp_path / "masks" / "a.png"  # from the config's folder
