@@ -230,7 +230,8 @@ def main() -> None:
 
 def _bare_rate(variant: str, config, size: int) -> float:
     with applied({"cudnn_benchmark": threads(variant).get("cudnn_benchmark", 0)}):
-        return bare_rate(ImageJob(config), config.batch_size, size)
+        job = ImageJob(config)  # batch_size may be auto: the job's resolved total
+        return bare_rate(job, job.batch.points * (job.in_flight if job.device.type == "cpu" else 1), size)
 
 
 def _profile(config, folder: Path, out: Path, settings: dict[str, int], path: str) -> None:

@@ -116,6 +116,21 @@ class TopK(Section):
     top_k: int = Field(ge=1)
 
 
+class Above(Section):
+    """Multi-label: every class whose score F(x) is over ``above`` (docs/targets.md)."""
+
+    above: float
+
+
+class Region(Section):
+    """Segmentation: F is class ``class``'s score summed over a region of the output's pixels:
+    ``predicted`` (where that class is the argmax at the input) or a mask file (.png/.npy)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+    class_: Union[int, str] = Field(alias="class")
+    region: Union[Literal["predicted"], Path] = "predicted"
+
+
 class HeatmapSection(Section):
     style: Literal["overlay", "bare", "both", "none"] = "overlay"
     sign: Literal["positive", "negative", "absolute", "all"] = "all"
@@ -134,7 +149,8 @@ class Config(Section):
     model: ModelSection
     input: InputSection = InputSection()
     baseline: BaselineSection = BaselineSection()
-    target: Union[int, TopK, str] = "predicted"  # index | label | "predicted" | {top_k: k}
+    # index | label | "predicted" | {top_k: k} | {above: t} | {class: k, region: predicted|mask file}
+    target: Union[int, TopK, Above, Region, str] = "predicted"
     steps: Union[int, Literal["auto"]] = "auto"
     method: Rule = Rule.adaptive
     tolerance: float = Field(0.01, gt=0)  # relative completeness error that stops refinement
@@ -144,7 +160,8 @@ class Config(Section):
     max_steps: int = Field(512, ge=1)
     # Path points (inputs x baselines x steps) per backward; on a CPU, shared by the chunks in
     # flight (two on several cores: batches of half each, overlap.py).
-    batch_size: int = Field(256, ge=1)
+    # auto: from the model's measured activation memory on a CPU (igcli/memory.py), 256 on a GPU.
+    batch_size: Union[int, Literal["auto"]] = "auto"
     # Inputs explained together (a chunk holds this many to 1.5 times as many): more run faster, as the
     # adaptive rule's rounds are fewer and fuller, and hold more memory. auto: see the jobs.
     chunk_inputs: Union[int, Literal["auto"]] = "auto"
@@ -171,7 +188,13 @@ class Config(Section):
                              f"inputs; use one of: {names}")
         return self
 
-    @field_validator("steps", "chunk_inputs")
+    @model_validator(mode="after")
+    def _region_needs_images(self) -> "Config":
+        if isinstance(self.target, Region) and self.input.kind != "image":
+            raise ValueError("target.region applies to image inputs (segmentation models) only")
+        return self
+
+    @field_validator("steps", "chunk_inputs", "batch_size")
     @classmethod
     def _positive_or_auto(cls, value: int | str, info: ValidationInfo) -> int | str:
         if isinstance(value, int) and value < 1:
@@ -211,6 +234,9 @@ def _anchor_paths(source: ConfigSource, folder: Path) -> None:
         section = source.data.get(key[0])
         if isinstance(section, dict) and isinstance(section.get(key[1]), str):
             section[key[1]] = str(_anchored(folder, section[key[1]]))
+    target = source.data.get("target")
+    if isinstance(target, dict) and isinstance(target.get("region"), str) and target["region"] != "predicted":
+        target["region"] = str(_anchored(folder, target["region"]))
     model = source.data.get("model")
     factory = model.get("factory") if isinstance(model, dict) else None
     if isinstance(factory, str) and ".py:" in factory:
@@ -256,19 +282,20 @@ def _short(text: str, limit: int = 120) -> str:
 
 def _is_union_tag(part: Any) -> bool:
     # pydantic inserts the union member's name into locations ("int", "TopK", "literal[...]").
-    return isinstance(part, str) and (part in ("int", "str", "TopK", "tuple[int, int]") or part.startswith(("literal[", "function-")))
+    return isinstance(part, str) and (part in ("int", "str", "TopK", "Above", "Region", "tuple[int, int]") or part.startswith(("literal[", "function-")))
 
 
 def _nearest_key(loc: KeyPath) -> str | None:
-    model: type[BaseModel] = Config
+    sections: list[type[BaseModel]] = [Config]
     for part in loc[:-1]:
-        field = model.model_fields.get(part)
+        field = sections[0].model_fields.get(part)
         members = typing.get_args(field.annotation) or (field.annotation,) if field else ()
         sections = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
         if not sections:
             return None
-        model = sections[0]
-    matches = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.5)
+    # A union of sections (target: {top_k}, {above}, {class, region}) offers every member's keys.
+    names = [f.alias or name for section in sections for name, f in section.model_fields.items()]
+    matches = difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.5)
     return ".".join(loc[:-1] + (matches[0],)) if matches else None
 
 

@@ -50,10 +50,18 @@ class BatchSize:
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """Which output to explain: a class ``index``, the ``predicted`` class, or the ``top_k``."""
+    """Which output to explain: a class ``index``, the ``predicted`` class, the ``top_k``, every
+    class ``above`` a ``threshold`` of F (multi-label), or ``own_column``: input n's column n (a
+    backend whose columns are per-input quantities, such as region sums: models/region.py)."""
 
-    kind: Literal["index", "predicted", "top_k"]
+    kind: Literal["index", "predicted", "top_k", "above", "own_column"]
     value: int = 1
+    threshold: float = 0.0
+
+    @property
+    def ranked(self) -> bool:
+        """Several targets per input, named by their rank among F(x)."""
+        return self.kind in ("top_k", "above")
 
 
 @dataclass
@@ -87,6 +95,13 @@ def resolve_targets(scores: Tensor, spec: TargetSpec) -> list[list[int]]:
     """Target classes per input from F(x) [N, classes]."""
     if spec.kind == "index":
         return [[spec.value] for _ in range(len(scores))]
+    if spec.kind == "own_column":
+        return [[n] for n in range(len(scores))]
+    if spec.kind == "above":
+        # Highest first; where no class is over the threshold, the top one (the job says so).
+        order = scores.argsort(dim=1, descending=True, stable=True).tolist()
+        over = (scores.double() > spec.threshold).tolist()  # as records compare F(x), in float64
+        return [[c for c in row if over[n][c]] or row[:1] for n, row in enumerate(order)]
     k = 1 if spec.kind == "predicted" else min(spec.value, scores.shape[1])
     return scores.topk(k, dim=1).indices.tolist()
 
@@ -152,7 +167,7 @@ def explain(
     f_ends = batched_scores(backend, torch.cat([inputs, ends]), batch.points)
     f_inputs, f_baselines = f_ends[: len(inputs)], f_ends[len(inputs):].expand(len(flat_baselines), -1)
     targets = resolve_targets(f_inputs, target)
-    paths, groups = _make_paths(targets, baselines.shape[1], f_inputs, f_baselines, target.kind == "top_k",
+    paths, groups = _make_paths(targets, baselines.shape[1], f_inputs, f_baselines, target.ranked,
                                 backend.score_kind)
     path_integral = _PathIntegral(backend, inputs, flat_baselines, paths, f_inputs.shape[1], batch, common_start,
                                   map_buffers)

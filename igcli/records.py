@@ -91,6 +91,7 @@ class Attribution:
     map_tolerance: float | None = None
     within_noise: bool = False  # |F(x) - F(x')| at float noise: completeness judged against that noise
     key: str | None = None  # run key + input bytes; --resume reuses the record while it matches
+    region: Tensor | None = None  # a region target's pixels [H, W] bool, outlined on the heatmap
 
     @property
     def name(self) -> str:

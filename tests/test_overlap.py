@@ -10,6 +10,7 @@ from igcli import overlap
 from igcli import run as run_module
 from igcli.config import load_config
 from igcli.jobs.image_job import ImageJob
+from igcli.memory import FALLBACK_POINTS
 from igcli.overlap import chunks_in_flight, ordered_map, own_stream, points_per_chunk, threads_shared
 
 from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA
@@ -148,7 +149,8 @@ def test_model_threads_set_torchs_threads_and_so_the_chunks_in_flight(config):
         for asked, in_flight in ((1, 1), (4, 2)):
             job = make_job(load_config(config, [("device=cpu", "--set"), (f"model.threads={asked}", "--set")]))
             assert (torch.get_num_threads(), job.in_flight) == (asked, in_flight)
-            assert job.batch.points == load_config(config).batch_size // in_flight
+            configured = load_config(config).batch_size  # the sample image config sets it; text: auto
+            assert job.batch.points == (FALLBACK_POINTS if configured == "auto" else configured) // in_flight
     finally:
         torch.set_num_threads(threads)
 

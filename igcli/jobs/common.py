@@ -7,17 +7,18 @@ from typing import Any, Iterable, Iterator, Protocol
 
 import torch
 
-from ..config import Config, TopK
+from ..config import Above, Config, Region, TopK
 from ..engine import Explanation, TargetSpec
 from ..errors import ConfigError
-from ..models.base import ScoreKind
 from ..inputs.discover import InputRef
+from ..models.base import ScoreKind
 from ..records import Attribution, Failure, Sample, TextSample
 
 # What a model's forward or backward raises on inputs it cannot take (exported programs assert).
 MODEL_FAILURES = (RuntimeError, ValueError, AssertionError, TypeError, IndexError)
 
 AnySample = Sample | TextSample
+NONE_ABOVE = "no class has F(input) over target.above="  # how a multi-label fallback's warning begins
 BASELINE_WARNING = "F(baseline)="  # how a record's baseline warning begins; the run's totals count them
 
 
@@ -48,9 +49,13 @@ def read_labels(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-def resolve_target(target: int | TopK | str, labels: list[str] | None) -> TargetSpec:
+def resolve_target(target: int | TopK | Above | Region | str, labels: list[str] | None) -> TargetSpec:
     if isinstance(target, TopK):
         return TargetSpec("top_k", target.top_k)
+    if isinstance(target, Above):
+        return TargetSpec("above", threshold=target.above)
+    if isinstance(target, Region):
+        return TargetSpec("own_column")  # the region's column of each input (jobs/targets.py)
     if isinstance(target, int):
         return TargetSpec("index", target)
     if target == "predicted":
@@ -62,7 +67,12 @@ def resolve_target(target: int | TopK | str, labels: list[str] | None) -> Target
     return TargetSpec("index", labels.index(target))
 
 
-def check_classes(classes: int, labels: list[str] | None, target: TargetSpec) -> None:
+def check_classes(classes: int, labels: list[str] | None, target: TargetSpec,
+                  score: ScoreKind = ScoreKind.logits) -> None:
+    if classes == 1 and score is ScoreKind.softmax:
+        raise ConfigError("model.score softmax: the model has one output, and a softmax over one column is always 1 "
+                          "(no attribution); set model.score: logits (F is the output) or sigmoid (one-logit "
+                          "binary classifier)")
     if labels is not None and len(labels) != classes:
         raise ConfigError(f"model.labels has {len(labels)} labels but the model outputs {classes} classes")
     if target.kind == "index" and not 0 <= target.value < classes:
@@ -70,8 +80,10 @@ def check_classes(classes: int, labels: list[str] | None, target: TargetSpec) ->
 
 
 def to_record(sample: AnySample, e: Explanation, config: Config, labels: list[str] | None, seconds: float,
-              details: dict[str, Any] | None = None, baseline_chosen: str | None = None) -> Attribution | Failure:
+              details: dict[str, Any] | None = None, classes: int | None = None,
+              baseline_chosen: str | None = None) -> Attribution | Failure:
     """The record of one Explanation; NaN or Inf from the model make it a Failure instead.
+    ``classes``: the model's output columns; F of a one-output model on logits is "output".
     ``baseline_chosen``: the constant baseline that ``baseline.kind: auto`` picked for this input."""
     numbers = (e.f_input, e.f_baseline, e.attribution_sum)
     # attribution_sum is NaN or infinite whenever an attribution is: no pass over the map is needed.
@@ -81,17 +93,29 @@ def to_record(sample: AnySample, e: Explanation, config: Config, labels: list[st
     section = config.baseline
     return Attribution(
         sample=sample, target=e.target, label=labels[e.target] if labels else None, rank=e.rank,
-        score=config.model.score.value, f_input=e.f_input, f_baseline=e.f_baseline,
+        score=score_name(config.model.score, classes), f_input=e.f_input, f_baseline=e.f_baseline,
         attribution_sum=e.attribution_sum, abs_error=e.abs_error, rel_error=e.rel_error,
         tolerance=config.tolerance, converged=e.converged, steps=e.steps, gradient_evals=e.gradient_evals,
         stopped_by=e.stopped_by, map_error=e.map_error, within_noise=e.within_noise,
         map_tolerance=config.map_tolerance if e.map_error is not None else None,
         rule=config.method.value, seconds=seconds, attributions=e.attributions,
-        warnings=baseline_warnings(e, config.model.score, section.warn_margin),
+        warnings=baseline_warnings(e, config.model.score, section.warn_margin) + threshold_warnings(e, config.target),
         baseline={"kind": section.kind.value, "samples": section.samples, "seed": section.seed}
         | ({"chosen": baseline_chosen} if baseline_chosen is not None else {}),
         details=details or {},
     )
+
+
+def score_name(score: ScoreKind, classes: int | None) -> str:
+    """What F is, as records say it: the score kind, or "output" for a one-output model's raw output."""
+    return "output" if classes == 1 and score is ScoreKind.logits else score.value
+
+
+def threshold_warnings(e: Explanation, target: Any) -> list[str]:
+    """A multi-label target whose input has no class over the threshold explains its top class (engine)."""
+    if not isinstance(target, Above) or e.f_input > target.above:
+        return []
+    return [f"{NONE_ABOVE}{target.above:g}: this record explains the top class, F(input)={e.f_input:.4g}"]
 
 
 def chance(score: ScoreKind, classes: int) -> float:

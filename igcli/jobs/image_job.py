@@ -11,16 +11,18 @@ import torch
 
 from ..adaptive import INITIAL_INTERVALS, MapBuffers
 from ..baselines import AUTO_CANDIDATES, BaselineKind, BaselinePlan, Normalization, auto_candidates, make_baselines
-from ..config import Config, TopK
+from ..config import Config, Region, TopK
 from ..engine import BatchSize, Explanation, Quadrature, batched_scores, explain, resolve_targets
 from ..errors import ConfigError, InputError, ModelError, first_line
 from ..inputs.discover import InputRef
 from ..inputs.images import ImagePreprocess, read_image
+from ..memory import FALLBACK_POINTS, MAX_POINTS, auto_points
 from ..models.loading import load_model, resolve_device
 from ..overlap import chunks_in_flight, points_per_chunk
 from ..quadrature import Rule
 from ..records import Attribution, Failure, Sample
 from .common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
+from .targets import region_target
 
 # The auto size's cap. A chunk's stored maps and copies grow with it, and so does the peak memory:
 # on the sample job 10,000 inputs peaked at 1.08x the memory of 100 with chunks of 77, 1.09x at 96,
@@ -53,6 +55,9 @@ class ImageJob:
         self.runtime = self.backend.runtime
         self.labels = read_labels(section.labels) if section.labels else None
         self.target = resolve_target(config.target, self.labels)
+        self.region = region_target(config.target, self.labels, section.score) \
+            if isinstance(config.target, Region) else None
+        self.classes: int | None = None  # the model's output columns, once check() has seen them
         norm = Normalization(tuple(config.input.mean), tuple(config.input.std))
         self.preprocess = ImagePreprocess(config.input.mode, config.input.resize, config.input.crop, norm,
                                           config.input.max_bytes)
@@ -62,9 +67,22 @@ class ImageJob:
                                      config.map_tolerance)
         self.in_flight = chunks_in_flight(self.device, self.runtime)
         # Lowered for the whole run on out-of-memory; shared by the chunks in flight.
-        self.batch = BatchSize(points_per_chunk(config.batch_size, self.in_flight, self.device))
+        self.batch = BatchSize(points_per_chunk(self._batch_points(config.input.model_shape()), self.in_flight,
+                                                self.device))
         self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
         self.chunk_size = _inputs_per_chunk(config, self.batch.points)
+
+    def _batch_points(self, shape: tuple[int, ...] | None) -> int:
+        """``batch_size``, or for auto the points whose measured activations fit the memory budget
+        (igcli/memory.py) at inputs of ``shape`` (None: not known yet)."""
+        if self.config.batch_size != "auto":
+            return self.config.batch_size
+        if shape is None:
+            return MAX_POINTS  # provisional, for the chunk size: check() measures on the first input
+        try:
+            return auto_points(self.backend, torch.zeros(shape), self.device)
+        except MODEL_FAILURES:
+            return FALLBACK_POINTS  # the model rejects the shape: check() says so, in its words
 
     def read(self, refs: Iterable[InputRef]) -> Iterator[Sample | Failure]:
         for ref in refs:  # output names are made unique by the run (outputs.names), across kinds
@@ -76,11 +94,19 @@ class ImageJob:
     def check(self, sample: Sample) -> None:
         x = sample.x.unsqueeze(0).to(self.backend.device, self.backend.dtype)
         try:
-            classes = self.backend.scores(x).shape[1]
+            if self.region is not None:
+                self.region.check(self.backend, x)
+            else:
+                self.classes = self.backend.scores(x).shape[1]
         except MODEL_FAILURES as error:
             raise ModelError(f"model rejected an input shaped {list(x.shape)} from {sample.source} "
                              f"({first_line(error)}); check input.mode, input.resize and input.crop") from None
-        check_classes(classes, self.labels, self.target)
+        if self.classes is not None:
+            check_classes(self.classes, self.labels, self.target, self.config.model.score)
+        if self.config.batch_size == "auto" and self.config.input.model_shape() is None:
+            # Measured on the first input where the config does not fix the input size.
+            self.batch.points = points_per_chunk(self._batch_points(tuple(sample.x.shape)), self.in_flight,
+                                                 self.device)
         fixed = self.baseline.fixed
         if fixed is not None and tuple(fixed.shape) != tuple(sample.x.shape):
             raise ConfigError(f"baseline.path holds shape {list(fixed.shape)} but inputs are "
@@ -97,7 +123,7 @@ class ImageJob:
             group = [samples[i] for i in indices]
             clock = time.perf_counter()
             try:
-                explanations, chosen = self._explain_group(group)
+                explanations, chosen, regions = self._explain_group(group)
             except MODEL_FAILURES as error:
                 for i, sample in zip(indices, group):
                     results[i].append(model_failure(sample, error))
@@ -105,26 +131,33 @@ class ImageJob:
             seconds = (time.perf_counter() - clock) / max(1, len(explanations))
             for e in explanations:
                 sample = group[e.input_index]
-                results[indices[e.input_index]].append(to_record(sample, e, self.config, self.labels, seconds,
-                                                                 baseline_chosen=chosen[e.input_index]))
+                record = to_record(sample, e, self.config, self.labels, seconds, classes=self.classes,
+                                   baseline_chosen=chosen[e.input_index])
+                if regions is not None and isinstance(record, Attribution):
+                    record = self.region.annotate(record, regions[e.input_index], self.labels)
+                results[indices[e.input_index]].append(record)
         return results
 
-    def _explain_group(self, group: list[Sample]) -> tuple[list[Explanation], list[str | None]]:
-        """The group's explanations, and per input the baseline ``auto`` chose (None for other kinds)."""
+    def _explain_group(self, group: list[Sample]) -> tuple[list[Explanation], list[str | None], torch.Tensor | None]:
+        """The group's explanations; per input the baseline ``auto`` chose (None for other kinds);
+        and for a region target each input's region [N, H, W] (else None)."""
         inputs = torch.stack([sample.x for sample in group])
+        backend, regions = self.backend, None
+        if self.region is not None:
+            regions = self.region.regions(self.backend, inputs, self.batch.points)
+            backend = self.region.backend_for(self.backend, regions)
         if self.baseline.kind is BaselineKind.auto:
-            baselines, chosen = self._auto_baselines(inputs, group)
+            baselines, chosen = self._auto_baselines(backend, inputs, group)
         else:
             baselines, chosen = self._baselines(group), [None] * len(group)
-        return explain(self.backend, inputs, baselines, self.target, self.quadrature, self.batch,
-                       self.map_buffers), chosen
+        return explain(backend, inputs, baselines, self.target, self.quadrature, self.batch,
+                       self.map_buffers), chosen, regions
 
-    def _auto_baselines(self, inputs: torch.Tensor, group: list[Sample]) -> tuple[torch.Tensor, list[str]]:
+    def _auto_baselines(self, backend, inputs: torch.Tensor, group: list[Sample]) -> tuple[torch.Tensor, list[str]]:
         """Per input, the candidate of AUTO_CANDIDATES with the lowest F for its (first) target:
         [inputs, 1, C, H, W] and the names chosen."""
         norm = self.preprocess.normalization
         candidates = torch.stack([auto_candidates(sample.pixels, norm) for sample in group])  # [N, 3, C, H, W]
-        backend = self.backend
         scores = batched_scores(backend, torch.cat([inputs, candidates.flatten(0, 1)]).to(backend.device, backend.dtype),
                                 self.batch.points).cpu()
         targets = torch.tensor([classes[0] for classes in resolve_targets(scores[: len(group)], self.target)])

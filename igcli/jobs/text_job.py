@@ -20,6 +20,7 @@ from ..engine import BatchSize, Explanation, Quadrature, explain
 from ..errors import ConfigError, ModelError, first_line
 from ..inputs.discover import InputRef
 from ..inputs.text import TextDocument, read_documents
+from ..memory import FALLBACK_POINTS, GPU_POINTS
 from ..models.loading import load_module, resolve_device, use_threads
 from ..models.onnx_text import GraphTextModel, onnx_text_model
 from ..models.text_model import TextModel, huggingface_text_model, tagged, torch_text_model
@@ -48,7 +49,9 @@ class TextJob:
                                      config.map_tolerance)
         self.in_flight = chunks_in_flight(self.device, self.runtime)
         # Lowered for the whole run on out-of-memory; shared by the chunks in flight.
-        self.batch = BatchSize(points_per_chunk(config.batch_size, self.in_flight, self.device))
+        points = config.batch_size if config.batch_size != "auto" else \
+            GPU_POINTS if self.device.type != "cpu" else FALLBACK_POINTS
+        self.batch = BatchSize(points_per_chunk(points, self.in_flight, self.device))
         self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
         self.chunk_size = TEXT_INPUTS_PER_CHUNK if config.chunk_inputs == "auto" else config.chunk_inputs
         self.fill_id = self._fill_id()
@@ -83,7 +86,7 @@ class TextJob:
         except MODEL_FAILURES as error:
             raise ModelError(f"model failed on {sample.source} ({first_line(error)}); check model.embedding_layer "
                              "and that the model takes token ids (and a mask)") from None
-        check_classes(classes, self.labels, self.target)
+        check_classes(classes, self.labels, self.target, self.config.model.score)
 
     def explain(self, samples: list[TextSample]) -> list[list[Attribution | Failure]]:
         results: list[list[Attribution | Failure]] = [[] for _ in samples]

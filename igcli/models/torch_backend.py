@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +46,15 @@ class TorchBackend:
         self.score_kind = ScoreKind(score_kind)
         self.precision = Precision(precision)
         self.channels_last = channels_last and _convolutional(self.module) and _to_channels_last(self.module)
+        self.head: Callable[[Tensor], Tensor] | None = None  # None: apply_score on [batch, classes]
+
+    def with_head(self, head: Callable[[Tensor], Tensor]) -> "TorchBackend":
+        """This backend (same module) with F = head(raw outputs), such as a region sum
+        (models/region.py). F is then whatever the head makes of the outputs: the engine predicts
+        no end slopes for it (score kind logits)."""
+        view = copy.copy(self)
+        view.head, view.score_kind = head, ScoreKind.logits
+        return view
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.channels_last and x.dim() == 4:
@@ -51,6 +62,8 @@ class TorchBackend:
         outputs = self.module(x)
         if isinstance(outputs, (tuple, list)):
             outputs = outputs[0]
+        if self.head is not None:
+            return self.head(outputs)
         if outputs.dim() == 1:
             outputs = outputs.unsqueeze(1)
         if outputs.dim() != 2 or outputs.shape[0] != x.shape[0]:

@@ -77,3 +77,18 @@ def _enlarge(image: Image.Image) -> Image.Image:
     if factor <= 1:
         return image
     return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+OUTLINE = np.array([0, 170, 0], dtype=np.uint8)  # green: apart from the map's red and blue
+
+
+def outline_region(image: Image.Image, region: np.ndarray) -> Image.Image:
+    """``image`` with the border of ``region`` ([h, w] bool at any size, scaled to the image's by
+    nearest neighbour) drawn on it: the pixels of the region with a 4-neighbour outside it."""
+    scaled = Image.fromarray(region.astype(np.uint8) * 255).resize(image.size, Image.Resampling.NEAREST)
+    mask = np.pad(np.asarray(scaled) > 0, 1)
+    inside = mask[1:-1, 1:-1]
+    interior = inside & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    array = np.array(image.convert("RGB"))
+    array[inside & ~interior] = OUTLINE
+    return Image.fromarray(array, mode="RGB")

@@ -25,7 +25,7 @@ from ..config import OutputSection
 from ..errors import IgcliError, UsageError
 from ..names import printable
 from ..records import Attribution, Failure, TextSample
-from .heatmap import render_bare, render_overlay, signed_map
+from .heatmap import outline_region, render_bare, render_overlay, signed_map
 from .png import png_bytes
 from .report import Thumbnails, write_report
 from .text_view import render_ansi, render_html
@@ -155,6 +155,8 @@ class RunWriter:
             }
             if heatmap.style == "both":
                 images["heatmap_bare"] = render_bare(values)
+            if attribution.region is not None:
+                images = {key: outline_region(image, attribution.region.numpy()) for key, image in images.items()}
             for key, image in images.items():
                 suffix = ".bare.png" if key == "heatmap_bare" else ".png"
                 relative = f"heatmaps/{attribution.name}{suffix}"
