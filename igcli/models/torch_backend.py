@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from .base import Precision, ScoreKind, apply_score
 from .fold import fold_batch_norms
+from .outputs import select_output
 from .pool_first import pool_before_relu
 
 
@@ -48,9 +49,7 @@ class TorchBackend:
     def _forward(self, x: Tensor) -> Tensor:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        outputs = self.module(x)
-        if isinstance(outputs, (tuple, list)):
-            outputs = outputs[0]
+        outputs = select_output(self.module(x))  # several outputs: refused, see models/outputs.py
         if outputs.dim() == 1:
             outputs = outputs.unsqueeze(1)
         if outputs.dim() != 2 or outputs.shape[0] != x.shape[0]:
