@@ -70,6 +70,7 @@ class InputSection(Section):
     layout: Literal["auto", "NCHW", "NHWC"] = "auto"  # auto: from the model where it tells (docs/models.md)
     resize: Size | None = None  # int: shorter side to N keeping aspect; [H, W]: exact size
     crop: Size | None = None  # centre crop after resizing
+    resample: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = "bilinear"  # Pillow's filter
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     extensions: tuple[str, ...] | None = None  # default: by kind (IMAGE_SUFFIXES or .txt .jsonl)

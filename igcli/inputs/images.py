@@ -27,6 +27,7 @@ class ImagePreprocess:
     resize: Size = None
     crop: Size = None
     normalization: Normalization = Normalization((0.0,), (1.0,))
+    resample: str = "bilinear"  # Pillow's resampling filter, by name
 
 
 def read_image(ref: InputRef, prep: ImagePreprocess) -> Sample:
@@ -83,7 +84,7 @@ def _convert(image: Image.Image, mode: str) -> Image.Image:
 
 def preprocess(image: Image.Image, prep: ImagePreprocess) -> Image.Image:
     if prep.resize is not None:
-        image = image.resize(_resize_target(image.size, prep.resize), Image.Resampling.BILINEAR)
+        image = image.resize(_resize_target(image.size, prep.resize), Image.Resampling[prep.resample.upper()])
     if prep.crop is not None:
         height, width = (prep.crop, prep.crop) if isinstance(prep.crop, int) else prep.crop
         if height > image.height or width > image.width:

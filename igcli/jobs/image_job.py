@@ -62,7 +62,8 @@ class ImageJob:
         # mean and std come in the model's channel order; igcli's tensors are RGB (see models/interface.py).
         order = (lambda values: tuple(reversed(values))) if bgr else tuple
         norm = Normalization(order(inputs.mean), order(inputs.std))
-        self.preprocess = ImagePreprocess("RGB" if bgr else inputs.mode, inputs.resize, inputs.crop, norm)
+        self.preprocess = ImagePreprocess("RGB" if bgr else inputs.mode, inputs.resize, inputs.crop, norm,
+                                          inputs.resample)
         self.baseline = _baseline_plan(config, self.preprocess)
         steps = None if config.steps == "auto" else config.steps
         self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps,

@@ -88,6 +88,16 @@ def onnx_layout(shape: tuple[Any, ...]) -> str | None:
     return None
 
 
+def describe_layout(shapes: list[tuple[Any, ...]]) -> str:
+    """What `igcli inspect` says of an ONNX model's input layout."""
+    layout = onnx_layout(shapes[0]) if len(shapes) == 1 else None
+    if layout is not None:
+        return layout
+    if len(shapes) == 1 and len(shapes[0]) == 4:
+        return "unknown (NCHW unless input.layout says NHWC)"
+    return "not an image input"
+
+
 def resolve_layout(detected: str | None, configured: str, where: str) -> str:
     """The layout to use: the configured one, which must not contradict what the model tells."""
     if configured == "auto":
@@ -123,7 +133,7 @@ def probe_module(module: nn.Module, shape: tuple[int, int, int], interface: Inpu
             try:
                 with torch.no_grad():
                     outputs = module(x)
-                chosen = select_output(outputs, output)
+                chosen = select_output(outputs, output, batch)
             except OutputChoiceError:
                 raise
             except Exception as error:  # noqa: BLE001 - any failure means "not this way"

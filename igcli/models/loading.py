@@ -28,7 +28,7 @@ from .onnx_backend import OnnxRuntimeBackend
 from .interface import PROBE_SIZE, InputInterface, adapted, onnx_layout, probe_module, resolve_layout
 from .onnx_source import (TensorSpec, check_differentiable_input, file_sha256, graph_outputs, onnx_to_torch,
                           read_onnx)
-from .outputs import OutputSelect, Selector, resolve_selector
+from .outputs import OutputSelect, Selector, resolve_selector, shape_text
 from .sources import load_weights
 from .torch_backend import TorchBackend, set_eval
 
@@ -143,7 +143,7 @@ def _load_onnx(path: Path, score: ScoreKind, device: torch.device, backend: str,
                                                          f"'{spec.name}' {list(spec.shape)})"))
     outputs = graph_outputs(model)
     chosen = resolve_selector([o.name for o in outputs], output, "; ".join(
-        f"{i} {o.name!r} {list(o.shape)}" for i, o in enumerate(outputs)))
+        f"{i} {o.name!r} {shape_text(o.shape)}" for i, o in enumerate(outputs)))
     _warn_double_softmax(model, path, score, chosen or 0)
 
     def module() -> nn.Module:

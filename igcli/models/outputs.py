@@ -30,11 +30,21 @@ def output_entries(outputs: Any) -> list[tuple[str, Any]]:
     return [("0", outputs)]
 
 
-def describe_outputs(entries: Sequence[tuple[str, Any]]) -> str:
-    """``0 'name' [shape]`` for each output, for error messages."""
+def shape_text(dims: Sequence[Any]) -> str:
+    """[N, 10]-style shapes: free dimensions by name, unknown ones as ?."""
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def describe_outputs(entries: Sequence[tuple[str, Any]], batch: int | None = None) -> str:
+    """``0 'name' [N, classes]`` for each output, for error messages; a first dimension equal to
+    ``batch`` is shown as N."""
     parts = []
     for index, (name, value) in enumerate(entries):
-        shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        if isinstance(value, Tensor):
+            dims = list(value.shape)
+            shape = shape_text(["N"] + dims[1:] if dims and batch is not None and dims[0] == batch else dims)
+        else:
+            shape = type(value).__name__
         parts.append(f"{index} {name!r} {shape}" if name != str(index) else f"{index} {shape}")
     return "; ".join(parts)
 
@@ -58,16 +68,16 @@ def resolve_selector(names: Sequence[str], selector: Selector, listing: str) -> 
     raise OutputChoiceError(f"model.output {selector!r}: no output of that name; the outputs are {listing}")
 
 
-def select_output(outputs: Any, selector: Selector = None) -> Tensor:
-    """The one output tensor F is made of (see module doc)."""
+def select_output(outputs: Any, selector: Selector = None, batch: int | None = None) -> Tensor:
+    """The one output tensor F is made of (see module doc); ``batch``: the input's, for messages."""
     if isinstance(outputs, Tensor) and selector in (None, 0, "0"):
         return outputs
     entries = output_entries(outputs)
-    index = resolve_selector([name for name, _ in entries], selector, describe_outputs(entries))
+    index = resolve_selector([name for name, _ in entries], selector, describe_outputs(entries, batch))
     chosen = entries[index or 0][1]
     if not isinstance(chosen, Tensor):
         raise OutputChoiceError(f"model.output {selector!r} is a {type(chosen).__name__}, not a tensor; the outputs "
-                                f"are {describe_outputs(entries)}")
+                                f"are {describe_outputs(entries, batch)}")
     return chosen
 
 

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, ModelError, root_cause
 
+# Pillow's filters by the numbers Hugging Face processors store.
+PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 PIXEL_MAX = 255.0  # igcli's pixels are in [0, 1]; Hugging Face processors rescale 0..255 by a factor
 
 
@@ -122,6 +124,8 @@ def huggingface_preprocessing(folder: Path, channels: int = 3) -> dict[str, Any]
         raise ModelError(f"{path}: cannot read the preprocessing ({error})") from None
     settings: dict[str, Any] = {"mode": "L" if channels == 1 else "RGB"}
     settings.update(_hf_sizes(config, path))
+    if config.get("resample") in PIL_FILTERS:
+        settings["resample"] = PIL_FILTERS[config["resample"]]
     # x = (pixel * 255 * rescale_factor - mean) / std, with igcli's pixel in [0, 1].
     factor = PIXEL_MAX * (config.get("rescale_factor", 1 / PIXEL_MAX) if config.get("do_rescale", True) else 1.0)
     if config.get("do_normalize", True) and "image_mean" in config:
@@ -213,6 +217,8 @@ def _timm_defaults(module: nn.Module) -> SourceDefaults:
         settings["mode"] = "L" if channels == 1 else "RGB"
         settings["resize"] = int(min(height, width) / crop_pct)
         settings["crop"] = (int(height), int(width))
+    if cfg.get("interpolation") in PIL_FILTERS.values():
+        settings["resample"] = cfg["interpolation"]
     if "mean" in cfg and "std" in cfg:
         settings["mean"], settings["std"] = tuple(cfg["mean"]), tuple(cfg["std"])
     return SourceDefaults(settings)

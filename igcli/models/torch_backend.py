@@ -49,7 +49,7 @@ class TorchBackend:
     def _forward(self, x: Tensor) -> Tensor:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        outputs = select_output(self.module(x))  # several outputs: refused, see models/outputs.py
+        outputs = select_output(self.module(x), batch=len(x))  # several outputs: refused, see models/outputs.py
         if outputs.dim() == 1:
             outputs = outputs.unsqueeze(1)
         if outputs.dim() != 2 or outputs.shape[0] != x.shape[0]:
