@@ -74,8 +74,9 @@ def vit_folder(folder: Path) -> Path:
                        intermediate_size=32, num_labels=3, id2label={0: "cat", 1: "dog", 2: "fox"},
                        label2id={"cat": 0, "dog": 1, "fox": 2})
     ViTForImageClassification(config).save_pretrained(folder)
-    ViTImageProcessorPil(size={"height": 24, "width": 24}, image_mean=[0.4, 0.5, 0.6],
-                         image_std=[0.2, 0.25, 0.3]).save_pretrained(folder)
+    # Caffe-style: no rescale, mean and std in 0..255 units.
+    ViTImageProcessorPil(size={"height": 24, "width": 24}, do_rescale=False, image_mean=[102.0, 127.5, 153.0],
+                         image_std=[51.0, 63.75, 76.5]).save_pretrained(folder)
     return folder
 
 
@@ -123,7 +124,7 @@ def test_config_keys_override_the_folder_preprocessing(tmp_path):
     config = load_config(None, [(f"model.path={folder}", "--set"), ("input.std=[1, 1, 1]", "--set")])
     job = ImageJob(config)
     assert job.preprocess.normalization.std == (1.0, 1.0, 1.0)  # the config's
-    assert job.preprocess.normalization.mean == pytest.approx((0.4, 0.5, 0.6))  # the folder's
+    assert job.preprocess.normalization.mean == pytest.approx((0.4, 0.5, 0.6))  # the folder's, in [0, 1] units
     assert job.preprocess.resize == (24, 24) and job.labels == ["cat", "dog", "fox"]
 
 
