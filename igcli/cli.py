@@ -201,7 +201,8 @@ def inspect(model: Path, as_json: bool) -> None:
 
     proto = read_onnx(model)
     report = describe(proto, model)
-    report["layout"] = describe_layout([spec.shape for spec in graph_inputs(proto)])
+    inputs = [spec.shape for spec in graph_inputs(proto)]
+    report["layout"] = describe_layout(inputs[:1] if report["igcli_gradient_graph"] else inputs)
     click.echo(json.dumps(report, indent=2) if as_json else yaml.safe_dump(report, sort_keys=False), nl=not as_json)
 
 

@@ -460,5 +460,8 @@ def test_load_model_refuses_several_outputs_through_the_api_too():
 
     with pytest.raises(ConfigError, match=r"the model has 2 outputs \(0 \[N, 4\]; 1 \[N, 4\]\)"):
         load_model(None, None, "logits", CPU, module=Pair(), input_shape=(1, 2, 2))
-    runner = load_model(None, None, "logits", CPU, module=Pair(), input_shape=(1, 2, 2), output=1)
-    torch.testing.assert_close(runner.scores(torch.ones(3, 1, 2, 2)), torch.full((3, 4), 2.0))
+    for shape in ((1, 2, 2), None):  # seen by the probe; or picked at each call where no size is known
+        runner = load_model(None, None, "logits", CPU, module=Pair(), input_shape=shape, output=1)
+        torch.testing.assert_close(runner.scores(torch.ones(3, 1, 2, 2)), torch.full((3, 4), 2.0))
+    with pytest.raises(ConfigError, match="the model has 2 outputs"):  # unseen, and no model.output
+        load_model(None, None, "logits", CPU, module=Pair()).scores(torch.ones(3, 1, 2, 2))

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, ModelError, root_cause
 from .base import Backend
-from .outputs import OutputChoiceError, Selector, select_output, selecting
+from .outputs import OutputChoiceError, SelectedOutput, Selector, select_output, selecting
 
 log = logging.getLogger("igcli")
 LAYOUTS = ("NCHW", "NHWC")
@@ -150,7 +150,8 @@ def probe_module(module: nn.Module, shape: tuple[int, int, int], interface: Inpu
                             "input at a time, which is slower: export it with a dynamic batch to run faster")
             return ProbeResult(selecting(module, outputs, output), replace(trial, fixed_batch=fixed))
     if not size_known:
-        return ProbeResult(module, replace(interface, layout="NCHW" if layout == "auto" else layout))
+        chosen = module if output is None else SelectedOutput(module, output)
+        return ProbeResult(chosen, replace(interface, layout="NCHW" if layout == "auto" else layout))
     cause = root_cause(failures[0 if len(failures) < 2 else 1])
     raise ModelError(f"model rejected an input shaped {[1] + list(shape)} ({cause}); "
                      "check input.mode, input.resize and input.crop")

@@ -28,7 +28,7 @@ from .onnx_backend import OnnxRuntimeBackend
 from .interface import PROBE_SIZE, InputInterface, adapted, onnx_layout, probe_module, resolve_layout
 from .onnx_source import (TensorSpec, check_differentiable_input, file_sha256, graph_outputs, onnx_to_torch,
                           read_onnx)
-from .outputs import OutputSelect, Selector, resolve_selector, shape_text
+from .outputs import OutputSelect, SelectedOutput, Selector, resolve_selector, shape_text
 from .sources import load_weights
 from .torch_backend import TorchBackend, set_eval
 
@@ -90,7 +90,7 @@ def load_model(
                               torch.device("cpu"), size_known=shape is not None)
         module, interface = probed.module, probed.interface
     elif output is not None:
-        raise ModelError("model.output needs the input size to find the model's outputs: set input.resize or input.crop")
+        module = SelectedOutput(module, output)
     if backend == "onnxruntime":
         if shape is None:
             raise ModelError("backend onnxruntime needs the input size to build a gradient graph: "
@@ -136,7 +136,8 @@ def _load_onnx(path: Path, score: ScoreKind, device: torch.device, backend: str,
             raise ModelError(f"{path}: exported with score '{info.score.value}' but model.score is "
                              f"'{score.value}'; set model.score: {info.score.value} or export again with --score")
         _require_float32(precision)
-        interface = replace(interface, layout=resolve_layout(None, layout, str(path)))
+        detected = onnx_layout((None,) + tuple(info.input_shape))
+        interface = replace(interface, layout=resolve_layout(detected, layout, f"{path} (input {list(info.input_shape)})"))
         return adapted(OnnxRuntimeBackend(model.SerializeToString(), info, device, threads), interface)
     spec = check_differentiable_input(model, path)
     interface = replace(interface, layout=resolve_layout(onnx_layout(spec.shape), layout, f"{path} (input "

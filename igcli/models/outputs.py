@@ -93,6 +93,18 @@ class OutputSelect(nn.Module):
         return self.inner(x)[self.key]
 
 
+class SelectedOutput(nn.Module):
+    """``inner``'s output picked by ``selector`` at each call, for models whose outputs were not
+    seen before the first input (nothing fixed the input size)."""
+
+    def __init__(self, inner: nn.Module, selector: Selector):
+        super().__init__()
+        self.inner, self.selector = inner, selector
+
+    def forward(self, x: Tensor) -> Tensor:
+        return select_output(self.inner(x), self.selector, len(x))
+
+
 def selecting(module: nn.Module, outputs: Any, selector: Selector) -> nn.Module:
     """``module`` made to return the selected output alone, given a sample of its ``outputs``."""
     if isinstance(outputs, Tensor):
