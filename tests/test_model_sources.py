@@ -155,9 +155,11 @@ NORMALIZE_BGR = ("--set", f"input.mean={RGB_MEAN[::-1]}", "--set", f"input.std={
                  "--set", "input.mode=BGR")
 
 
-def test_nhwc_bgr_models_torch_and_onnx_give_the_rgb_twins_maps(tmp_path):
+def test_nhwc_bgr_models_torch_and_onnx_give_the_rgb_twins_maps(tmp_path, monkeypatch):
     """The layout is detected (by running the torch module, from the ONNX input's shape) and the
-    maps equal the NCHW RGB twin's, and captum's on the NHWC BGR model rearranged."""
+    maps, on torch and through an NHWC gradient graph on onnxruntime, equal the NCHW RGB twin's,
+    and captum's on the NHWC BGR model rearranged."""
+    monkeypatch.setenv("IGCLI_CACHE_DIR", str(tmp_path / "cache"))
     net = rgb_net()
     twin = ChannelsLastBGR(net).eval()
     example = torch.rand(2, 3, 24, 24)
@@ -168,15 +170,17 @@ def test_nhwc_bgr_models_torch_and_onnx_give_the_rgb_twins_maps(tmp_path):
     image = rgb_image(tmp_path / "photos", size=(24, 24))
     common = ("--set", "input.resize=[24, 24]", "--set", "target=3", *IG_ARGS)
     maps = {}
-    for name, normalize in (("rgb.ts", NORMALIZE_RGB), ("nhwc_bgr.ts", NORMALIZE_BGR),
-                            ("nhwc_bgr.onnx", NORMALIZE_BGR)):
-        out = tmp_path / f"out-{name}"
-        result = igcli("explain", "--model", tmp_path / name, image, "-o", out, *normalize, *common)
+    runs = (("rgb.ts", NORMALIZE_RGB, "auto"), ("nhwc_bgr.ts", NORMALIZE_BGR, "auto"),
+            ("nhwc_bgr.onnx", NORMALIZE_BGR, "torch"), ("nhwc_bgr.onnx", NORMALIZE_BGR, "onnxruntime"))
+    for name, normalize, runtime in runs:
+        out = tmp_path / f"out-{name}-{runtime}"
+        result = igcli("explain", "--model", tmp_path / name, image, "-o", out, *normalize, *common,
+                       "--set", f"model.backend={runtime}")
         assert result.exit_code == 0, result.output
         (record,) = records(out)
-        maps[name] = saved_map(out, record)
-    assert_close_maps(maps["nhwc_bgr.ts"], maps["rgb.ts"], 1e-5)
-    assert_close_maps(maps["nhwc_bgr.onnx"], maps["rgb.ts"], 1e-5)
+        maps[name, runtime] = saved_map(out, record)
+    for key in maps:
+        assert_close_maps(maps[key], maps["rgb.ts", "auto"], 1e-5)
 
     # captum on the NHWC BGR model in its own space, then rearranged to NCHW RGB.
     pixels = torch.from_numpy(np.asarray(Image.open(image).convert("RGB"), dtype=np.float32) / 255)  # H W C (RGB)
@@ -184,7 +188,7 @@ def test_nhwc_bgr_models_torch_and_onnx_give_the_rgb_twins_maps(tmp_path):
     mean, std = torch.tensor(RGB_MEAN[::-1]), torch.tensor(RGB_STD[::-1])
     x, baseline = (bgr - mean) / std, (torch.zeros_like(bgr) - mean) / std
     theirs = captum_map(ChannelsLastBGR(net.double()), x, baseline, 3).permute(2, 0, 1).flip(0)
-    assert_close_maps(maps["nhwc_bgr.ts"], theirs)
+    assert_close_maps(maps["nhwc_bgr.ts", "auto"], theirs)
     assert not torch.allclose(theirs, theirs.flip(0))  # channel order matters in this check
 
 
