@@ -392,6 +392,10 @@ def test_safetensors_state_dict_for_a_factory_computes_the_same_function(tmp_pat
     reference = load_model(MODELS / "digits_cnn_state.pt", factory, "logits", CPU).scores(x)
     other = load_model(tmp_path / "digits.safetensors", factory, "logits", CPU).scores(x)
     torch.testing.assert_close(other, reference)
+    # A training script's checkpoint: wrapped in {"state_dict": ...}, saved from DistributedDataParallel.
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "ckpt.pth")
+    wrapped = load_model(tmp_path / "ckpt.pth", factory, "logits", CPU).scores(x)
+    torch.testing.assert_close(wrapped, reference)
 
 
 def importable(name: str) -> bool:

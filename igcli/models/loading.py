@@ -85,9 +85,11 @@ def load_model(
     set_eval(module)
     shape = input_shape or _example_shape(module)
     if shape is not None or channels is not None:
-        # On the CPU, where the module still is: the backend moves it (or exports it) afterwards.
+        # Where it will run; a module to export stays on the CPU, where it was loaded.
+        probe_device = torch.device("cpu") if backend == "onnxruntime" else device
+        module = module.to(probe_device)
         probed = probe_module(module, shape or (channels, PROBE_SIZE, PROBE_SIZE), interface, layout, output,
-                              torch.device("cpu"), size_known=shape is not None)
+                              probe_device, size_known=shape is not None)
         module, interface = probed.module, probed.interface
     elif output is not None:
         module = SelectedOutput(module, output)
