@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, ModelError, root_cause
 from .base import Backend
 from .outputs import OutputChoiceError, SelectedOutput, Selector, select_output, selecting
+from .torch_backend import _floating_dtype
 
 log = logging.getLogger("igcli")
 LAYOUTS = ("NCHW", "NHWC")
@@ -110,6 +111,8 @@ def resolve_layout(detected: str | None, configured: str, where: str) -> str:
 
 @dataclass
 class ProbeResult:
+    """The module to run, and how its input differs from igcli's tensors."""
+
     module: nn.Module  # returns the selected output alone
     interface: InputInterface
 
@@ -120,9 +123,9 @@ def probe_module(module: nn.Module, shape: tuple[int, int, int], interface: Inpu
     allows (auto: NCHW, then NHWC), at batch 2 and else 1: the first that runs sets the layout and
     a fixed batch of 1; its outputs must be one tensor or be chosen by ``output``.
 
-    Where nothing fixed the input size (``size_known`` False) and no probe runs, the module is
-    returned as it is: the first image's check decides. Else the error is a ModelError naming
-    its root cause."""
+    Where nothing fixed the input size (``size_known`` False) and no attempt runs, the module is
+    returned as it is (``output`` picked at each call): the first image's check decides. Else the
+    error is a ModelError naming its root cause."""
     dtype = _floating_dtype(module)
     layouts = LAYOUTS if layout == "auto" else (layout,)
     failures: list[BaseException] = []
@@ -154,11 +157,4 @@ def probe_module(module: nn.Module, shape: tuple[int, int, int], interface: Inpu
         return ProbeResult(chosen, replace(interface, layout="NCHW" if layout == "auto" else layout))
     cause = root_cause(failures[0 if len(failures) < 2 else 1])
     raise ModelError(f"model rejected an input shaped {[1] + list(shape)} ({cause}); "
-                     "check input.mode, input.resize and input.crop")
-
-
-def _floating_dtype(module: nn.Module) -> torch.dtype:
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.get_default_dtype()
+                     "check input.mode, input.layout, input.resize and input.crop")

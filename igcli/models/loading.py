@@ -159,7 +159,7 @@ def _load_onnx(path: Path, score: ScoreKind, device: torch.device, backend: str,
         return adapted(TorchBackend(module(), score, device, precision), interface)
     _require_float32(precision)
     shape, fixed_batch = resolve_input_shape(spec, input_shape, path)
-    graph = cached_gradient_graph(path, score, shape, module, f"output {chosen}" if chosen else "", fixed_batch)
+    graph = cached_gradient_graph(path, score, shape, module, f"output {chosen}" if chosen is not None else "", fixed_batch)
     return adapted(OnnxRuntimeBackend(graph.SerializeToString(), read_info(graph), device, threads), interface)
 
 
