@@ -7,6 +7,7 @@ pretrained weights before the checkpoint is loaded into them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, ModelError, root_cause
 
+log = logging.getLogger("igcli")
 # Pillow's filters by the numbers Hugging Face processors store.
 PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 PIXEL_MAX = 255.0  # igcli's pixels are in [0, 1]; Hugging Face processors rescale 0..255 by a factor
@@ -26,7 +28,7 @@ PIXEL_MAX = 255.0  # igcli's pixels are in [0, 1]; Hugging Face processors resca
 class SourceDefaults:
     """What a model source says about its inputs; config keys the user set override each."""
 
-    input: dict[str, Any] = field(default_factory=dict)  # mode, resize, crop, mean, std
+    input: dict[str, Any] = field(default_factory=dict)  # mode, resize, crop, mean, std, resample
     labels: list[str] | None = None
 
 
@@ -106,18 +108,25 @@ def huggingface_image_classifier(folder: Path) -> tuple[nn.Module, SourceDefault
         model = AutoModelForImageClassification.from_pretrained(str(folder), local_files_only=True).float()
     except Exception as error:  # noqa: BLE001 - transformers raises many kinds
         raise ModelError(f"{folder}: cannot load an image classifier ({root_cause(error)})") from None
-    inputs = huggingface_preprocessing(folder, getattr(model.config, "num_channels", 3))
+    inputs = huggingface_preprocessing(folder, getattr(model.config, "num_channels", 3),
+                                       getattr(model.config, "image_size", None))
     id2label = getattr(model.config, "id2label", None) or {}
     labels = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(len(id2label))] if id2label else None
     return HuggingFaceImageClassifier(model), SourceDefaults(inputs, labels)
 
 
-def huggingface_preprocessing(folder: Path, channels: int = 3) -> dict[str, Any]:
-    """resize/crop/mean/std/mode from ``folder``/preprocessor_config.json, in igcli's terms (pixels
-    in [0, 1]); {} without the file."""
+def huggingface_preprocessing(folder: Path, channels: int = 3, image_size: Any = None) -> dict[str, Any]:
+    """resize/crop/mean/std/mode/resample from ``folder``/preprocessor_config.json, in igcli's
+    terms (pixels in [0, 1]). Without the file: the mode, and the model's ``image_size``, with a
+    warning, as mean and std are then unknown."""
     path = folder / "preprocessor_config.json"
     if not path.is_file():
-        return {"mode": "L" if channels == 1 else "RGB"}
+        log.warning("%s has no preprocessor_config.json: set input.mean and input.std (and input.resize) as the "
+                    "model was trained", folder)
+        settings = {"mode": "L" if channels == 1 else "RGB"}
+        if isinstance(image_size, int):
+            settings["resize"] = (image_size, image_size)
+        return settings
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
@@ -204,7 +213,27 @@ def _builder(library: str, name: str) -> tuple[Callable[..., nn.Module], Callabl
     except ValueError:
         raise ConfigError(f"model.torchvision '{name}': not a torchvision model; "
                           "`torchvision.models.list_models()` lists them") from None
-    return (lambda **kw: package.models.get_model(name, weights=None, **kw)), lambda module: SourceDefaults()
+    return (lambda **kw: package.models.get_model(name, weights=None, **kw)), lambda module: _torchvision_defaults(
+        package, name)
+
+
+def _torchvision_defaults(torchvision: Any, name: str) -> SourceDefaults:
+    """The preprocessing of the architecture's default weights, read from their metadata (the weights
+    themselves are not fetched); none where the architecture has no weights listed."""
+    try:
+        transform = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    except (AttributeError, ValueError, KeyError):
+        return SourceDefaults()
+    settings: dict[str, Any] = {"mean": tuple(transform.mean), "std": tuple(transform.std)}
+    resize, crop = getattr(transform, "resize_size", None), getattr(transform, "crop_size", None)
+    if resize:
+        settings["resize"] = int(resize[0]) if len(resize) == 1 else tuple(int(v) for v in resize)
+    if crop:
+        settings["crop"] = (int(crop[0]), int(crop[-1]))
+    interpolation = getattr(getattr(transform, "interpolation", None), "value", None)
+    if interpolation in PIL_FILTERS.values():
+        settings["resample"] = interpolation
+    return SourceDefaults(settings)
 
 
 def _timm_defaults(module: nn.Module) -> SourceDefaults:
