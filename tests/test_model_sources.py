@@ -126,6 +126,10 @@ def test_config_keys_override_the_folder_preprocessing(tmp_path):
     assert job.preprocess.normalization.std == (1.0, 1.0, 1.0)  # the config's
     assert job.preprocess.normalization.mean == pytest.approx((0.4, 0.5, 0.6))  # the folder's, in [0, 1] units
     assert job.preprocess.resize == (24, 24) and job.labels == ["cat", "dog", "fox"]
+    # Without preprocessor_config.json the model's image_size still sizes the input (a ViT needs it).
+    (folder / "preprocessor_config.json").unlink()
+    job = ImageJob(load_config(None, [(f"model.path={folder}", "--set")]))
+    assert job.preprocess.resize == (24, 24) and job.preprocess.normalization.mean == (0.0,)
 
 
 # ---- NHWC and BGR -------------------------------------------------------------------------------
