@@ -86,14 +86,15 @@ def load_weights(module: nn.Module, path: Path, what: str) -> None:
 
 
 class HuggingFaceImageClassifier(nn.Module):
-    """pixel_values -> logits of a transformers image classifier."""
+    """pixel_values -> a transformers image classifier's output: a dict of its tensors (``logits``
+    alone unless its config asks for more), chosen from by model.output like any dict output."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        return self.model(pixel_values=pixel_values, return_dict=True).logits
+    def forward(self, pixel_values: Tensor):
+        return self.model(pixel_values=pixel_values, return_dict=True)
 
 
 def huggingface_image_classifier(folder: Path) -> tuple[nn.Module, SourceDefaults]:
