@@ -201,12 +201,16 @@ def export(model: Path, out_path: Path, score: str, input_shape: str | None, fac
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
 @reporting_errors
 def inspect(model: Path, as_json: bool) -> None:
-    """Describe an ONNX model: inputs, outputs, opsets, producer, ops, gradient support."""
+    """Describe an ONNX model: inputs, outputs, layout, opsets, producer, ops, gradient support."""
     import json
 
-    from .models.onnx_source import describe, read_onnx
+    from .models.interface import describe_layout
+    from .models.onnx_source import describe, graph_inputs, read_onnx
 
-    report = describe(read_onnx(model), model)
+    proto = read_onnx(model)
+    report = describe(proto, model)
+    inputs = [spec.shape for spec in graph_inputs(proto)]
+    report["layout"] = describe_layout(inputs[:1] if report["igcli_gradient_graph"] else inputs)
     click.echo(json.dumps(report, indent=2) if as_json else yaml.safe_dump(report, sort_keys=False), nl=not as_json)
 
 

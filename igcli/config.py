@@ -39,11 +39,22 @@ class ModelSection(Section):
     # runs two chunks at once, each on half of them (overlap.py).
     threads: int = Field(0, ge=0)
     precision: Precision = Precision.float32  # path points under autocast: bfloat16 | float16 (torch backend)
+    # Which output F is made of, for models with several (tuple, dict, namedtuple, multi-output
+    # ONNX): an index or a name. Required for those; see docs/models.md.
+    output: Union[int, str, None] = None
+    timm: str | None = None  # a timm architecture by name; model.path is its local checkpoint
+    torchvision: str | None = None  # a torchvision architecture by name; model.path is its local checkpoint
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> "ModelSection":  # noqa: D102
-        if self.path is None and self.factory is None:
-            raise ValueError("set model.path (a .pt/.pt2 file) or model.factory (module:function)")
+        builders = [key for key in ("factory", "timm", "torchvision") if getattr(self, key) is not None]
+        if self.path is None and not builders:
+            raise ValueError("set model.path (a model file or folder) or model.factory (module:function)")
+        if len(builders) > 1:
+            raise ValueError(f"set one of model.{' and model.'.join(builders)}: each builds the model")
+        if self.path is None and builders[0] != "factory":
+            raise ValueError(f"model.{builders[0]} needs model.path: a local checkpoint (.pth or .safetensors); "
+                             "igcli never downloads weights")
         return self
 
 
@@ -57,9 +68,11 @@ class InputSection(Section):
     """How image files become model inputs."""
 
     kind: Literal["image", "text"] = "image"
-    mode: Literal["L", "RGB"] = "RGB"
+    mode: Literal["L", "RGB", "BGR"] = "RGB"  # the model's channel order; mean and std follow it
+    layout: Literal["auto", "NCHW", "NHWC"] = "auto"  # auto: from the model where it tells (docs/models.md)
     resize: Size | None = None  # int: shorter side to N keeping aspect; [H, W]: exact size
     crop: Size | None = None  # centre crop after resizing
+    resample: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = "bilinear"  # Pillow's filter
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     extensions: tuple[str, ...] | None = None  # default: by kind (IMAGE_SUFFIXES or .txt .jsonl)

@@ -39,3 +39,31 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's message, for one-line reports of library errors."""
     lines = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+def root_cause(error: BaseException) -> str:
+    """The deepest exception of the chain (``__cause__``, else ``__context__``), as one line:
+    library errors often wrap the useful message under a generic first line."""
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        nested = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if nested is None:
+            break
+        error = nested
+    return meaningful_line(error)
+
+
+def meaningful_line(error: BaseException) -> str:
+    """The first line of the message that says something: TorchScript interpreter errors open with
+    'The following operation failed in the TorchScript interpreter.' and a traceback, and end with
+    the real error on their last lines."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if "TorchScript interpreter" in lines[0]:
+        errors = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line)]
+        if errors:
+            return errors[-1]
+    return lines[0]

@@ -29,6 +29,7 @@ class ImagePreprocess:
     crop: Size = None
     normalization: Normalization = Normalization((0.0,), (1.0,))
     max_bytes: int = DEFAULT_MAX_BYTES  # input.max_bytes: larger files are refused unread
+    resample: str = "bilinear"  # Pillow's resampling filter, by name
 
 
 def read_image(ref: InputRef, prep: ImagePreprocess) -> Sample:
@@ -92,7 +93,7 @@ def preprocess(image: Image.Image, prep: ImagePreprocess) -> Image.Image:
         if limit is not None and width * height > limit:
             raise ValueError(f"resizing {image.width}x{image.height} to {width}x{height} exceeds Pillow's pixel "
                              f"limit ({limit:,}, the decompression bomb guard)")
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
+        image = image.resize((width, height), Image.Resampling[prep.resample.upper()])
     if prep.crop is not None:
         height, width = (prep.crop, prep.crop) if isinstance(prep.crop, int) else prep.crop
         if height > image.height or width > image.width:

@@ -139,6 +139,6 @@ def baseline_warnings(e: Explanation, score: ScoreKind, margin: float) -> list[s
 
 
 def model_failure(sample: AnySample, error: BaseException) -> Failure:
-    from ..errors import first_line
+    from ..errors import root_cause
 
-    return Failure(sample.source, sample.relpath, "ModelError", f"{sample.source}: model failed ({first_line(error)})")
+    return Failure(sample.source, sample.relpath, "ModelError", f"{sample.source}: model failed ({root_cause(error)})")

@@ -11,13 +11,14 @@ import torch
 
 from ..adaptive import INITIAL_INTERVALS, MapBuffers
 from ..baselines import AUTO_CANDIDATES, BaselineKind, BaselinePlan, Normalization, auto_candidates, make_baselines
-from ..config import Config, Region, TopK
+from ..config import Config, InputSection, Region, TopK
 from ..engine import BatchSize, Explanation, Quadrature, batched_scores, explain, resolve_targets
-from ..errors import ConfigError, InputError, ModelError, first_line
+from ..errors import ConfigError, InputError, ModelError, root_cause
 from ..inputs.discover import InputRef
 from ..inputs.images import ImagePreprocess, read_image
 from ..memory import FALLBACK_POINTS, MAX_POINTS, auto_points
 from ..models.loading import load_model, resolve_device
+from ..models.sources import SourceDefaults, image_source
 from ..overlap import chunks_in_flight, points_per_chunk
 from ..quadrature import Rule
 from ..records import Attribution, Failure, Sample
@@ -46,21 +47,28 @@ ADAPTIVE_POINTS_PER_PATH = 48
 
 class ImageJob:
     def __init__(self, config: Config):
-        self.config = config
         section = config.model
         self.device = resolve_device(config.device)
+        module, defaults = image_source(section.path, section.timm, section.torchvision)
+        # The model source's preprocessing fills the input keys the config does not set.
+        config = config.model_copy(update={"input": with_source_defaults(config.input, defaults)})
+        self.config, inputs = config, config.input
+        bgr = inputs.mode == "BGR"
         self.backend = load_model(section.path, section.factory, section.score, self.device, section.trust_pickle,
                                   backend=section.backend, threads=section.threads, precision=section.precision,
-                                  input_shape=config.input.model_shape())
+                                  input_shape=inputs.model_shape(), output=section.output, layout=inputs.layout,
+                                  bgr=bgr, channels=1 if inputs.mode == "L" else 3, module=module)
         self.runtime = self.backend.runtime
-        self.labels = read_labels(section.labels) if section.labels else None
+        self.labels = read_labels(section.labels) if section.labels else defaults.labels
         self.target = resolve_target(config.target, self.labels)
         self.region = region_target(config.target, self.labels, section.score) \
             if isinstance(config.target, Region) else None
         self.classes: int | None = None  # the model's output columns, once check() has seen them
-        norm = Normalization(tuple(config.input.mean), tuple(config.input.std))
-        self.preprocess = ImagePreprocess(config.input.mode, config.input.resize, config.input.crop, norm,
-                                          config.input.max_bytes)
+        # mean and std come in the model's channel order; igcli's tensors are RGB (see models/interface.py).
+        order = (lambda values: tuple(reversed(values))) if bgr else tuple
+        norm = Normalization(order(inputs.mean), order(inputs.std))
+        self.preprocess = ImagePreprocess("RGB" if bgr else inputs.mode, inputs.resize, inputs.crop, norm,
+                                          inputs.max_bytes, inputs.resample)
         self.baseline = _baseline_plan(config, self.preprocess)
         steps = None if config.steps == "auto" else config.steps
         self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps,
@@ -100,7 +108,7 @@ class ImageJob:
                 self.classes = self.backend.scores(x).shape[1]
         except MODEL_FAILURES as error:
             raise ModelError(f"model rejected an input shaped {list(x.shape)} from {sample.source} "
-                             f"({first_line(error)}); check input.mode, input.resize and input.crop") from None
+                             f"({root_cause(error)}); check input.mode, input.resize and input.crop") from None
         if self.classes is not None:
             check_classes(self.classes, self.labels, self.target, self.config.model.score)
         if self.config.batch_size == "auto" and self.config.input.model_shape() is None:
@@ -173,6 +181,12 @@ class ImageJob:
             first = make_baselines(self.baseline, group[0].pixels, norm, group[0].relpath)
             return first.expand((len(group),) + tuple(first.shape))
         return torch.stack([make_baselines(self.baseline, s.pixels, norm, s.relpath) for s in group])
+
+
+def with_source_defaults(inputs: InputSection, defaults: SourceDefaults) -> InputSection:
+    """``inputs`` with the model source's settings for every key the config left unset."""
+    update = {key: value for key, value in defaults.input.items() if key not in inputs.model_fields_set}
+    return inputs.model_copy(update=update) if update else inputs
 
 
 def _baseline_plan(config: Config, preprocess: ImagePreprocess) -> BaselinePlan:

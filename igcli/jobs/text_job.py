@@ -17,7 +17,7 @@ from ..adaptive import MapBuffers
 from ..baselines import BaselineKind, text_baseline_ids
 from ..config import Config
 from ..engine import BatchSize, Explanation, Quadrature, explain
-from ..errors import ConfigError, ModelError, first_line
+from ..errors import ConfigError, ModelError, root_cause
 from ..inputs.discover import InputRef
 from ..inputs.text import TextDocument, read_documents
 from ..memory import FALLBACK_POINTS, GPU_POINTS
@@ -84,7 +84,7 @@ class TextJob:
             backend = self.model.backend_for(sample.ids, sample.mask)
             classes = backend.scores(self.model.embed(sample.ids)[None]).shape[1]
         except MODEL_FAILURES as error:
-            raise ModelError(f"model failed on {sample.source} ({first_line(error)}); check model.embedding_layer "
+            raise ModelError(f"model failed on {sample.source} ({root_cause(error)}); check model.embedding_layer "
                              "and that the model takes token ids (and a mask)") from None
         check_classes(classes, self.labels, self.target, self.config.model.score)
 

@@ -12,6 +12,7 @@ import logging
 import os
 import warnings
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,13 +20,17 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import ModelError, first_line
+from ..errors import ModelError, root_cause
 from ..atomic_files import write_bytes_atomic
 from .base import Backend, Precision, ScoreKind
 from .export import export_gradient_graph, read_info
 from .onnx_backend import OnnxRuntimeBackend
-from .onnx_source import TensorSpec, check_differentiable_input, file_sha256, onnx_to_torch, read_onnx
-from .torch_backend import TorchBackend
+from .interface import PROBE_SIZE, InputInterface, adapted, onnx_layout, probe_module, resolve_layout
+from .onnx_source import (TensorSpec, check_differentiable_input, file_sha256, graph_outputs, onnx_to_torch,
+                          read_onnx)
+from .outputs import OutputSelect, SelectedOutput, Selector, resolve_selector, shape_text
+from .sources import load_weights
+from .torch_backend import TorchBackend, set_eval
 
 log = logging.getLogger("igcli")
 
@@ -46,7 +51,8 @@ def resolve_device(name: str) -> torch.device:
 def load_model(
     path: Path | None, factory: str | None, score: ScoreKind, device: torch.device, trust_pickle: bool = False,
     *, backend: str = "auto", threads: int = 0, input_shape: tuple[int, ...] | None = None,
-    precision: Precision = Precision.float32,
+    precision: Precision = Precision.float32, output: Selector = None, layout: str = "auto",
+    bgr: bool = False, channels: int | None = None, module: nn.Module | None = None,
 ) -> Backend:
     """Load the model and wrap it in the backend that runs it.
 
@@ -57,25 +63,45 @@ def load_model(
     model, or for a plain ONNX model, first builds an igcli gradient graph (cached by model hash),
     which needs ``input_shape`` (without the batch axis) unless the model fixes it.
     ``precision`` below float32 needs the torch backend (autocast is torch's).
+
+    The Backend returned takes NCHW tensors in RGB (or L) order, ``input_shape`` being [C, H, W];
+    ``layout`` (auto | NCHW | NHWC) and ``bgr`` say what the model takes (models/interface.py), and
+    ``output`` which of several outputs F is made of (models/outputs.py). ``module``: a torch
+    module already built (models/sources.py), run instead of ``path``/``factory``. ``channels``
+    (1 or 3) lets a torch module be probed where nothing fixes the input size.
     """
     if path is not None and not path.exists():
         raise ModelError(f"{path}: model file not found; check model.path or --model")
     use_threads(threads)
-    onnx_file = path is not None and path.suffix.lower() == ".onnx"
+    onnx_file = module is None and path is not None and path.suffix.lower() == ".onnx"
     if backend == "onnxruntime":
         _require_float32(precision)
+    interface = InputInterface(reverse_channels=bgr)
     if onnx_file:
-        return _load_onnx(path, ScoreKind(score), device, backend, threads, input_shape, precision)
-    module = load_module(path, factory, trust_pickle)
+        return _load_onnx(path, ScoreKind(score), device, backend, threads, input_shape, precision,
+                          output, layout, interface)
+    if module is None:
+        module = load_module(path, factory, trust_pickle)
+    set_eval(module)
+    shape = input_shape or _example_shape(module)
+    if shape is not None or channels is not None:
+        # Where it will run; a module to export stays on the CPU, where it was loaded.
+        probe_device = torch.device("cpu") if backend == "onnxruntime" else device
+        module = module.to(probe_device)
+        probed = probe_module(module, shape or (channels, PROBE_SIZE, PROBE_SIZE), interface, layout, output,
+                              probe_device, size_known=shape is not None)
+        module, interface = probed.module, probed.interface
+    elif output is not None:
+        module = SelectedOutput(module, output)
     if backend == "onnxruntime":
-        shape = input_shape or _example_shape(module)
         if shape is None:
             raise ModelError("backend onnxruntime needs the input size to build a gradient graph: "
                              "set input.resize: [H, W] or input.crop")
         source = path if path is not None else Path(factory.rpartition(":")[0])
-        model = cached_gradient_graph(source, ScoreKind(score), shape, lambda: module, factory or "")
-        return OnnxRuntimeBackend(model.SerializeToString(), read_info(model), device, threads)
-    return TorchBackend(module, score, device, precision)
+        graph = cached_gradient_graph(source, ScoreKind(score), interface.model_shape(tuple(shape)), lambda: module,
+                                      f"{factory or ''}|{getattr(module, 'key', '')}", interface.fixed_batch)
+        return adapted(OnnxRuntimeBackend(graph.SerializeToString(), read_info(graph), device, threads), interface)
+    return adapted(TorchBackend(module, score, device, precision), interface)
 
 
 def use_threads(threads: int) -> None:
@@ -100,7 +126,9 @@ def _whole_model_file(path: Path | None) -> bool:
 
 
 def _load_onnx(path: Path, score: ScoreKind, device: torch.device, backend: str, threads: int,
-               input_shape: tuple[int, ...] | None, precision: Precision = Precision.float32) -> Backend:
+               input_shape: tuple[int, ...] | None, precision: Precision = Precision.float32,
+               output: Selector = None, layout: str = "auto",
+               interface: InputInterface = InputInterface()) -> Backend:
     model = read_onnx(path)
     info = read_info(model)
     if info is not None:
@@ -110,22 +138,37 @@ def _load_onnx(path: Path, score: ScoreKind, device: torch.device, backend: str,
             raise ModelError(f"{path}: exported with score '{info.score.value}' but model.score is "
                              f"'{score.value}'; set model.score: {info.score.value} or export again with --score")
         _require_float32(precision)
-        return OnnxRuntimeBackend(model.SerializeToString(), info, device, threads)
+        detected = onnx_layout((None,) + tuple(info.input_shape))
+        interface = replace(interface, layout=resolve_layout(detected, layout, f"{path} (input {list(info.input_shape)})"))
+        return adapted(OnnxRuntimeBackend(model.SerializeToString(), info, device, threads), interface)
     spec = check_differentiable_input(model, path)
-    _warn_double_softmax(model, path, score)
+    interface = replace(interface, layout=resolve_layout(onnx_layout(spec.shape), layout, f"{path} (input "
+                                                         f"'{spec.name}' {list(spec.shape)})"))
+    outputs = graph_outputs(model)
+    chosen = resolve_selector([o.name for o in outputs], output, "; ".join(
+        f"{i} {o.name!r} {shape_text(o.shape)}" for i, o in enumerate(outputs)))
+    _warn_double_softmax(model, path, score, chosen or 0)
+
+    def module() -> nn.Module:
+        converted = onnx_to_torch(model, path)
+        return converted if chosen is None else OutputSelect(converted, chosen)
+
+    if input_shape is not None:
+        input_shape = interface.model_shape(tuple(input_shape))
     if backend == "torch" or backend == "auto" and not _fixed_batch(spec):
-        return TorchBackend(onnx_to_torch(model, path), score, device, precision)
+        return adapted(TorchBackend(module(), score, device, precision), interface)
     _require_float32(precision)
     shape, fixed_batch = resolve_input_shape(spec, input_shape, path)
-    graph = cached_gradient_graph(path, score, shape, lambda: onnx_to_torch(model, path), "", fixed_batch)
-    return OnnxRuntimeBackend(graph.SerializeToString(), read_info(graph), device, threads)
+    graph = cached_gradient_graph(path, score, shape, module, f"output {chosen}" if chosen is not None else "", fixed_batch)
+    return adapted(OnnxRuntimeBackend(graph.SerializeToString(), read_info(graph), device, threads), interface)
 
 
-def _warn_double_softmax(model, path: Path, score: ScoreKind) -> None:
-    producers = {output: node.op_type for node in model.graph.node for output in node.output}
-    if score is ScoreKind.softmax and producers.get(model.graph.output[0].name) in ("Softmax", "Sigmoid"):
+def _warn_double_softmax(model, path: Path, score: ScoreKind, output: int = 0) -> None:
+    producers = {name: node.op_type for node in model.graph.node for name in node.output}
+    last = producers.get(model.graph.output[output].name)
+    if score is ScoreKind.softmax and last in ("Softmax", "Sigmoid"):
         log.warning("%s already ends in %s, and model.score softmax applies another; set model.score: logits "
-                    "to attribute the model's own probabilities", path, producers[model.graph.output[0].name])
+                    "to attribute the model's own probabilities", path, last)
 
 
 def _fixed_batch(spec: TensorSpec) -> bool:
@@ -164,7 +207,7 @@ def cached_gradient_graph(source: Path, score: ScoreKind, shape: tuple[int, ...]
     """The gradient graph for ``source``, from the cache or exported now and cached atomically."""
     import onnx
 
-    sha = file_sha256(source)
+    sha = source_sha256(source)
     key = hashlib.sha256(f"{sha}|{salt}|{score.value}|{shape}|{fixed_batch}|{__version__}|{torch.__version__}"
                          .encode()).hexdigest()[:20]
     cached = cache_dir() / f"{source.stem}-{key}.grad.onnx"
@@ -182,6 +225,16 @@ def cached_gradient_graph(source: Path, score: ScoreKind, shape: tuple[int, ...]
     return model
 
 
+def source_sha256(source: Path) -> str:
+    """sha256 of a model file, or of every file's name and bytes in a model folder (Hugging Face)."""
+    if not source.is_dir():
+        return file_sha256(source)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in source.rglob("*") if p.is_file()):
+        digest.update(f"\0{file.relative_to(source)}\0{file_sha256(file)}".encode())
+    return digest.hexdigest()
+
+
 def _example_shape(module: nn.Module) -> tuple[int, ...] | None:
     """The input shape (without batch) an exported program was traced with, if it kept one."""
     example = getattr(module, "igcli_example_shape", None)
@@ -195,7 +248,7 @@ def _load_file(path: Path, trust_pickle: bool) -> nn.Module:
             program = torch.export.load(str(path))
             module = program.module()
         except Exception as error:  # noqa: BLE001 - any load failure is reported the same way
-            raise ModelError(f"{path}: cannot load torch.export program ({first_line(error)})") from None
+            raise ModelError(f"{path}: cannot load torch.export program ({root_cause(error)})") from None
         args = (program.example_inputs or ((), {}))[0]
         if args and isinstance(args[0], torch.Tensor):
             module.igcli_example_shape = tuple(args[0].shape[1:])
@@ -206,7 +259,7 @@ def _load_file(path: Path, trust_pickle: bool) -> nn.Module:
             try:
                 return torch.jit.load(str(path), map_location="cpu")
             except Exception as error:  # noqa: BLE001
-                raise ModelError(f"{path}: cannot load TorchScript ({first_line(error)})") from None
+                raise ModelError(f"{path}: cannot load TorchScript ({root_cause(error)})") from None
     if kind == "other" and not trust_pickle:
         raise ModelError(
             f"{path}: not a model file igcli can read; expected TorchScript, a torch.export .pt2, "
@@ -237,7 +290,7 @@ def _load_pickle(path: Path, trust_pickle: bool) -> nn.Module:
                 f"{path}: holds a pickled Python object, which runs code when loaded; export it with "
                 "torch.export (.pt2), or set model.trust_pickle: true if you trust its source"
             ) from None
-        raise ModelError(f"{path}: not a model file igcli can read ({first_line(error)})") from None
+        raise ModelError(f"{path}: not a model file igcli can read ({root_cause(error)})") from None
     if isinstance(loaded, nn.Module):
         return loaded
     if isinstance(loaded, dict):
@@ -254,14 +307,7 @@ def _build_from_factory(factory: str, weights: Path | None) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise ModelError(f"model.factory '{factory}' returned {type(module).__name__}, not a torch nn.Module")
     if weights is not None:
-        try:
-            state = torch.load(str(weights), map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001
-            raise ModelError(f"{weights}: cannot read state_dict ({first_line(error)})") from None
-        try:
-            module.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError) as error:
-            raise ModelError(f"{weights}: does not fit model.factory '{factory}' ({first_line(error)})") from None
+        load_weights(module, weights, f"model.factory '{factory}'")
     return module
 
 
@@ -290,7 +336,7 @@ def _described(error: BaseException) -> str:
     """One line for an exception raised by a factory's code (a SystemExit is the code exiting)."""
     if isinstance(error, SystemExit):
         return f"it called exit({error.code!r})"
-    return f"{type(error).__name__}: {first_line(error)}"[:300]
+    return f"{type(error).__name__}: {root_cause(error)}"[:300]
 
 
 def build_gradient_graph(path: Path, factory: str | None, score: ScoreKind, trust_pickle: bool = False,

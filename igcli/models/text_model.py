@@ -15,7 +15,7 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, ModelError, first_line
+from ..errors import ConfigError, ModelError, root_cause
 from .base import Backend, Precision, ScoreKind
 from .tokenizer import TextTokenizer
 from .torch_backend import TorchBackend
@@ -149,7 +149,7 @@ def huggingface_text_model(folder: Path, score: ScoreKind, device: torch.device,
     try:
         module = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True)
     except Exception as error:  # noqa: BLE001 - transformers raises many kinds
-        raise ModelError(f"{folder}: cannot load a sequence classifier ({first_line(error)})") from None
+        raise ModelError(f"{folder}: cannot load a sequence classifier ({root_cause(error)})") from None
     tokenizer = TextTokenizer.from_path(tokenizer_path or folder)
 
     def call(inner: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:

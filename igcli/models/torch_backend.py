@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .base import Precision, ScoreKind, apply_score
 from .fold import fold_batch_norms
+from .outputs import select_output
 from .pool_first import pool_before_relu
 
 
@@ -59,9 +60,7 @@ class TorchBackend:
     def _forward(self, x: Tensor) -> Tensor:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        outputs = self.module(x)
-        if isinstance(outputs, (tuple, list)):
-            outputs = outputs[0]
+        outputs = select_output(self.module(x), batch=len(x))  # several outputs: refused, see models/outputs.py
         if self.head is not None:
             return self.head(outputs)
         if outputs.dim() == 1:
