@@ -22,7 +22,7 @@ from .. import __version__
 from ..errors import ModelError, first_line
 from ..atomic_files import write_bytes_atomic
 from .base import Backend, Precision, ScoreKind
-from .export import export_gradient_graph, read_info
+from .export import checked_gradient_graph, read_info
 from .onnx_backend import OnnxRuntimeBackend
 from .onnx_source import TensorSpec, check_differentiable_input, file_sha256, onnx_to_torch, read_onnx
 from .torch_backend import TorchBackend
@@ -117,7 +117,7 @@ def _load_onnx(path: Path, score: ScoreKind, device: torch.device, backend: str,
         return TorchBackend(onnx_to_torch(model, path), score, device, precision)
     _require_float32(precision)
     shape, fixed_batch = resolve_input_shape(spec, input_shape, path)
-    graph = cached_gradient_graph(path, score, shape, lambda: onnx_to_torch(model, path), "", fixed_batch)
+    graph = cached_gradient_graph(path, score, shape, lambda: model, "onnx-vjp", fixed_batch)
     return OnnxRuntimeBackend(graph.SerializeToString(), read_info(graph), device, threads)
 
 
@@ -174,7 +174,7 @@ def cached_gradient_graph(source: Path, score: ScoreKind, shape: tuple[int, ...]
         except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt
             log.warning("%s: damaged cache entry, rebuilding", cached)
     log.info("building the gradient graph for %s (once; cached in %s)", source, cached.parent)
-    model = export_gradient_graph(build_module(), score, shape, sha, fixed_batch)
+    model, _ = checked_gradient_graph(build_module(), score, shape, sha, fixed_batch, source)
     try:
         write_bytes_atomic(cached, model.SerializeToString())
     except OSError as error:
@@ -284,37 +284,18 @@ def _resolve_factory(factory: str) -> Callable[[], object]:
 
 def build_gradient_graph(path: Path, factory: str | None, score: ScoreKind, trust_pickle: bool = False,
                          input_shape: tuple[int, ...] | None = None):
-    """`igcli export`: the gradient graph of a torch model or a plain ONNX model, checked.
+    """`igcli export`: (the gradient graph of a torch model or a plain ONNX model, its GradientCheck).
 
-    Returns (ModelProto, max relative difference of its gradients from torch autograd on the same
-    random batch); the check runs the exported graph on onnxruntime.
-    """
-    fixed_batch = None
+    The graph passed the same check as the graphs `explain` builds (export.check_gradient_graph)."""
     if path is not None and path.suffix.lower() == ".onnx":
         model = read_onnx(path)
         if read_info(model) is not None:
             raise ModelError(f"{path}: already an igcli gradient graph")
         spec = check_differentiable_input(model, path)
         input_shape, fixed_batch = resolve_input_shape(spec, input_shape, path)
-        module = onnx_to_torch(model, path)
-    else:
-        module = load_module(path, factory, trust_pickle)
-        input_shape = input_shape or _example_shape(module)
-        if input_shape is None:
-            raise ModelError(f"{path}: give --input-shape C,H,W (the model's input without the batch axis)")
-    graph = export_gradient_graph(module, score, tuple(input_shape), file_sha256(path), fixed_batch)
-    return graph, gradient_graph_error(graph, module, score)
-
-
-def gradient_graph_error(graph, module: nn.Module, score: ScoreKind, batch: int = 3) -> float:
-    """Max |grad_onnx - grad_torch| / max |grad_torch| on a seeded random batch."""
-    info = read_info(graph)
-    runtime = OnnxRuntimeBackend(graph.SerializeToString(), info, torch.device("cpu"))
-    reference = TorchBackend(module, score, "cpu")
-    size = info.fixed_batch or batch
-    x = torch.randn((size,) + info.input_shape, generator=torch.Generator().manual_seed(0)).to(reference.dtype)
-    weights = torch.softmax(torch.randn(size, runtime.num_classes, generator=torch.Generator().manual_seed(1)), 1)
-    _, expected = reference.scores_and_grads(x, weights.to(reference.dtype))
-    _, actual = runtime.scores_and_grads(x, weights)
-    scale = float(expected.abs().max()) or 1.0
-    return float((actual.double() - expected.double()).abs().max()) / scale
+        return checked_gradient_graph(model, score, tuple(input_shape), file_sha256(path), fixed_batch, path)
+    module = load_module(path, factory, trust_pickle)
+    input_shape = input_shape or _example_shape(module)
+    if input_shape is None:
+        raise ModelError(f"{path}: give --input-shape C,H,W (the model's input without the batch axis)")
+    return checked_gradient_graph(module, score, tuple(input_shape), file_sha256(path), None, path)
