@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ModelError, first_line
 from .base import ScoreKind
+from .onnx_source import root_cause
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,19 @@ def normalize(model):
     _rename(model, {name: f"{name}__source" for name in (INPUT, WEIGHTS, SCORES, GRADS)})
     opset = opset_of(model)
     if opset < TARGET_OPSET:
+        if model.ir_version < 4:  # IR 3 lists every initializer as a graph input; the converter expects that
+            listed = {value.name for value in model.graph.input}
+            model.graph.input.extend(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims)
+                                     for init in model.graph.initializer if init.name not in listed)
         try:
             model = version_converter.convert_version(model, TARGET_OPSET)
         except Exception as error:  # noqa: BLE001 - the converter raises its own kinds
+            for index, node in enumerate(model.graph.node):
+                if not onnx.defs.has(node.op_type, node.domain):
+                    raise ModelError(f"igcli cannot differentiate op {node.op_type} (node '{node.name or index}'): "
+                                     f"not an operator of ONNX opset {opset}") from None
             raise ModelError(f"cannot bring the ONNX graph from opset {opset} to {TARGET_OPSET} "
-                             f"({first_line(error)})") from None
+                             f"({root_cause(error)})") from None
     initializers = {init.name for init in model.graph.initializer}
     kept = [value for value in model.graph.input if value.name not in initializers]
     del model.graph.input[:]
@@ -323,15 +332,3 @@ def _score_head(build: Builder, output: str, rank: int, score: ScoreKind) -> tup
 
 def _total(build: Builder, parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else build.op("Sum", parts)
-
-
-def root_cause(error: BaseException) -> str:
-    """The first line of the deepest exception in ``error``'s chain."""
-    seen, deepest = set(), error
-    while True:
-        nested = deepest.__cause__ or deepest.__context__
-        if nested is None or id(nested) in seen:
-            break
-        seen.add(id(deepest))
-        deepest = nested
-    return f"{type(deepest).__name__}: {first_line(deepest)}" if deepest is not error else first_line(error)
