@@ -181,8 +181,8 @@ def export(model: Path, out_path: Path, score: str, input_shape: str | None, fac
 
     graph, check = build_gradient_graph(model, factory, ScoreKind(score), trust_pickle, _shape(input_shape))
     write_bytes_atomic(out_path, graph.SerializeToString())
-    click.echo(f"igcli: wrote {out_path} (score {score}; gradients within {check.error:.1e} of float64 autograd, "
-               f"relative; the float32 torch route is within {check.noise:.1e})", err=True)
+    click.echo(f"igcli: wrote {out_path} (score {score}; gradients within {check.error:.1e} of {check.reference} "
+               "autograd, relative)", err=True)
 
 
 @main.command(epilog=EXIT_CODES)
