@@ -50,8 +50,8 @@ def test_opset11_cnn_with_constant_weights_ig_on_onnxruntime_equals_torch(tmp_pa
 @needs_maxpool_export
 @pytest.mark.parametrize("source", ["digits_cnn.pt2", "digits_cnn.onnx"])
 def test_sample_model_exported_both_ways_runs_any_batch_size(source):
-    graph, error = build_gradient_graph(MODELS / source, None, ScoreKind.softmax)
-    assert error < 1e-4
+    graph, check = build_gradient_graph(MODELS / source, None, ScoreKind.softmax)
+    assert check.error < 1e-4
     info = read_info(graph)
     assert info.input_shape == (1, 32, 32) and info.score is ScoreKind.softmax
     runtime = OnnxRuntimeBackend(graph.SerializeToString(), info, CPU)
@@ -140,7 +140,7 @@ def test_cli_export_inspect_and_explain_on_onnx(tmp_path):
     grad = tmp_path / "digits.grad.onnx"
     result = runner.invoke(main, ["export", str(MODELS / "digits_cnn.onnx"), "-o", str(grad), "--score", "logits"])
     assert result.exit_code == 0, result.output
-    assert "gradients match torch autograd" in result.stderr
+    assert "torch autograd" in result.stderr
     report = json.loads(runner.invoke(main, ["inspect", str(grad), "--json"]).stdout)
     assert report["igcli_gradient_graph"] and report["gradient_graph"]["score"] == "logits"
     plain = json.loads(runner.invoke(main, ["inspect", str(MODELS / "digits_cnn.onnx"), "--json"]).stdout)

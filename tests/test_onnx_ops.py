@@ -1,6 +1,7 @@
-"""Per-op gradient checks for ONNX models: igcli's gradient graph, run on onnxruntime, against
-(1) onnxruntime's own forward of the plain model (the conversion computes the same function) and
-(2) torch autograd in float64 on the converted model (the exported backward is that gradient)."""
+"""Per-op gradient checks for ONNX models: igcli's gradient graph (the ONNX graph differentiated
+as ONNX, onnx_grad.py), run on onnxruntime, against (1) onnxruntime's own forward of the plain
+model and (2) torch autograd in float64 on the model converted to torch by onnx2fx, an
+independent implementation of each op."""
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +10,13 @@ import pytest
 import torch
 
 from igcli.models.base import ScoreKind
-from igcli.models.export import export_gradient_graph, read_info
+from igcli.errors import ModelError
+from igcli.models.export import GradientGraphInfo
 from igcli.models.onnx_backend import OnnxRuntimeBackend
+from igcli.models.onnx_grad import build_gradient_model, to_float64
 from igcli.models.onnx_source import onnx_to_torch
 from igcli.models.torch_backend import TorchBackend
 
-from .conftest import needs_maxpool_export
 from .onnx_models import single_op_model
 
 rng = np.random.default_rng(0)
@@ -85,31 +87,119 @@ CASES = {
                            {"axis": -1}),
     "ReduceMean-opset13": ("ReduceMean", IMAGE, {}, 13, {"axes": [2, 3], "keepdims": 0}),
     "ReduceMean-opset18": ("ReduceMean", IMAGE, {"axes": np.array([1], np.int64)}, 18, {"keepdims": 1}),
+    "ReduceSum": ("ReduceSum", IMAGE, {"axes": np.array([-1], np.int64)}, 13, {"keepdims": 0}),
+    "ReduceL2": ("ReduceL2", IMAGE, {}, 13, {"axes": [1]}),
+    "ReduceMax": ("ReduceMax", IMAGE, {}, 13, {"axes": [2, 3]}),
+    "Conv-same-upper": ("Conv", IMAGE, {"w": w(2, 3, 2, 2)}, 11, {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    "Conv-1d": ("Conv", (3, 9), {"w": w(4, 3, 3)}, 13, {"strides": [2], "pads": [1, 0]}),
+    "Gather-token": ("Gather", (4, 5), {"i": np.array(0, np.int64)}, 13, {"axis": 1}),
+    "Gather-rows": ("Gather", (4, 5), {"i": np.array([3, -1, 0], np.int64)}, 13, {"axis": 2}),
+    "Expand": ("Expand", (1, 5), {"shape": np.array([1, 3, 5], np.int64)}, 13, {}),
+    "Max": ("Max", (5,), {"o": w(5)}, 13, {}),
+    "Min": ("Min", (5,), {"o": w(5)}, 13, {}),
+    "Sum": ("Sum", (5,), {"o": w(5), "x": "x"}, 13, {}),
+    "Mean": ("Mean", (5,), {"x": "x"}, 13, {}),
+    "PRelu": ("PRelu", IMAGE, {"slope": w(3, 1, 1)}, 13, {}),
+    "Elu": ("Elu", (7,), {}, 13, {"alpha": 0.7}),
+    "Softplus": ("Softplus", (7,), {}, 13, {}),
+    "Exp": ("Exp", (7,), {}, 13, {}),
+    "Log": ("Log", (7,), {}, 13, {}),
+    "Reciprocal": ("Reciprocal", (7,), {}, 13, {}),
+    "Abs": ("Abs", (7,), {}, 13, {}),
+    "Neg": ("Neg", (7,), {}, 13, {}),
+    "Clip-relu6": ("Clip", (7,), {"lo": np.array(0.0, np.float32), "hi": np.array(0.6, np.float32)}, 13, {}),
+    "Squeeze": ("Squeeze", (1, 5), {"axes": np.array([1], np.int64)}, 13, {}),
+    "Unsqueeze": ("Unsqueeze", (5,), {"axes": np.array([1], np.int64)}, 13, {}),
+    "Unsqueeze-opset9": ("Unsqueeze", (5,), {}, 9, {"axes": [1]}),
+    "MatMul-batched": ("MatMul", (4, 5), {"w": w(1, 5, 2)}, 13, {}),
+    "MatMul-self": ("MatMul", (4, 4), {"x": "x"}, 13, {}),
+    "Gemm-transA": ("Gemm", (5,), {"w": w(5, 3)}, 13, {"alpha": 0.5}),
+    "Pad-edge": ("Pad", IMAGE, {"pads": np.array([0, 0, 2, 1, 0, 0, 0, 2], np.int64)}, 13, {"mode": "edge"}),
+    "Slice-negative": ("Slice", IMAGE, {"starts": np.array([-4], np.int64), "ends": np.array([-1], np.int64),
+                                        "axes": np.array([-1], np.int64)}, 13, {}),
+    "Resize-cubic": ("Resize", IMAGE, {"roi": None, "scales": np.array([1, 1, 1.5, 2], np.float32)}, 13,
+                     {"mode": "cubic"}),
+    "Upsample-opset9": ("Upsample", IMAGE, {"scales": np.array([1, 1, 2, 2], np.float32)}, 9, {"mode": "nearest"}),
+    "InstanceNormalization": ("InstanceNormalization", IMAGE, {"s": w(3), "b": w(3)}, 13, {}),
+    "LRN": ("LRN", (5, 3, 3), {}, 13, {"size": 3, "alpha": 0.5, "beta": 0.75, "bias": 2.0}),
+    "GlobalMaxPool": ("GlobalMaxPool", IMAGE, {}, 13, {}),
+    "Dropout": ("Dropout", (5,), {}, 13, {}),
+    "Identity": ("Identity", (5,), {}, 13, {}),
 }
-POSITIVE_INPUTS = {"Sqrt", "Pow"}
+POSITIVE_INPUTS = {"Sqrt", "Pow", "Log", "Reciprocal"}
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=needs_maxpool_export) if c.startswith("MaxPool") else c
-                                  for c in CASES])
+FIXED_BATCH = {"Resize-linear-sizes": 4}  # its sizes input fixes the batch axis too
+
+
+def gradient_graph(model, shape, fixed_batch=None):
+    graph, fixed_batch = build_gradient_model(model, ScoreKind.logits, shape, fixed_batch)
+    info = GradientGraphInfo(ScoreKind.logits, "", "", shape, fixed_batch)
+    return OnnxRuntimeBackend(graph.SerializeToString(), info, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("case", list(CASES))
 def test_gradient_graph_per_op(case, tmp_path: Path):
     op, shape, extra, opset, attributes = CASES[case]
     model = single_op_model(op, shape, extra, opset=opset, **attributes)
     generator = np.random.default_rng(1)
     x = generator.uniform(0.2, 2.0, (4, *shape)) if op in POSITIVE_INPUTS else generator.normal(0, 1, (4, *shape))
     x = x.astype(np.float32)
-
-    module = onnx_to_torch(model, tmp_path / f"{case}.onnx")
     expected_forward = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
-    converted = TorchBackend(module, ScoreKind.logits)
-    np.testing.assert_allclose(converted.scores(torch.from_numpy(x)).numpy(), expected_forward, rtol=1e-5, atol=1e-5)
 
-    graph = export_gradient_graph(module, ScoreKind.logits, shape, "test")
-    runtime = OnnxRuntimeBackend(graph.SerializeToString(), read_info(graph), torch.device("cpu"))
+    runtime = gradient_graph(model, shape, FIXED_BATCH.get(case))
     weights = torch.from_numpy(generator.normal(0, 1, expected_forward.shape).astype(np.float32))
     scores, grads = runtime.scores_and_grads(torch.from_numpy(x), weights)
     np.testing.assert_allclose(scores.numpy(), expected_forward, rtol=1e-5, atol=1e-5)
 
-    reference = TorchBackend(module.double(), ScoreKind.logits)
+    reference = TorchBackend(onnx_to_torch(to_float64(model), tmp_path / f"{case}.onnx").double(), ScoreKind.logits)
     _, expected_grads = reference.scores_and_grads(torch.from_numpy(x).double(), weights.double())
     scale = float(expected_grads.abs().max()) or 1.0
     assert float((grads.double() - expected_grads).abs().max()) / scale < 1e-5
+
+
+def test_split_and_concat_send_each_part_its_gradient():
+    """x -> Split into 2 + 3 columns -> Concat(b, a, a): column gradients add up where a part is reused."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Split", ["x", "sizes"], ["a", "b"], axis=1),
+             helper.make_node("Concat", ["b", "a", "a"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "split", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 7])],
+                              initializer=[helper.make_tensor("sizes", TensorProto.INT64, [2], [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    weights = torch.arange(14, dtype=torch.float32).reshape(2, 7)
+    _, grads = gradient_graph(model, (5,)).scores_and_grads(torch.randn(2, 5), weights)
+    # y = [b0 b1 b2 a0 a1 a0 a1]: da0 = w3 + w5, da1 = w4 + w6, db_k = w_k.
+    expected = torch.stack([weights[:, 3] + weights[:, 5], weights[:, 4] + weights[:, 6],
+                            weights[:, 0], weights[:, 1], weights[:, 2]], dim=1)
+    torch.testing.assert_close(grads, expected)
+
+
+def test_where_and_casts_through_double_against_float64_autograd(tmp_path: Path):
+    """y = Where(x > 0, x, o) * Cast(Cast(x, double), float): two gradient paths into x."""
+    from onnx import TensorProto, helper
+
+    other = w(5)
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["c"]), helper.make_node("Where", ["c", "x", "o"], ["picked"]),
+             helper.make_node("Cast", ["x"], ["wide"], to=TensorProto.DOUBLE),
+             helper.make_node("Cast", ["wide"], ["narrow"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["picked", "narrow"], ["y"])]
+    graph = helper.make_graph(nodes, "where", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+                              initializer=[helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+                                           helper.make_tensor("o", TensorProto.FLOAT, [5], other)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    weights = torch.randn(3, 5, generator=torch.Generator().manual_seed(1))
+    _, grads = gradient_graph(model, (5,)).scores_and_grads(x, weights)
+    x64 = x.double().requires_grad_(True)
+    y = torch.where(x64 > 0, x64, torch.from_numpy(other).double()) * x64
+    (y * weights.double()).sum().backward()
+    torch.testing.assert_close(grads.double(), x64.grad, rtol=1e-6, atol=1e-6)
+
+
+def test_an_op_without_a_rule_is_refused_with_its_name_and_node():
+    model = single_op_model("Einsum", (3, 3), equation="bii->bi")
+    with pytest.raises(ModelError, match=r"^igcli cannot differentiate op Einsum \(node 'einsum_0'\)"):
+        build_gradient_model(model, ScoreKind.logits, (3, 3), None)

@@ -23,7 +23,7 @@ from .. import __version__
 from ..errors import ModelError, root_cause
 from ..atomic_files import write_bytes_atomic
 from .base import Backend, Precision, ScoreKind
-from .export import export_gradient_graph, read_info
+from .export import checked_gradient_graph, read_info
 from .onnx_backend import OnnxRuntimeBackend
 from .interface import PROBE_SIZE, InputInterface, adapted, onnx_layout, probe_module, resolve_layout
 from .onnx_source import (TensorSpec, check_differentiable_input, file_sha256, graph_outputs, onnx_to_torch,
@@ -159,8 +159,24 @@ def _load_onnx(path: Path, score: ScoreKind, device: torch.device, backend: str,
         return adapted(TorchBackend(module(), score, device, precision), interface)
     _require_float32(precision)
     shape, fixed_batch = resolve_input_shape(spec, input_shape, path)
-    graph = cached_gradient_graph(path, score, shape, module, f"output {chosen}" if chosen is not None else "", fixed_batch)
+    salt = "onnx-vjp" + (f"|output {chosen}" if chosen is not None else "")
+    graph = cached_gradient_graph(path, score, shape, lambda: _only_output(model, chosen), salt, fixed_batch)
     return adapted(OnnxRuntimeBackend(graph.SerializeToString(), read_info(graph), device, threads), interface)
+
+
+def _only_output(model, chosen: int | None):
+    """``model`` with output ``chosen`` as its only output (the gradient graph differentiates the first)."""
+    if chosen is None or chosen == 0 and len(model.graph.output) == 1:
+        return model
+    import onnx
+
+    kept = onnx.ValueInfoProto()
+    kept.CopyFrom(model.graph.output[chosen])
+    single = onnx.ModelProto()
+    single.CopyFrom(model)
+    del single.graph.output[:]
+    single.graph.output.append(kept)
+    return single
 
 
 def _warn_double_softmax(model, path: Path, score: ScoreKind, output: int = 0) -> None:
@@ -217,7 +233,7 @@ def cached_gradient_graph(source: Path, score: ScoreKind, shape: tuple[int, ...]
         except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt
             log.warning("%s: damaged cache entry, rebuilding", cached)
     log.info("building the gradient graph for %s (once; cached in %s)", source, cached.parent)
-    model = export_gradient_graph(build_module(), score, shape, sha, fixed_batch)
+    model, _ = checked_gradient_graph(build_module(), score, shape, sha, fixed_batch, source)
     try:
         write_bytes_atomic(cached, model.SerializeToString())
     except OSError as error:
@@ -341,37 +357,18 @@ def _described(error: BaseException) -> str:
 
 def build_gradient_graph(path: Path, factory: str | None, score: ScoreKind, trust_pickle: bool = False,
                          input_shape: tuple[int, ...] | None = None):
-    """`igcli export`: the gradient graph of a torch model or a plain ONNX model, checked.
+    """`igcli export`: (the gradient graph of a torch model or a plain ONNX model, its GradientCheck).
 
-    Returns (ModelProto, max relative difference of its gradients from torch autograd on the same
-    random batch); the check runs the exported graph on onnxruntime.
-    """
-    fixed_batch = None
+    The graph passed the same check as the graphs `explain` builds (export.check_gradient_graph)."""
     if path is not None and path.suffix.lower() == ".onnx":
         model = read_onnx(path)
         if read_info(model) is not None:
             raise ModelError(f"{path}: already an igcli gradient graph")
         spec = check_differentiable_input(model, path)
         input_shape, fixed_batch = resolve_input_shape(spec, input_shape, path)
-        module = onnx_to_torch(model, path)
-    else:
-        module = load_module(path, factory, trust_pickle)
-        input_shape = input_shape or _example_shape(module)
-        if input_shape is None:
-            raise ModelError(f"{path}: give --input-shape C,H,W (the model's input without the batch axis)")
-    graph = export_gradient_graph(module, score, tuple(input_shape), file_sha256(path), fixed_batch)
-    return graph, gradient_graph_error(graph, module, score)
-
-
-def gradient_graph_error(graph, module: nn.Module, score: ScoreKind, batch: int = 3) -> float:
-    """Max |grad_onnx - grad_torch| / max |grad_torch| on a seeded random batch."""
-    info = read_info(graph)
-    runtime = OnnxRuntimeBackend(graph.SerializeToString(), info, torch.device("cpu"))
-    reference = TorchBackend(module, score, "cpu")
-    size = info.fixed_batch or batch
-    x = torch.randn((size,) + info.input_shape, generator=torch.Generator().manual_seed(0)).to(reference.dtype)
-    weights = torch.softmax(torch.randn(size, runtime.num_classes, generator=torch.Generator().manual_seed(1)), 1)
-    _, expected = reference.scores_and_grads(x, weights.to(reference.dtype))
-    _, actual = runtime.scores_and_grads(x, weights)
-    scale = float(expected.abs().max()) or 1.0
-    return float((actual.double() - expected.double()).abs().max()) / scale
+        return checked_gradient_graph(model, score, tuple(input_shape), file_sha256(path), fixed_batch, path)
+    module = load_module(path, factory, trust_pickle)
+    input_shape = input_shape or _example_shape(module)
+    if input_shape is None:
+        raise ModelError(f"{path}: give --input-shape C,H,W (the model's input without the batch axis)")
+    return checked_gradient_graph(module, score, tuple(input_shape), file_sha256(path), None, path)

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import ModelError, first_line
+
+log = logging.getLogger(__name__)
 
 FLOAT_TYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}
 INTEGER_TYPES = {2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 12: "uint32", 13: "uint64"}
@@ -74,6 +78,7 @@ def check_differentiable_input(model, path: Path) -> TensorSpec:
     if spec.dtype in INTEGER_TYPES.values():
         raise ModelError(f"{path}: input '{spec.name}' is {spec.dtype} (token ids?); ids are not differentiable, "
                          "so attribute at the embedding layer with igcli's text support instead")
+    warn_fixed_batch(spec, path)
     return spec
 
 
@@ -107,10 +112,66 @@ def onnx_to_torch(model, path: Path) -> nn.Module:
         listed = "; ".join(f"{op} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" for op, names in missing)
         raise ModelError(f"{path}: igcli cannot differentiate these ops: {listed}; run `igcli inspect {path}` for more")
     try:
-        return onnx2fx.convert(model, base_dir=str(path.parent))
+        module = onnx2fx.convert(model, base_dir=str(path.parent))
     except Exception as error:  # noqa: BLE001 - converter errors come in many kinds
-        raise ModelError(f"{path}: cannot convert the ONNX graph to torch ({first_line(error)}); "
+        raise ModelError(f"{path}: cannot convert the ONNX graph to torch ({root_cause(error)}); "
                          f"run `igcli inspect {path}` for more") from None
+    inputs, outputs = graph_inputs(model), graph_outputs(model)
+    if len(inputs) != 1:
+        return module
+    batch = inputs[0].shape[0] if inputs[0].shape else None
+    batch = batch if isinstance(batch, int) and batch > 0 else None
+    trailing = outputs[0].shape[2:] if outputs else ()
+    squeeze = bool(trailing) and all(d == 1 for d in trailing)  # [N, classes, 1, 1] heads of conv nets
+    return OnnxModule(module, batch, squeeze) if batch or squeeze else module
+
+
+class OnnxModule(nn.Module):
+    """A converted graph fixed to batches of ``size`` run on any batch (slice by slice, the last
+    one zero-padded), and class scores [N, C, 1, 1] given as [N, C] when ``squeeze``."""
+
+    def __init__(self, module: nn.Module, size: int | None, squeeze: bool):
+        super().__init__()
+        self.module, self.size, self.squeeze = module, size, squeeze
+
+    def forward(self, x: torch.Tensor):
+        result = self._run(x)
+        return result.flatten(1) if self.squeeze else result
+
+    def _run(self, x: torch.Tensor):
+        if self.size is None:
+            result = self.module(x)
+            return result[0] if isinstance(result, (tuple, list)) else result
+        outputs = []
+        for start in range(0, len(x), self.size):
+            part = x[start:start + self.size]
+            missing = self.size - len(part)
+            if missing:
+                part = torch.cat([part, part.new_zeros((missing,) + part.shape[1:])])
+            result = self.module(part)
+            result = result[0] if isinstance(result, (tuple, list)) else result
+            outputs.append(result[: self.size - missing])
+        return torch.cat(outputs)
+
+
+def warn_fixed_batch(spec: TensorSpec, path: Path) -> None:
+    """The one warning for a graph fixed to one batch size: igcli runs it at that size."""
+    batch = spec.shape[0] if spec.shape else None
+    if isinstance(batch, int) and batch > 0:
+        log.warning("%s: input '%s' is fixed to batch %d; igcli runs %d input(s) at a time (batch_size has no "
+                    "effect on the model)", path, spec.name, batch, batch)
+
+
+def root_cause(error: BaseException) -> str:
+    """The first line of the deepest exception in ``error``'s chain, with its type when it is not the error itself."""
+    seen, deepest = set(), error
+    while True:
+        nested = deepest.__cause__ or deepest.__context__
+        if nested is None or id(nested) in seen:
+            break
+        seen.add(id(deepest))
+        deepest = nested
+    return f"{type(deepest).__name__}: {first_line(deepest)}" if deepest is not error else first_line(error)
 
 
 def describe(model, path: Path) -> dict[str, Any]:
