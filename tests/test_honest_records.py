@@ -100,7 +100,7 @@ class RandomReluNet(nn.Module):
         return self.layers(x) * 3
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), width=st.integers(2, 12), classes=st.integers(2, 5),
        score=st.sampled_from(["softmax", "logits", "sigmoid"]), tolerance=st.sampled_from([1e-4, 1e-3, 0.01, 0.05]),
        map_tolerance=st.sampled_from([None, 0.01, DEFAULT_MAP_TOLERANCE]), max_steps=st.sampled_from([4, 6, 16, 512]),
