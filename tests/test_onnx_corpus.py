@@ -112,7 +112,7 @@ def test_fixed_batch_onnx_runs_at_its_batch_with_one_warning(tmp_path, caplog):
     onnx.save(model, path)
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     weights = torch.softmax(torch.randn(5, 5, generator=torch.Generator().manual_seed(1)), 1)
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("WARNING", logger="igcli"):
         on_ort = load_model(path, None, "softmax", CPU, backend="onnxruntime")
     assert [r.getMessage() for r in caplog.records if "fixed to batch 2" in r.getMessage()] != []
     assert len([r for r in caplog.records if "fixed to batch" in r.getMessage()]) == 1

@@ -199,7 +199,10 @@ def test_where_and_casts_through_double_against_float64_autograd(tmp_path: Path)
     torch.testing.assert_close(grads.double(), x64.grad, rtol=1e-6, atol=1e-6)
 
 
-def test_an_op_without_a_rule_is_refused_with_its_name_and_node():
+def test_an_op_without_a_rule_is_refused_with_its_name_and_node(tmp_path: Path):
+    from igcli.models.onnx_source import describe
+
     model = single_op_model("Einsum", (3, 3), equation="bii->bi")
+    assert describe(model, tmp_path / "einsum.onnx")["ops_without_gradient_rule"] == ["Einsum"]
     with pytest.raises(ModelError, match=r"^igcli cannot differentiate op Einsum \(node 'einsum_0'\)"):
         build_gradient_model(model, ScoreKind.logits, (3, 3), None)

@@ -199,5 +199,8 @@ def describe(model, path: Path) -> dict[str, Any]:
         report["gradient_graph"] = {"score": info.score.value, "source_sha256": info.source_sha256,
                                     "igcli_version": info.version, "input_shape": list(info.input_shape)}
     else:
-        report["unsupported_ops"] = {op: names for op, names in unsupported_ops(model)}
+        from .onnx_vjp import NO_GRADIENT, RULES
+
+        report["unsupported_ops"] = {op: names for op, names in unsupported_ops(model)}  # by the torch route
+        report["ops_without_gradient_rule"] = sorted(op for op in ops if op not in RULES and op not in NO_GRADIENT)
     return report

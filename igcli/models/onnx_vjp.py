@@ -808,6 +808,16 @@ def _lrn(ctx: Context, node, grads):
     return [b.op("Add", [first, second])]
 
 
+# Ops whose outputs are integers, booleans or constants: they never carry a gradient.
+NO_GRADIENT = {"Shape", "Size", "Constant", "ConstantOfShape", "Range", "Equal", "Greater", "GreaterOrEqual", "Less",
+               "LessOrEqual", "Not", "And", "Or", "Xor", "NonZero", "ArgMax", "ArgMin", "EyeLike", "IsNaN", "IsInf"}
+
+
+def _flat(ctx: Context, node, grads):
+    """Piecewise-constant ops: zero gradient almost everywhere."""
+    return [None] * len(node.input)
+
+
 RULES = {
     "Identity": _unary(_identity), "Dropout": _unary(_identity),
     "Relu": _unary(_relu), "LeakyRelu": _unary(_leaky_relu), "Elu": _unary(_elu),
@@ -830,4 +840,5 @@ RULES = {
     "Conv": _conv, "ConvTranspose": _conv_transpose,
     "GlobalAveragePool": _global_pool, "GlobalMaxPool": _global_pool,
     "MaxPool": _max_pool, "AveragePool": _average_pool, "Resize": _resize, "LRN": _lrn,
+    "Sign": _flat, "Floor": _flat, "Ceil": _flat, "Round": _flat,
 }
