@@ -88,7 +88,9 @@ def test_explain_on_onnxruntime_runs_the_checked_graph_that_export_writes(tmp_pa
     x = torch.randn(3, 32, 32, 3, generator=torch.Generator().manual_seed(2))
     weights = torch.softmax(torch.randn(3, 5, generator=torch.Generator().manual_seed(3)), 1)
     written = OnnxRuntimeBackend(exported.SerializeToString(), read_info(exported), CPU)
-    torch.testing.assert_close(backend.scores_and_grads(x, weights), written.scores_and_grads(x, weights))
+    # load_model adapts the NHWC graph to the engine's NCHW tensors (models/interface.py).
+    scores, grads = backend.scores_and_grads(x.permute(0, 3, 1, 2), weights)
+    torch.testing.assert_close((scores, grads.permute(0, 2, 3, 1)), written.scores_and_grads(x, weights))
 
 
 def test_a_wrong_gradient_graph_is_refused_before_anyone_uses_it(monkeypatch, tmp_path):

@@ -413,15 +413,36 @@ def _slice(ctx: Context, node, grads):
     steps = _value(ctx, node.input[4], "Slice steps") if len(node.input) > 4 and node.input[4] else np.ones(len(starts))
     pads = [0] * (2 * rank)
     out_shape = ctx.probe.shape(node.output[0])
+    if any(int(step) != 1 for step in steps):
+        return _only_first(node, _strided_slice_grad(ctx, g, shape, out_shape, starts, ends, axes, steps))
     for start, step, axis in zip(starts, steps, axes):
         axis = _axis(int(axis), rank)
-        if step != 1:
-            raise ModelError("Slice with a step other than 1 is not supported")
         size = _static(ctx, data, axis, "Slice")
         start = int(start) + size if start < 0 else int(start)
         start = min(max(start, 0), size)
         pads[axis], pads[rank + axis] = start, size - start - out_shape[axis]
     return _only_first(node, ctx.build.op("Pad", [g, ctx.build.ints(pads)]))
+
+
+def _strided_slice_grad(ctx: Context, g: str, shape, out_shape, starts, ends, axes, steps) -> str:
+    """The gradient of a Slice with any steps (a flip is step -1): along each sliced axis, the
+    output's gradient goes back to the input positions the slice read, by a one-hot product."""
+    b, rank = ctx.build, len(shape)
+    current = list(out_shape)
+    for start, end, step, axis in zip(starts, ends, steps, axes):
+        axis = _axis(int(axis), rank)
+        if axis == 0:
+            raise ModelError("Slice along the batch axis is not supported")
+        size = int(shape[axis])
+        read = np.arange(size)[slice(int(start), int(end), int(step))]
+        onehot = np.zeros((len(read), size), np.float32)
+        onehot[np.arange(len(read)), read] = 1.0
+        trailing = int(np.prod(current[axis + 1:], dtype=np.int64))
+        folded = b.op("Reshape", [g, b.ints([-1, len(read), trailing])])
+        spread = b.op("Einsum", [folded, b.const(onehot)], equation="aip,il->alp")
+        current[axis] = size
+        g = b.op("Reshape", [spread, b.ints([-1] + current[1:])])
+    return g
 
 
 def _pad(ctx: Context, node, grads):
