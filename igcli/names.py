@@ -14,7 +14,8 @@ import unicodedata
 # igcli adds (.top12.bare.png) and for the temporary name it writes first (atomic_files).
 NAME_BYTES = 200
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_UNSAFE_IN_NAME = re.compile("[\ud800-\udfff\x00-\x1f\x7f\\\\]")
+# Also C1 controls and the bidirectional overrides: a name must show as what it is.
+_UNSAFE_IN_NAME = re.compile("[\ud800-\udfff\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\\\\]")
 # Control characters and the bidirectional overrides that can rewrite what a terminal shows.
 _TERMINAL_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 

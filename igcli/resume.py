@@ -102,7 +102,7 @@ class PreviousRun:
         except (FileNotFoundError, UnicodeDecodeError):
             return previous
         complete = text[: text.rfind("\n") + 1]  # a line without its newline was torn by a kill
-        for line in complete.splitlines():
+        for line in complete.split("\n"):  # JSON lines end at \n only (not at U+2028)
             record = _parse(line)
             if record is None or record.get("error") is not None or not record.get("key"):
                 continue

@@ -541,3 +541,28 @@ def test_29_names_config_ranks_match_the_writer(tmp_path):
                "--set", "output.heatmap.style=both").exit_code == 0
     written = [name_key(path) for row in records(out) for path in row["outputs"].values()]
     assert len(written) == len(set(written)) == 3 * 2 * 4
+
+
+# Found by a newcomer trying the merged tool --------------------------------------------------------
+
+def test_bidi_overrides_and_c1_controls_never_reach_output_names(tmp_path):
+    folder = images_in(tmp_path / "in", ["evil\u202egnp.png", "a\u0085b.png", "plain.png"])
+    out = tmp_path / "out"
+    result = run("explain", "-c", DIGITS_CONFIG, folder, "-o", out, *FAST)
+    assert result.exit_code == 0, result.output
+    names = [path.name for path in all_files(out)]
+    assert not any(set(name) & {"\u202e", "\x85"} for name in names), names
+    assert {"evil%u202egnp.png", "a%85b.png", "plain.png"} <= {Path(r["outputs"]["heatmap"]).name for r in records(out)}
+    # U+0085 in a name stays inside its record's line, so --resume finds every record.
+    assert len((out / "results.jsonl").read_text(encoding="utf-8").splitlines()) == 3
+    result = run("explain", "-c", DIGITS_CONFIG, folder, "-o", out, "--resume", *FAST)
+    assert result.exit_code == 0, result.output
+    assert manifest(out)["totals"]["reused"] == 3
+
+
+def test_an_output_path_that_is_a_file_is_refused_in_one_line_and_left_alone(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    result = run("explain", "-c", DIGITS_CONFIG, images_in(tmp_path / "in", ["a.png"]), "-o", target, *FAST)
+    assert_one_line_error(result, 2, "not a folder")
+    assert target.read_text() == "keep me"

@@ -69,7 +69,7 @@ def read_input(ref: InputRef, kind: str, max_bytes: int = DEFAULT_MAX_BYTES) -> 
         if stat.S_ISDIR(info.st_mode):
             raise InputError(f"{ref.source}: is a folder, not {kind}")
         if not stat.S_ISREG(info.st_mode):
-            raise InputError(f"{ref.source}: not a regular file ({_file_kind(info.st_mode)}); skipped")
+            raise InputError(f"{ref.source}: not a regular file ({_file_kind(info.st_mode)}); not read")
         if info.st_size > max_bytes:
             raise InputError(f"{ref.source}: {info.st_size:,} bytes, over input.max_bytes ({max_bytes:,}); "
                              "raise it with --set input.max_bytes=N if the file is right")

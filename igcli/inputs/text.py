@@ -51,7 +51,7 @@ def _decode(ref: InputRef, data: bytes) -> str | Failure:
 
 def _jsonl_documents(ref: InputRef, text: str, field: str) -> Iterator[TextDocument | Failure]:
     stem = output_stem(ref.relpath)
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # U+2028 inside a document is no line end
         if not line.strip():
             continue
         source, relpath = f"{ref.source}:{number}", f"{stem}/line-{number:05d}"

@@ -34,6 +34,8 @@ class OutputLock:
         self.release()
 
     def acquire(self) -> None:
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise UsageError(f"{self.path.parent}: -o names a file, not a folder; give -o a folder (new or igcli's)")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:

@@ -270,10 +270,14 @@ def output_files(name: str, text: bool, options: OutputSection) -> list[str]:
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# Characters that str.splitlines() and JavaScript take for line ends inside a JSON string.
+_LINE_BREAKS_IN_STRINGS = re.compile("[\x85\u2028\u2029]")
 
 
 def _dumps(record: dict[str, Any], indent: int | None = None) -> str:
     text = json.dumps(record, indent=indent, ensure_ascii=False, allow_nan=False, default=str)
     # A file name's undecodable bytes reach here as lone surrogates where a message quotes an OS
     # error; written as \\xNN (names.printable) so that the line is UTF-8 and every record is kept.
-    return _LONE_SURROGATE.sub(lambda match: json.dumps(printable(match.group()))[1:-1], text)
+    text = _LONE_SURROGATE.sub(lambda match: json.dumps(printable(match.group()))[1:-1], text)
+    # Written as \\uNNNN, so that a record is one line for every reader of the JSON lines.
+    return _LINE_BREAKS_IN_STRINGS.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
