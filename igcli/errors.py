@@ -44,14 +44,14 @@ def first_line(error: BaseException) -> str:
 def root_cause(error: BaseException) -> str:
     """The deepest exception of the chain (``__cause__``, else ``__context__``), as one line:
     library errors often wrap the useful message under a generic first line."""
-    seen = set()
-    while id(error) not in seen:
-        seen.add(id(error))
-        nested = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    seen, deepest = set(), error
+    while id(deepest) not in seen:
+        seen.add(id(deepest))
+        nested = deepest.__cause__ or (None if deepest.__suppress_context__ else deepest.__context__)
         if nested is None:
             break
-        error = nested
-    return meaningful_line(error)
+        deepest = nested
+    return meaningful_line(deepest)
 
 
 def meaningful_line(error: BaseException) -> str:

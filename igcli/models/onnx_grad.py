@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ModelError, first_line
 from .base import ScoreKind
-from .onnx_source import root_cause
+from ..errors import root_cause
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError, first_line
+from ..errors import ModelError, first_line, root_cause
 
 log = logging.getLogger(__name__)
 
@@ -160,18 +160,6 @@ def warn_fixed_batch(spec: TensorSpec, path: Path) -> None:
     if isinstance(batch, int) and batch > 0:
         log.warning("%s: input '%s' is fixed to batch %d; igcli runs %d input(s) at a time (batch_size has no "
                     "effect on the model)", path, spec.name, batch, batch)
-
-
-def root_cause(error: BaseException) -> str:
-    """The first line of the deepest exception in ``error``'s chain, with its type when it is not the error itself."""
-    seen, deepest = set(), error
-    while True:
-        nested = deepest.__cause__ or deepest.__context__
-        if nested is None or id(nested) in seen:
-            break
-        seen.add(id(deepest))
-        deepest = nested
-    return f"{type(deepest).__name__}: {first_line(deepest)}" if deepest is not error else first_line(error)
 
 
 def describe(model, path: Path) -> dict[str, Any]:
