@@ -320,6 +320,12 @@ def test_multi_output_onnx_is_refused_with_its_outputs_and_runs_with_model_outpu
     x = torch.from_numpy(np.asarray(Image.open(image).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
     theirs = captum_map(lambda batch: module(batch)[1], x, torch.zeros_like(x), 2)
     assert_close_maps(saved_map(out, records(out)[0]), theirs)
+    # The onnxruntime gradient graph differentiates the chosen output too.
+    on_ort = tmp_path / "on_ort"
+    result = igcli("explain", "--model", path, image, "-o", on_ort, "--set", "model.output=class_logits",
+                   "--set", "model.backend=onnxruntime", "--set", "target=2", *IG_ARGS)
+    assert result.exit_code == 0, result.output
+    assert_close_maps(saved_map(on_ort, records(on_ort)[0]), theirs)
 
 
 # ---- TorchScript traced at batch 1, and root causes ---------------------------------------------
