@@ -26,9 +26,9 @@ def rss_mib() -> int:
 def child(channels_last: bool, step: int, passes: int) -> None:
     import torch
 
-    from igcli.models.base import ScoreKind
-    from igcli.models.loading import load_module
-    from igcli.models.torch_backend import TorchBackend
+    from igcli.backends.base import ScoreKind
+    from igcli.backends.loading import load_module
+    from igcli.backends.torch_backend import TorchBackend
 
     module = load_module(REPO / "sample_data" / "models" / "digits_cnn.pt2", None)
     backend = TorchBackend(module, ScoreKind.softmax, "cpu", channels_last=channels_last)

@@ -22,7 +22,7 @@ import torch
 from comparison import add_malloc_option, apply_malloc_option
 from end_to_end import CONFIG
 from igcli.config import load_config
-from igcli.jobs.image_job import ImageJob
+from igcli.pipeline.image_job import ImageJob
 
 POINTS_PER_TIMING = 1024  # each timing runs about this many points, whatever the batch size
 

@@ -12,15 +12,15 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from igcli.heap import MALLOC_TUNABLES, keep_freed_memory, relaunch_with_malloc_tunables
-from igcli.run import explain_inputs
+from igcli.runtime.heap import MALLOC_TUNABLES, keep_freed_memory, relaunch_with_malloc_tunables
+from igcli.pipeline.run import explain_inputs
 from variants import applied, threads
 
 
 def add_malloc_option(parser) -> None:
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc as it is; by default it is set as `igcli explain` sets it "
-                             "(igcli/heap.py: the script starts itself again once), for everything in this "
+                             "(igcli/runtime/heap.py: the script starts itself again once), for everything in this "
                              "process, captum's loops too")
 
 

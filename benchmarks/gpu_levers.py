@@ -28,8 +28,8 @@ import time
 import torch
 from torch import nn
 
-from igcli.models.base import Precision, ScoreKind
-from igcli.models.torch_backend import TorchBackend
+from igcli.backends.base import Precision, ScoreKind
+from igcli.backends.torch_backend import TorchBackend
 from resnet import resnet50
 
 

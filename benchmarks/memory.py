@@ -8,7 +8,7 @@ its peak resident set size comes from the kernel (wait4's ru_maxrss). Memory is 
     python benchmarks/memory.py [--counts 100 10000] [--set key=value ...] [--malloc-cache]
 
 ``--malloc-cache`` runs igcli with glibc's per-thread cache left on (the thresholds still fixed),
-as igcli ran before it turned the cache off (igcli/heap.py).
+as igcli ran before it turned the cache off (igcli/runtime/heap.py).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from end_to_end import CONFIG, REPO, make_inputs
 
-from igcli.heap import THRESHOLD_TUNABLES
+from igcli.runtime.heap import THRESHOLD_TUNABLES
 
 
 def peak_rss(folder: Path, out: Path, sets: list[str], environment: dict[str, str]) -> tuple[float, float]:

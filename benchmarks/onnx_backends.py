@@ -19,8 +19,8 @@ import torch
 from captum.attr import IntegratedGradients
 from torch import nn
 
-from igcli.models.base import ScoreKind
-from igcli.models.loading import load_model
+from igcli.backends.base import ScoreKind
+from igcli.backends.loading import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 

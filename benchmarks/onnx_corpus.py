@@ -120,8 +120,6 @@ def _mobilenetv3() -> nn.Module:
 
 def torch_models() -> dict[str, nn.Module]:
     from transformers import (ConvNextConfig, ConvNextForImageClassification, EfficientNetConfig,
-                              EfficientNetForImageClassification, ResNetConfig, ResNetForImageClassification,
-                              ViTConfig, ViTForImageClassification)
 
     torch.manual_seed(0)
     models = {
@@ -160,8 +158,8 @@ def write_torch_models(directory: Path) -> None:
 # ---- the table -----------------------------------------------------------------------------------
 
 def ig_maps(backend, x: torch.Tensor, steps: int = 16) -> torch.Tensor:
-    from igcli.engine import Quadrature, TargetSpec, explain
-    from igcli.quadrature import Rule
+    from igcli.attribution.engine import Quadrature, TargetSpec, explain
+    from igcli.attribution.quadrature import Rule
 
     records = explain(backend, x, torch.zeros_like(x)[:, None], TargetSpec("predicted"),
                       Quadrature(Rule.gausslegendre, steps), batch_size=64)
@@ -176,11 +174,11 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def evaluate(name: str, producer: str, path: Path, shape: tuple[int, ...], score: str) -> dict:
     """One corpus row: each route run, and the IG parity figures."""
-    from igcli.models.export import _onnx_references
-    from igcli.models.loading import build_gradient_graph, load_model
-    from igcli.models.onnx_grad import opset_of
-    from igcli.models.onnx_source import root_cause
-    from igcli.models.torch_backend import TorchBackend
+    from igcli.backends.onnx.export import _onnx_references
+    from igcli.backends.loading import build_gradient_graph, load_model
+    from igcli.backends.onnx.grad import opset_of
+    from igcli.backends.onnx.source import root_cause
+    from igcli.backends.torch_backend import TorchBackend
 
     model = onnx.load(str(path))
     row = {"model": name, "producer": producer, "opset": opset_of(model)}

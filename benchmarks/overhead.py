@@ -4,13 +4,13 @@ The bare loop is the floor any IG tool pays: the same backend (the sample CNN, t
 configured points per batch (``batch_size``) on torch's threads, the same total number of path
 points as igcli used, on inputs decoded before the clock starts, and nothing else — no baselines, no
 quadrature, no records, no files. igcli is timed twice on the same images: the engine alone
-(job.explain on decoded samples, its chunks in flight as run.py puts them), and end to end
+(job.explain on decoded samples, its chunks in flight as pipeline/run.py puts them), and end to end
 (explain_inputs: discovery, decoding, engine, heatmap PNG, .npy, JSON records, manifest), the model
 loaded before the clock starts in both. Evaluations are counted from igcli's records, so the
 forwards igcli spends on F(x) and F(x') count as overhead.
 
 Where igcli puts two chunks in flight (a CPU of several cores: each on half the threads, with half
-the batch; igcli/overlap.py), a second bare loop runs the same way: as many loops at once, each on
+the batch; igcli/pipeline/overlap.py), a second bare loop runs the same way: as many loops at once, each on
 its share of the threads and the points, "bare, in flight". Against the first, the engine's ratio is
 what a user gains over a plain loop; against the second, it is the engine's own cost alone.
 
@@ -37,11 +37,11 @@ from comparison import add_malloc_option, apply_malloc_option
 from end_to_end import CONFIG, make_inputs
 from variants import overrides
 from igcli.config import load_config
-from igcli.inputs.discover import discover_inputs
-from igcli.jobs.image_job import ImageJob
-from igcli.run import explain_inputs
-from igcli import run as run_module
-from igcli.overlap import ordered_map, threads_shared
+from igcli.data.discover import discover_inputs
+from igcli.pipeline.image_job import ImageJob
+from igcli.pipeline.run import explain_inputs
+from igcli.pipeline import run as run_module
+from igcli.pipeline.overlap import ordered_map, threads_shared
 
 
 def bare_loop(job: ImageJob, samples: list, evaluations: int, batch: int) -> float:
@@ -168,7 +168,7 @@ def main() -> None:
 @contextmanager
 def page_faults(counts: list[int]) -> Iterator[None]:
     """Appends the minor page faults the block took, over all threads: a page freed to the system
-    and written again costs one (igcli/heap.py)."""
+    and written again costs one (igcli/runtime/heap.py)."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     yield
     counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)

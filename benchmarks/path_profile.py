@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from igcli.config import load_config
-from igcli.engine import TargetSpec, explain, start_offset
-from igcli.inputs.discover import discover_inputs
-from igcli.jobs.image_job import ImageJob
+from igcli.attribution.engine import TargetSpec, explain, start_offset
+from igcli.data.discover import discover_inputs
+from igcli.pipeline.image_job import ImageJob
 from end_to_end import CONFIG
 from evaluations import write_held_out
 

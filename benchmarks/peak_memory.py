@@ -85,11 +85,11 @@ def captum_run(case: str, folder: Path) -> None:
     from captum.attr import IntegratedGradients
 
     sys.path.insert(0, str(REPO))
-    from igcli.models.loading import load_module
+    from igcli.backends.loading import load_module
 
     factory, weights, mode, (height, width), mean, std = CASES[case]
     if factory is None:
-        from igcli.models.onnx_source import onnx_to_torch, read_onnx
+        from igcli.backends.onnx.source import onnx_to_torch, read_onnx
 
         model = onnx_to_torch(read_onnx(weights), weights).eval()
     else:

@@ -37,14 +37,14 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from igcli.config import load_config
-from igcli.engine import Quadrature, TargetSpec, explain
-from igcli.inputs.discover import discover_inputs
-from igcli.jobs.image_job import ImageJob
-from igcli.jobs.text_job import TextJob
-from igcli.models.base import ScoreKind
-from igcli.models.loading import load_model, load_module
-from igcli.models.torch_backend import TorchBackend
-from igcli.quadrature import Rule
+from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.data.discover import discover_inputs
+from igcli.pipeline.image_job import ImageJob
+from igcli.pipeline.text_job import TextJob
+from igcli.backends.base import ScoreKind
+from igcli.backends.loading import load_model, load_module
+from igcli.backends.torch_backend import TorchBackend
+from igcli.attribution.quadrature import Rule
 from end_to_end import CONFIG, REPO
 from evaluations import write_held_out
 from text_end_to_end import encoded, sample_texts

@@ -36,13 +36,13 @@ from comparison import add_malloc_option, apply_malloc_option
 from end_to_end import REPO, accuracy
 from variants import applied, overrides, threads
 from igcli.config import load_config
-from igcli.engine import Quadrature, TargetSpec, explain
-from igcli.inputs.discover import discover_inputs
-from igcli.jobs.image_job import ImageJob
-from igcli.models.loading import load_module
-from igcli.outputs.heatmap import render_overlay, signed_map
-from igcli.quadrature import Rule
-from igcli.run import explain_inputs
+from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.data.discover import discover_inputs
+from igcli.pipeline.image_job import ImageJob
+from igcli.backends.loading import load_module
+from igcli.results.heatmap import render_overlay, signed_map
+from igcli.attribution.quadrature import Rule
+from igcli.pipeline.run import explain_inputs
 from resnet import calibrate
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -112,7 +112,7 @@ def captum_loop(module: torch.nn.Module, job: ImageJob, folder: Path, out: Path)
 
 
 def job_baseline(job: ImageJob, sample) -> torch.Tensor:
-    from igcli.baselines import make_baselines
+    from igcli.attribution.baselines import make_baselines
 
     return make_baselines(job.baseline, sample.pixels, job.preprocess.normalization, sample.relpath)
 

@@ -41,12 +41,12 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
-from igcli import adaptive
+from igcli.attribution import adaptive
 from igcli.config import load_config
-from igcli.engine import TargetSpec, explain
-from igcli.inputs.discover import discover_inputs
-from igcli.jobs.image_job import ImageJob
-from igcli.models.loading import load_module
+from igcli.attribution.engine import TargetSpec, explain
+from igcli.data.discover import discover_inputs
+from igcli.pipeline.image_job import ImageJob
+from igcli.backends.loading import load_module
 from comparison import input_errors
 from end_to_end import CONFIG, captum_loop, reference_maps
 from evaluations import write_held_out

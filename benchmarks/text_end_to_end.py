@@ -31,13 +31,12 @@ import numpy as np
 import torch
 from captum.attr import LayerIntegratedGradients
 
-from igcli.baselines import text_baseline_ids
+from igcli.attribution.baselines import text_baseline_ids
 from igcli.config import load_config
-from igcli.engine import Quadrature, TargetSpec, explain
-from igcli.jobs.text_job import TextJob, load_text_model
-from igcli.quadrature import Rule
+from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.pipeline.text_job import TextJob, load_text_model
+from igcli.attribution.quadrature import Rule
 from comparison import (add_malloc_option, apply_malloc_option, mean_errors, print_table, run_with_maps,
-                        time_alternately)
 from variants import overrides, threads
 
 REPO = Path(__file__).resolve().parents[1]

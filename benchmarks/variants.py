@@ -9,9 +9,9 @@ from typing import Iterator
 
 import torch
 
-from igcli import overlap
-from igcli.inputs import prefetch
-from igcli.outputs import writer
+from igcli.pipeline import overlap
+from igcli.data import prefetch
+from igcli.results import writer
 
 # writers: writer threads; read_ahead: inputs decoded ahead; in_flight: chunks explained at once;
 # cudnn_benchmark=1: cuDNN's autotuner; switch_us: the interpreter's thread switch interval (µs),

@@ -1,3 +1,3 @@
-from .launch import main
+from igcli.cli.launch import main
 
 main()

@@ -13,13 +13,13 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .adaptive import DEFAULT_MAP_TOLERANCE
-from .baselines import TEXT_BASELINES, BaselineKind
-from .config_source import ConfigSource, KeyPath, apply_override, parse_override, read_yaml
-from .errors import ConfigError
-from .inputs.discover import DEFAULT_MAX_BYTES
-from .models.base import Precision, ScoreKind
-from .quadrature import Rule
+from igcli.attribution.adaptive import DEFAULT_MAP_TOLERANCE
+from igcli.attribution.baselines import TEXT_BASELINES, BaselineKind
+from igcli.config_source import ConfigSource, KeyPath, apply_override, parse_override, read_yaml
+from igcli.errors import ConfigError
+from igcli.data.discover import DEFAULT_MAX_BYTES
+from igcli.backends.base import Precision, ScoreKind
+from igcli.attribution.quadrature import Rule
 
 
 class Section(BaseModel):
@@ -36,7 +36,7 @@ class ModelSection(Section):
     tokenizer: Path | None = None  # text: tokenizer.json or vocab.txt (HF folders bring their own)
     embedding_layer: str | None = None  # text: the embedding module (torch), or embedding tensor (ONNX)
     # Intra-op threads for torch / onnxruntime; 0 = their default. With 2 or more on a CPU, torch
-    # runs two chunks at once, each on half of them (overlap.py).
+    # runs two chunks at once, each on half of them (pipeline/overlap.py).
     threads: int = Field(0, ge=0)
     precision: Precision = Precision.float32  # path points under autocast: bfloat16 | float16 (torch backend)
     # Which output F is made of, for models with several (tuple, dict, namedtuple, multi-output
@@ -172,8 +172,8 @@ class Config(Section):
     min_steps: int = Field(8, ge=1)
     max_steps: int = Field(512, ge=1)
     # Path points (inputs x baselines x steps) per backward; on a CPU, shared by the chunks in
-    # flight (two on several cores: batches of half each, overlap.py).
-    # auto: from the model's measured activation memory on a CPU (igcli/memory.py), 256 on a GPU.
+    # flight (two on several cores: batches of half each, pipeline/overlap.py).
+    # auto: from the model's measured activation memory on a CPU (igcli/backends/memory.py), 256 on a GPU.
     batch_size: Union[int, Literal["auto"]] = "auto"
     # Inputs explained together (a chunk holds this many to 1.5 times as many): more run faster, as the
     # adaptive rule's rounds are fewer and fuller, and hold more memory. auto: see the jobs.

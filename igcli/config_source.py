@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from igcli.errors import ConfigError
 
 KeyPath = tuple[str, ...]
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; this is a runaway file

@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from igcli.engine import Quadrature, TargetSpec, explain
-from igcli.models.base import ScoreKind
-from igcli.models.torch_backend import TorchBackend
-from igcli.quadrature import Rule
+from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.backends.base import ScoreKind
+from igcli.backends.torch_backend import TorchBackend
+from igcli.attribution.quadrature import Rule
 
 
 def smooth_mlp(seed: int = 0, features: int = 6, classes: int = 3, dtype=torch.float64) -> nn.Module:

@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from igcli import adaptive as adaptive_module
-from igcli.engine import Quadrature, TargetSpec, explain, start_offset
-from igcli.quadrature import Rule
+from igcli.attribution import adaptive as adaptive_module
+from igcli.attribution.engine import Quadrature, TargetSpec, explain, start_offset
+from igcli.attribution.quadrature import Rule
 
 from .nets import backend, integrated_gradients, small_cnn, smooth_mlp
 
@@ -216,7 +216,7 @@ def test_each_path_refines_as_if_it_were_alone(map_tolerance):
 @pytest.mark.parametrize("map_tolerance", [None, 0.05])
 def test_the_cpu_scatter_and_the_other_devices_product_agree(monkeypatch, map_tolerance):
     """Per-path sums are index_add_ on the CPU (weighted rows a block at a time) and a one-hot
-    product elsewhere (igcli.adaptive): both must bisect the same intervals and give the same
+    product elsewhere (igcli.attribution.adaptive): both must bisect the same intervals and give the same
     attributions, up to rounding."""
     x = inputs((6, 1, 8, 8), seed=5) * 2
     base = torch.rand(6, 2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)

@@ -4,15 +4,15 @@ import threading
 import pytest
 import torch
 
-from igcli import engine
-from igcli.engine import Quadrature, TargetSpec, explain, padded_size
+from igcli.attribution import engine
+from igcli.attribution.engine import Quadrature, TargetSpec, explain, padded_size
 from igcli.errors import ModelError
-from igcli.inputs.prefetch import prefetched
-from igcli.models import torch_backend
-from igcli.models.base import Precision
-from igcli.models.loading import load_model
-from igcli.models.torch_backend import TorchBackend
-from igcli.quadrature import Rule
+from igcli.data.prefetch import prefetched
+from igcli.backends import torch_backend
+from igcli.backends.base import Precision
+from igcli.backends.loading import load_model
+from igcli.backends.torch_backend import TorchBackend
+from igcli.attribution.quadrature import Rule
 
 from .conftest import SAMPLE_DATA
 from .nets import small_cnn, smooth_mlp

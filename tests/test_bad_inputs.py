@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from igcli import atomic_files
-from igcli.cli import main
-from igcli.outputs import writer as writer_module
+from igcli.results import atomic_files
+from igcli.cli.commands import main
+from igcli.results import writer as writer_module
 
 from .conftest import DIGITS_CONFIG, SAMPLE_DATA
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 from captum.attr import IntegratedGradients
 
-from igcli.engine import Quadrature, TargetSpec, explain
-from igcli.models.loading import load_model
-from igcli.quadrature import Rule
+from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.backends.loading import load_model
+from igcli.attribution.quadrature import Rule
 
 from .conftest import SAMPLE_DATA
 from .nets import backend, small_cnn

@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from igcli.baselines import BaselineKind
+from igcli.attribution.baselines import BaselineKind
 from igcli.config import TopK, load_config
 from igcli.errors import ConfigError
-from igcli.quadrature import Rule
+from igcli.attribution.quadrature import Rule
 
 from .conftest import DIGITS_CONFIG
 
@@ -90,7 +90,7 @@ def test_numbers_and_names_are_validated_not_trusted(tmp_path_factory, steps, ba
 
 
 def test_adaptive_chunks_fill_four_batches_within_the_gradient_budget():
-    from igcli.jobs.image_job import ADAPTIVE_GRADIENT_BYTES, ADAPTIVE_POINTS_PER_PATH, _inputs_per_chunk
+    from igcli.pipeline.image_job import ADAPTIVE_GRADIENT_BYTES, ADAPTIVE_POINTS_PER_PATH, _inputs_per_chunk
 
     def chunk(*sets: str) -> int:
         config = load_config(DIGITS_CONFIG, [(text, "--set") for text in sets])
@@ -108,8 +108,8 @@ def test_adaptive_chunks_fill_four_batches_within_the_gradient_budget():
 
 
 def test_chunk_inputs_sets_the_chunk_of_image_and_text_jobs(tmp_path):
-    from igcli.jobs.image_job import ImageJob, _inputs_per_chunk
-    from igcli.jobs.text_job import TEXT_INPUTS_PER_CHUNK, TextJob
+    from igcli.pipeline.image_job import ImageJob, _inputs_per_chunk
+    from igcli.pipeline.text_job import TEXT_INPUTS_PER_CHUNK, TextJob
 
     from .test_text import QUESTIONS_CONFIG
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from igcli import adaptive
-from igcli.engine import Quadrature, TargetSpec, explain
-from igcli.quadrature import Rule
+from igcli.attribution import adaptive
+from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.attribution.quadrature import Rule
 
 from .nets import NanGradientWhenBright, backend, integrated_gradients, small_cnn, smooth_mlp
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from igcli.engine import Quadrature, TargetSpec, explain
-from igcli.models.fold import fold_batch_norms
-from igcli.models.torch_backend import TorchBackend
-from igcli.quadrature import Rule
+from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.backends.rewrites.fold import fold_batch_norms
+from igcli.backends.torch_backend import TorchBackend
+from igcli.attribution.quadrature import Rule
 
 
 

@@ -1,4 +1,4 @@
-"""igcli/heap.py: `igcli explain` fixes glibc's malloc thresholds so that what a batch frees, the
+"""igcli/runtime/heap.py: `igcli explain` fixes glibc's malloc thresholds so that what a batch frees, the
 next batch reuses without faulting the pages in again. Each check runs in a fresh process:
 malloc's settings are the whole process's."""
 import os
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc
 PROBE = """
 import resource, sys
 import numpy as np
-from igcli.heap import keep_freed_memory
+from igcli.runtime.heap import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "fixed" else None
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for round in range(12):
@@ -72,7 +72,7 @@ def starts(tmp_path, *args: str, **environment: str) -> list[list[str]]:
 
 
 def test_explain_starts_itself_again_once_with_the_malloc_tunables(tmp_path):
-    from igcli.heap import MALLOC_TUNABLES
+    from igcli.runtime.heap import MALLOC_TUNABLES
 
     [(first_pid, first), (second_pid, second)] = starts(tmp_path, "explain", "--help")
     assert first_pid == second_pid  # replaced, not a child: signals and $! still reach the run
@@ -80,7 +80,7 @@ def test_explain_starts_itself_again_once_with_the_malloc_tunables(tmp_path):
 
 
 def test_the_users_tunables_are_kept(tmp_path):
-    from igcli.heap import MALLOC_TUNABLES
+    from igcli.runtime.heap import MALLOC_TUNABLES
 
     other = "glibc.rtld.optional_static_tls=4096"  # not malloc's: ours are added to it
     assert [t for _, t in starts(tmp_path, "explain", "--help", GLIBC_TUNABLES=other)] == \
@@ -115,7 +115,7 @@ print(before - libc.mallinfo2().uordblks)
 
 
 def test_the_tunables_take_effect():
-    from igcli.heap import MALLOC_TUNABLES
+    from igcli.runtime.heap import MALLOC_TUNABLES
 
     _, faults = probe("default", GLIBC_TUNABLES=MALLOC_TUNABLES)  # the thresholds, as mallopt sets them
     assert faults < 500

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from igcli.outputs.heatmap import MIN_SIDE, NEGATIVE, POSITIVE, percentile, render_bare, render_overlay, signed_map
-from igcli.outputs.png import png_bytes
+from igcli.results.heatmap import MIN_SIDE, NEGATIVE, POSITIVE, percentile, render_bare, render_overlay, signed_map
+from igcli.results.png import png_bytes
 
 
 def attributions():

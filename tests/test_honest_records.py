@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch import nn
 
-from igcli.adaptive import DEFAULT_MAP_TOLERANCE
-from igcli.cli import main
-from igcli.engine import Quadrature, TargetSpec, explain
-from igcli.jobs.common import baseline_warnings
-from igcli.models.base import ScoreKind
-from igcli.quadrature import Rule
+from igcli.attribution.adaptive import DEFAULT_MAP_TOLERANCE
+from igcli.cli.commands import main
+from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.pipeline.common import baseline_warnings
+from igcli.backends.base import ScoreKind
+from igcli.attribution.quadrature import Rule
 
 from .nets import backend, small_cnn
 

@@ -15,15 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from igcli.cli import main
+from igcli.cli.commands import main
 from igcli.config import OutputSection
 from igcli.errors import InputError
-from igcli.inputs.discover import InputRef, PathList, discover_inputs, in_shard
-from igcli.inputs.images import ImagePreprocess, read_image
+from igcli.data.discover import InputRef, PathList, discover_inputs, in_shard
+from igcli.data.images import ImagePreprocess, read_image
 from igcli.names import name_key
-from igcli.outputs.naming import OutputNames
-from igcli.outputs.writer import output_files
-from igcli.records import Sample, TextSample, output_stem
+from igcli.results.naming import OutputNames
+from igcli.results.writer import output_files
+from igcli.results.records import Sample, TextSample, output_stem
 
 from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA
 

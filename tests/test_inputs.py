@@ -6,12 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from igcli.baselines import Normalization
+from igcli.attribution.baselines import Normalization
 from igcli.errors import InputError
-from igcli.inputs.discover import InputRef, discover_inputs
-from igcli.inputs.images import ImagePreprocess, read_image
-from igcli.outputs import report
-from igcli.outputs.report import thumbnail
+from igcli.data.discover import InputRef, discover_inputs
+from igcli.data.images import ImagePreprocess, read_image
+from igcli.results import report
+from igcli.results.report import thumbnail
 
 EXTENSIONS = (".png", ".jpg")
 

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from igcli import memory
+from igcli.backends import memory
 from igcli.config import Config
-from igcli.jobs.image_job import ImageJob
-from igcli.models.base import ScoreKind
-from igcli.models.torch_backend import TorchBackend
+from igcli.pipeline.image_job import ImageJob
+from igcli.backends.base import ScoreKind
+from igcli.backends.torch_backend import TorchBackend
 
 from .conftest import REPO
 

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from PIL import Image
 from torch import nn
 
-from igcli.cli import main
+from igcli.cli.commands import main
 from igcli.errors import ConfigError, root_cause
-from igcli.models.loading import load_model
+from igcli.backends.loading import load_model
 
 from .conftest import SAMPLE_DATA
 
@@ -119,7 +119,7 @@ def test_huggingface_image_folder_preprocesses_labels_and_attributes_like_its_ow
 
 def test_config_keys_override_the_folder_preprocessing(tmp_path):
     from igcli.config import load_config
-    from igcli.jobs.image_job import ImageJob
+    from igcli.pipeline.image_job import ImageJob
 
     folder = vit_folder(tmp_path / "model")
     config = load_config(None, [(f"model.path={folder}", "--set"), ("input.std=[1, 1, 1]", "--set")])
@@ -450,7 +450,7 @@ def test_torchvision_architecture_by_name_with_a_checkpoint(tmp_path):
     module = torchvision.models.get_model("resnet18", weights=None, num_classes=4).eval()
     torch.save(module.state_dict(), tmp_path / "resnet18.pth")
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    from igcli.models.sources import architecture
+    from igcli.backends.sources import architecture
 
     built, _ = architecture("torchvision", "resnet18", tmp_path / "resnet18.pth")
     torch.testing.assert_close(built.eval()(x), module(x))

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from igcli.errors import ModelError
-from igcli.models.base import ScoreKind, apply_score, end_slopes
-from igcli.models.loading import load_model, resolve_device
+from igcli.backends.base import ScoreKind, apply_score, end_slopes
+from igcli.backends.loading import load_model, resolve_device
 
 from .conftest import SAMPLE_DATA
 

@@ -16,18 +16,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from igcli.cli import main
-from igcli.engine import Quadrature, TargetSpec, explain
+from igcli.cli.commands import main
+from igcli.attribution.engine import Quadrature, TargetSpec, explain
 from igcli.errors import ModelError
-from igcli.models.base import ScoreKind
-from igcli.models.export import read_info
-from igcli.models.loading import build_gradient_graph, load_model
-from igcli.models.onnx_backend import OnnxRuntimeBackend
-from igcli.models.onnx_grad import to_float64
+from igcli.backends.base import ScoreKind
+from igcli.backends.onnx.export import read_info
+from igcli.backends.loading import build_gradient_graph, load_model
+from igcli.backends.onnx_backend import OnnxRuntimeBackend
+from igcli.backends.onnx.grad import to_float64
 from igcli.errors import root_cause
-from igcli.models.onnx_source import onnx_to_torch
-from igcli.models.torch_backend import TorchBackend
-from igcli.quadrature import Rule
+from igcli.backends.onnx.source import onnx_to_torch
+from igcli.backends.torch_backend import TorchBackend
+from igcli.attribution.quadrature import Rule
 
 from .onnx_models import single_op_model
 
@@ -89,14 +89,14 @@ def test_explain_on_onnxruntime_runs_the_checked_graph_that_export_writes(tmp_pa
     x = torch.randn(3, 32, 32, 3, generator=torch.Generator().manual_seed(2))
     weights = torch.softmax(torch.randn(3, 5, generator=torch.Generator().manual_seed(3)), 1)
     written = OnnxRuntimeBackend(exported.SerializeToString(), read_info(exported), CPU)
-    # load_model adapts the NHWC graph to the engine's NCHW tensors (models/interface.py).
+    # load_model adapts the NHWC graph to the engine's NCHW tensors (backends/layout.py).
     scores, grads = backend.scores_and_grads(x.permute(0, 3, 1, 2), weights)
     torch.testing.assert_close((scores, grads.permute(0, 2, 3, 1)), written.scores_and_grads(x, weights))
 
 
 def test_a_wrong_gradient_graph_is_refused_before_anyone_uses_it(monkeypatch, tmp_path):
     """Break one rule (ReLU passes every gradient): the float64 check refuses the graph, in export and explain."""
-    from igcli.models import onnx_vjp
+    from igcli.backends.onnx import vjp as onnx_vjp
 
     monkeypatch.setitem(onnx_vjp.RULES, "Relu", onnx_vjp._unary(onnx_vjp._identity))
     path = CORPUS / "torch_resnet.onnx"

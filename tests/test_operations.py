@@ -13,14 +13,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from igcli import resume
-from igcli.cli import main
+from igcli.pipeline import resume
+from igcli.cli.commands import main
 from igcli.config import load_config
-from igcli.engine import BatchSize, Quadrature, TargetSpec, explain
-from igcli.jobs.image_job import ImageJob
-from igcli.outputs import report as report_module
-from igcli.outputs import writer as writer_module
-from igcli.quadrature import Rule
+from igcli.attribution.engine import BatchSize, Quadrature, TargetSpec, explain
+from igcli.pipeline.image_job import ImageJob
+from igcli.results import report as report_module
+from igcli.results import writer as writer_module
+from igcli.attribution.quadrature import Rule
 
 from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA
 from .nets import backend, small_cnn

@@ -1,4 +1,4 @@
-"""Chunks in flight (igcli/overlap.py): order, concurrency, errors, early exits, same outputs."""
+"""Chunks in flight (igcli/pipeline/overlap.py): order, concurrency, errors, early exits, same outputs."""
 import functools
 import json
 import threading
@@ -6,12 +6,12 @@ import threading
 import pytest
 import torch
 
-from igcli import overlap
-from igcli import run as run_module
+from igcli.pipeline import overlap
+from igcli.pipeline import run as run_module
 from igcli.config import load_config
-from igcli.jobs.image_job import ImageJob
-from igcli.memory import FALLBACK_POINTS
-from igcli.overlap import chunks_in_flight, ordered_map, own_stream, points_per_chunk, threads_shared
+from igcli.pipeline.image_job import ImageJob
+from igcli.backends.memory import FALLBACK_POINTS
+from igcli.pipeline.overlap import chunks_in_flight, ordered_map, own_stream, points_per_chunk, threads_shared
 
 from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA
 from .test_operations import many_images, run, tree
@@ -142,7 +142,7 @@ def test_a_run_puts_the_jobs_chunks_in_flight_its_last_chunk_in_as_many_pieces(t
 
 @pytest.mark.parametrize("config", [DIGITS_CONFIG, QUESTIONS_CONFIG], ids=["image", "text"])
 def test_model_threads_set_torchs_threads_and_so_the_chunks_in_flight(config):
-    from igcli.jobs import make_job
+    from igcli.pipeline.jobs import make_job
 
     threads = torch.get_num_threads()
     try:

@@ -8,9 +8,9 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from igcli.cli import main
-from igcli.inputs.discover import InputRef, in_shard
-from igcli.run import _chunks, name_hash
+from igcli.cli.commands import main
+from igcli.data.discover import InputRef, in_shard
+from igcli.pipeline.run import _chunks, name_hash
 
 from .conftest import DIGITS_CONFIG, SAMPLE_DATA
 

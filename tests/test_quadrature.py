@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from igcli.quadrature import Rule, nodes, refine
+from igcli.attribution.quadrature import Rule, nodes, refine
 
 RULES = list(Rule)
 

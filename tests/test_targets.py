@@ -13,7 +13,7 @@ from captum.attr import IntegratedGradients
 from click.testing import CliRunner
 from PIL import Image
 
-from igcli.cli import main
+from igcli.cli.commands import main
 
 STEPS = 32
 MODELS = '''

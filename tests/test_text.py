@@ -8,12 +8,12 @@ import torch
 from captum.attr import LayerIntegratedGradients
 from click.testing import CliRunner
 
-from igcli.baselines import text_baseline_ids
-from igcli.cli import main
+from igcli.attribution.baselines import text_baseline_ids
+from igcli.cli.commands import main
 from igcli.config import load_config
-from igcli.engine import Quadrature, TargetSpec, explain
-from igcli.jobs.text_job import load_text_model
-from igcli.quadrature import Rule
+from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.pipeline.text_job import load_text_model
+from igcli.attribution.quadrature import Rule
 
 from .conftest import REPO, SAMPLE_DATA
 
@@ -193,7 +193,7 @@ def build():
 
 
 def id_aware_job(tmp_path: Path, poison: str | None):
-    from igcli.jobs.text_job import TextJob
+    from igcli.pipeline.text_job import TextJob
 
     tokenizer = load_text_model(load_config(QUESTIONS_CONFIG), CPU).tokenizer
     source = tmp_path / "id_aware.py"
@@ -206,7 +206,7 @@ def id_aware_job(tmp_path: Path, poison: str | None):
 
 def documents(job, folder: Path, texts: list[str]):
     """The job's samples of ``texts``, each written to a file in ``folder``."""
-    from igcli.inputs.discover import InputRef
+    from igcli.data.discover import InputRef
 
     samples = []
     for number, text in enumerate(texts):

@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from igcli.models.loading import load_model
+from igcli.backends.loading import load_model
 
 from .conftest import SAMPLE_DATA
 

@@ -1,0 +1,236 @@
+"""Expand files, folders, globs and path lists into a stable, streamed sequence of inputs.
+
+Each input's name below its root (its relpath) is made safe here (names.safe_relpath): outputs
+mirror it, so it never holds ``..`` and always encodes as UTF-8. A file reached twice is yielded
+once; igcli output folders inside an input folder are not walked (docs/hostile-inputs.md).
+"""
+from __future__ import annotations
+
+import errno
+import glob
+import logging
+import os
+import stat
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, TextIO
+
+from igcli.errors import InputError
+from igcli.names import printable, safe_relpath
+
+log = logging.getLogger("igcli")
+GLOB_CHARS = set("*?[")
+# What marks a folder as an igcli output folder (an -o of this run or another): never ingested.
+OUTPUT_MARKERS = (".igcli.lock", "manifest.json")
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # config input.max_bytes: the most igcli reads of one input file
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """An input path and its name below the root it was found in (mirrored by outputs)."""
+
+    path: Path
+    relpath: str
+
+    @property
+    def source(self) -> str:
+        """The path as records and messages show it: undecodable bytes as ``\\xNN``."""
+        return printable(str(self.path))
+
+
+class PathList(tuple):
+    """Paths read from stdin or --files-from: their names keep their tree below the list's common
+    folder, as a folder argument's do."""
+
+    def __str__(self) -> str:
+        return "the path list"
+
+
+def read_input(ref: InputRef, kind: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of an input file; any failure to read it is one InputError line naming it.
+
+    Opened without blocking and checked to be a regular file first, so a FIFO or a device (or a
+    link to /dev/zero) fails at once; files over ``max_bytes`` are refused unread.
+    """
+    try:
+        handle = os.open(ref.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise InputError(f"{ref.source}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{ref.source}: is a folder, not {kind}") from None
+    except PermissionError:
+        raise InputError(f"{ref.source}: permission denied; check the file's read permission") from None
+    except OSError as error:  # a symlink loop, a name too long, an I/O error
+        raise InputError(f"{ref.source}: cannot read ({error.strerror or error})") from None
+    try:
+        info = os.fstat(handle)
+        if stat.S_ISDIR(info.st_mode):
+            raise InputError(f"{ref.source}: is a folder, not {kind}")
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{ref.source}: not a regular file ({_file_kind(info.st_mode)}); not read")
+        if info.st_size > max_bytes:
+            raise InputError(f"{ref.source}: {info.st_size:,} bytes, over input.max_bytes ({max_bytes:,}); "
+                             "raise it with --set input.max_bytes=N if the file is right")
+        data = _read_at_most(handle, max_bytes + 1)
+    except OSError as error:
+        if error.errno == errno.EISDIR:
+            raise InputError(f"{ref.source}: is a folder, not {kind}") from None
+        raise InputError(f"{ref.source}: cannot read ({error.strerror or error})") from None
+    finally:
+        os.close(handle)
+    if len(data) > max_bytes:  # it grew while read
+        raise InputError(f"{ref.source}: over input.max_bytes ({max_bytes:,}); "
+                         "raise it with --set input.max_bytes=N if the file is right")
+    return data
+
+
+def _read_at_most(handle: int, limit: int) -> bytes:
+    parts, left = [], limit
+    while left > 0:
+        block = os.read(handle, min(left, 1 << 20))
+        if not block:
+            break
+        parts.append(block)
+        left -= len(block)
+    return b"".join(parts)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def discover_inputs(specs: Iterable[str], extensions: Iterable[str], exclude: Path | None = None) -> Iterator[InputRef]:
+    """Yield inputs in a stable order: specs as given; folders recursively, sorted by name.
+
+    Folders and globs keep only files with one of ``extensions``; a file named explicitly is
+    always kept, so a missing or misnamed file is reported rather than silently skipped.
+    ``exclude`` (the output folder) and folders that hold an igcli output are not walked. A file
+    reached twice (a folder and a file in it, or two links) is yielded the first time only.
+    """
+    suffixes = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+    skip = _OutputFolders(exclude)
+    seen: set[str] = set()
+    for ref in _expand(specs, suffixes, skip):
+        resolved = os.path.realpath(ref.path)
+        if resolved in seen:
+            log.info("%s: reached twice; explained once", ref.source)
+            continue
+        seen.add(resolved)
+        yield ref
+
+
+def _expand(specs: Iterable[str], suffixes: set[str], skip: _OutputFolders) -> Iterator[InputRef]:
+    for spec in specs:
+        if isinstance(spec, PathList):
+            yield from _path_list(spec, suffixes, skip)
+            continue
+        if spec == "-":  # newline-separated paths on stdin, for pipelines
+            yield from _path_list(PathList(read_path_list(sys.stdin)), suffixes, skip)
+            continue
+        path = Path(spec)
+        # os.path's tests, not Path's: a name too long for the file system is False, not an OSError.
+        if GLOB_CHARS & set(spec) and not os.path.exists(spec):
+            yield from _glob(spec, suffixes, skip)
+        elif os.path.isdir(spec):
+            yield from _walk(path, suffixes, skip)
+        else:
+            yield InputRef(path, safe_relpath(path.name))
+
+
+def _glob(pattern: str, suffixes: set[str], skip: _OutputFolders) -> Iterator[InputRef]:
+    # Names are taken below the pattern's static prefix once both are normalised, so a `..` after
+    # a wildcard cannot climb out: 'a/*/../../b/x.png' is 'b/x.png' below '.'.
+    root = os.path.normpath(_static_prefix(pattern))
+    for match in sorted(glob.glob(pattern, recursive=True)):
+        normal = os.path.abspath(match)
+        base = os.path.commonpath([os.path.abspath(root), normal])
+        if os.path.isdir(match) or Path(match).suffix.lower() not in suffixes or skip.holds(normal, base):
+            continue
+        yield InputRef(Path(match), safe_relpath(Path(os.path.relpath(normal, base)).as_posix()))
+
+
+def _walk(root: Path, suffixes: set[str], skip: _OutputFolders) -> Iterator[InputRef]:
+    # followlinks=False: a symlinked folder loop cannot make the walk endless.
+    for folder, subfolders, files in os.walk(root, followlinks=False):
+        subfolders[:] = sorted(name for name in subfolders if not skip.is_output(Path(folder) / name))
+        for name in sorted(files):
+            if Path(name).suffix.lower() in suffixes:
+                full = Path(folder) / name
+                yield InputRef(full, safe_relpath(full.relative_to(root).as_posix()))
+
+
+def _path_list(paths: PathList, suffixes: set[str], skip: _OutputFolders) -> Iterator[InputRef]:
+    """Files named in a list keep their tree below the files' common folder (two 0001.png in cats/
+    and dogs/ stay apart); folders and globs in it expand as they would as arguments."""
+    files = {path for path in paths if not (GLOB_CHARS & set(path) and not os.path.exists(path))
+             and not os.path.isdir(path)}
+    root = common_folder(sorted(files))
+    for path in paths:
+        if path in files:
+            absolute = os.path.abspath(path)
+            yield InputRef(Path(path), safe_relpath(Path(os.path.relpath(absolute, root)).as_posix()))
+        else:
+            yield from _expand([path], suffixes, skip)
+
+
+def common_folder(paths: list[str]) -> str:
+    """The deepest folder that holds every one of ``paths`` (absolute; relative ones from the cwd)."""
+    if not paths:
+        return os.getcwd()
+    return os.path.commonpath([os.path.dirname(os.path.abspath(path)) for path in paths])
+
+
+class _OutputFolders:
+    """Which folders are igcli outputs, not inputs: ``exclude`` and any that holds a marker."""
+
+    def __init__(self, exclude: Path | None):
+        self.exclude = os.path.realpath(exclude) if exclude is not None else None
+        self._known: dict[str, bool] = {}
+
+    def is_output(self, folder: Path | str) -> bool:
+        folder = str(folder)
+        if folder not in self._known:
+            self._known[folder] = (self.exclude is not None and os.path.realpath(folder) == self.exclude) or any(
+                os.path.isfile(os.path.join(folder, marker)) for marker in OUTPUT_MARKERS)
+        return self._known[folder]
+
+    def holds(self, path: str, root: str) -> bool:
+        """Whether a folder above ``path`` and below ``root`` (both absolute) is an output folder."""
+        folder = os.path.dirname(path)
+        while folder != root and folder.startswith(root):
+            if self.is_output(folder):
+                return True
+            folder = os.path.dirname(folder)
+        return False
+
+
+def _static_prefix(pattern: str) -> str:
+    parts = Path(pattern).parts
+    static = []
+    for part in parts:
+        if GLOB_CHARS & set(part):
+            break
+        static.append(part)
+    return str(Path(*static)) if static else "."
+
+
+def read_path_list(stream: TextIO) -> Iterator[str]:
+    """Paths, one per line; blank lines are skipped, surrounding whitespace kept out."""
+    for line in stream:
+        if line.strip():
+            yield line.rstrip("\r\n").strip()
+
+
+def in_shard(ref: InputRef, index: int, count: int) -> bool:
+    """Whether ``ref`` belongs to shard ``index`` of ``count``: a stable hash of its output name.
+
+    Every input lands in exactly one shard, whatever the order or number of inputs, so a shard
+    of a growing folder keeps the inputs it had.
+    """
+    return zlib.crc32(ref.relpath.encode("utf-8")) % count == index

@@ -1,1 +1,0 @@
-"""Readers that turn paths into Samples, one at a time."""

@@ -1,1 +1,0 @@
-"""Model loading and the runtimes behind the Backend interface."""

@@ -1,1 +1,0 @@
-"""Writers that turn Attributions into files and records, one at a time."""

@@ -1,0 +1,228 @@
+"""Images: decode, preprocess, baselines in pixel space, IG batched across images."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from igcli.attribution.adaptive import INITIAL_INTERVALS, MapBuffers
+from igcli.attribution.baselines import AUTO_CANDIDATES, BaselineKind, BaselinePlan, Normalization, auto_candidates, make_baselines
+from igcli.config import Config, InputSection, Region, TopK
+from igcli.attribution.engine import BatchSize, Explanation, Quadrature, batched_scores, explain, resolve_targets
+from igcli.errors import ConfigError, InputError, ModelError, root_cause
+from igcli.data.discover import InputRef
+from igcli.data.images import ImagePreprocess, read_image
+from igcli.backends.memory import FALLBACK_POINTS, MAX_POINTS, auto_points
+from igcli.backends.loading import load_model, resolve_device
+from igcli.backends.sources import SourceDefaults, image_source
+from igcli.pipeline.overlap import chunks_in_flight, points_per_chunk
+from igcli.attribution.quadrature import Rule
+from igcli.results.records import Attribution, Failure, Sample
+from igcli.pipeline.common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
+from igcli.pipeline.targets import region_target
+
+# The auto size's cap. A chunk's stored maps and copies grow with it, and so does the peak memory:
+# on the sample job 10,000 inputs peaked at 1.08x the memory of 100 with chunks of 77, 1.09x at 96,
+# 1.13-1.16x at 128 (benchmarks/RESULTS.md).
+MAX_INPUTS_PER_CHUNK = 96
+# The adaptive rule's rounds shrink as paths converge, and each round's last batch is partly
+# padding: a chunk whose first round fills two batches had 4% padding on the sample job against
+# 9% at one batch, and ran 6% faster; three batches (77 inputs) ran the engine 13% faster again
+# once the model itself got faster. Bigger chunks are faster still, at the memory above: config
+# chunk_inputs makes that trade (RESULTS.md). Batches here are each chunk's
+# (overlap.points_per_chunk): with two chunks in flight on 2 cores, 64 points. There four batches
+# (52 inputs a chunk) ran the engine at 0.90-0.92x of a bare loop against 0.87-0.89x at three (39),
+# and, as chunks end within half their size past it (run._chunks), 10,000 inputs peaked at 1.08x the
+# memory of 100; with one chunk in flight (128 points) the cap holds chunks at 96, 1.05x.
+ADAPTIVE_FIRST_ROUND_BATCHES = 4
+# The adaptive rule keeps every evaluated point's gradient (times x - x') until its chunk is done:
+# at ~48 points a path (the sample job averages 22), keep a chunk's within this many bytes.
+ADAPTIVE_GRADIENT_BYTES = 1 << 30
+ADAPTIVE_POINTS_PER_PATH = 48
+
+
+class ImageJob:
+    def __init__(self, config: Config):
+        section = config.model
+        self.device = resolve_device(config.device)
+        module, defaults = image_source(section.path, section.timm, section.torchvision)
+        # The model source's preprocessing fills the input keys the config does not set.
+        config = config.model_copy(update={"input": with_source_defaults(config.input, defaults)})
+        self.config, inputs = config, config.input
+        bgr = inputs.mode == "BGR"
+        self.backend = load_model(section.path, section.factory, section.score, self.device, section.trust_pickle,
+                                  backend=section.backend, threads=section.threads, precision=section.precision,
+                                  input_shape=inputs.model_shape(), output=section.output, layout=inputs.layout,
+                                  bgr=bgr, channels=1 if inputs.mode == "L" else 3, module=module)
+        self.runtime = self.backend.runtime
+        self.labels = read_labels(section.labels) if section.labels else defaults.labels
+        self.target = resolve_target(config.target, self.labels)
+        self.region = region_target(config.target, self.labels, section.score) \
+            if isinstance(config.target, Region) else None
+        self.classes: int | None = None  # the model's output columns, once check() has seen them
+        # mean and std come in the model's channel order; igcli's tensors are RGB (see backends/layout.py).
+        order = (lambda values: tuple(reversed(values))) if bgr else tuple
+        norm = Normalization(order(inputs.mean), order(inputs.std))
+        self.preprocess = ImagePreprocess("RGB" if bgr else inputs.mode, inputs.resize, inputs.crop, norm,
+                                          inputs.max_bytes, inputs.resample)
+        self.baseline = _baseline_plan(config, self.preprocess)
+        steps = None if config.steps == "auto" else config.steps
+        self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps,
+                                     config.map_tolerance)
+        self.in_flight = chunks_in_flight(self.device, self.runtime)
+        # Lowered for the whole run on out-of-memory; shared by the chunks in flight.
+        self.batch = BatchSize(points_per_chunk(self._batch_points(config.input.model_shape()), self.in_flight,
+                                                self.device))
+        self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
+        self.chunk_size = _inputs_per_chunk(config, self.batch.points)
+
+    def _batch_points(self, shape: tuple[int, ...] | None) -> int:
+        """``batch_size``, or for auto the points whose measured activations fit the memory budget
+        (igcli/backends/memory.py) at inputs of ``shape`` (None: not known yet)."""
+        if self.config.batch_size != "auto":
+            return self.config.batch_size
+        if shape is None:
+            return MAX_POINTS  # provisional, for the chunk size: check() measures on the first input
+        try:
+            return auto_points(self.backend, torch.zeros(shape), self.device)
+        except MODEL_FAILURES:
+            return FALLBACK_POINTS  # the model rejects the shape: check() says so, in its words
+
+    def read(self, refs: Iterable[InputRef]) -> Iterator[Sample | Failure]:
+        for ref in refs:  # output names are made unique by the run (outputs.names), across kinds
+            try:
+                yield read_image(ref, self.preprocess)
+            except InputError as error:
+                yield Failure(ref.source, ref.relpath, "InputError", str(error))
+
+    def check(self, sample: Sample) -> None:
+        x = sample.x.unsqueeze(0).to(self.backend.device, self.backend.dtype)
+        try:
+            if self.region is not None:
+                self.region.check(self.backend, x)
+            else:
+                self.classes = self.backend.scores(x).shape[1]
+        except MODEL_FAILURES as error:
+            raise ModelError(f"model rejected an input shaped {list(x.shape)} from {sample.source} "
+                             f"({root_cause(error)}); check input.mode, input.resize and input.crop") from None
+        if self.classes is not None:
+            check_classes(self.classes, self.labels, self.target, self.config.model.score)
+        if self.config.batch_size == "auto" and self.config.input.model_shape() is None:
+            # Measured on the first input where the config does not fix the input size.
+            self.batch.points = points_per_chunk(self._batch_points(tuple(sample.x.shape)), self.in_flight,
+                                                 self.device)
+        fixed = self.baseline.fixed
+        if fixed is not None and tuple(fixed.shape) != tuple(sample.x.shape):
+            raise ConfigError(f"baseline.path holds shape {list(fixed.shape)} but inputs are "
+                              f"{list(sample.x.shape)}; save the baseline in the model's input shape, without a "
+                              "batch axis")
+
+    def explain(self, samples: list[Sample]) -> list[list[Attribution | Failure]]:
+        results: list[list[Attribution | Failure]] = [[] for _ in samples]
+        # Images of different sizes (no resize configured) cannot share a batch.
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, sample in enumerate(samples):
+            by_shape.setdefault(tuple(sample.x.shape), []).append(index)
+        for indices in by_shape.values():
+            group = [samples[i] for i in indices]
+            clock = time.perf_counter()
+            try:
+                explanations, chosen, regions = self._explain_group(group)
+            except MODEL_FAILURES as error:
+                for i, sample in zip(indices, group):
+                    results[i].append(model_failure(sample, error))
+                continue
+            seconds = (time.perf_counter() - clock) / max(1, len(explanations))
+            for e in explanations:
+                sample = group[e.input_index]
+                record = to_record(sample, e, self.config, self.labels, seconds, classes=self.classes,
+                                   baseline_chosen=chosen[e.input_index])
+                if regions is not None and isinstance(record, Attribution):
+                    record = self.region.annotate(record, regions[e.input_index], self.labels)
+                results[indices[e.input_index]].append(record)
+        return results
+
+    def _explain_group(self, group: list[Sample]) -> tuple[list[Explanation], list[str | None], torch.Tensor | None]:
+        """The group's explanations; per input the baseline ``auto`` chose (None for other kinds);
+        and for a region target each input's region [N, H, W] (else None)."""
+        inputs = torch.stack([sample.x for sample in group])
+        backend, regions = self.backend, None
+        if self.region is not None:
+            regions = self.region.regions(self.backend, inputs, self.batch.points)
+            backend = self.region.backend_for(self.backend, regions)
+        if self.baseline.kind is BaselineKind.auto:
+            baselines, chosen = self._auto_baselines(backend, inputs, group)
+        else:
+            baselines, chosen = self._baselines(group), [None] * len(group)
+        return explain(backend, inputs, baselines, self.target, self.quadrature, self.batch,
+                       self.map_buffers), chosen, regions
+
+    def _auto_baselines(self, backend, inputs: torch.Tensor, group: list[Sample]) -> tuple[torch.Tensor, list[str]]:
+        """Per input, the candidate of AUTO_CANDIDATES with the lowest F for its (first) target:
+        [inputs, 1, C, H, W] and the names chosen."""
+        norm = self.preprocess.normalization
+        candidates = torch.stack([auto_candidates(sample.pixels, norm) for sample in group])  # [N, 3, C, H, W]
+        scores = batched_scores(backend, torch.cat([inputs, candidates.flatten(0, 1)]).to(backend.device, backend.dtype),
+                                self.batch.points).cpu()
+        targets = torch.tensor([classes[0] for classes in resolve_targets(scores[: len(group)], self.target)])
+        per_candidate = scores[len(group):].view(len(group), len(AUTO_CANDIDATES), -1)  # [N, 3, classes]
+        best = per_candidate.gather(2, targets.view(-1, 1, 1).expand(-1, len(AUTO_CANDIDATES), 1)).squeeze(2).argmin(1)
+        baselines = candidates[torch.arange(len(group)), best][:, None]
+        return baselines, [AUTO_CANDIDATES[int(i)] for i in best]
+
+    def _baselines(self, group: list[Sample]) -> torch.Tensor:
+        """[inputs, samples, C, H, W]; made once for the group where every input gets the same."""
+        norm = self.preprocess.normalization
+        if self.baseline.same_for_every_input:
+            first = make_baselines(self.baseline, group[0].pixels, norm, group[0].relpath)
+            return first.expand((len(group),) + tuple(first.shape))
+        return torch.stack([make_baselines(self.baseline, s.pixels, norm, s.relpath) for s in group])
+
+
+def with_source_defaults(inputs: InputSection, defaults: SourceDefaults) -> InputSection:
+    """``inputs`` with the model source's settings for every key the config left unset."""
+    update = {key: value for key, value in defaults.input.items() if key not in inputs.model_fields_set}
+    return inputs.model_copy(update=update) if update else inputs
+
+
+def _baseline_plan(config: Config, preprocess: ImagePreprocess) -> BaselinePlan:
+    section = config.baseline
+    fixed = _load_baseline_file(section.path, preprocess) if section.kind is BaselineKind.file else None
+    return BaselinePlan(section.kind, section.samples, section.seed, section.value, section.sigma, fixed)
+
+
+def _load_baseline_file(path: Path, preprocess: ImagePreprocess) -> torch.Tensor:
+    if path.suffix.lower() == ".npy":
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False)).float()
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"{path}: cannot read baseline.path as .npy ({error})") from None
+    try:
+        return read_image(InputRef(path, path.name), preprocess).x
+    except InputError as error:
+        raise ConfigError(f"baseline.path: {error}") from None
+
+
+def _inputs_per_chunk(config: Config, batch_points: int) -> int:
+    """``chunk_inputs`` where the config sets it; else enough inputs that the first round of path
+    points fills a batch of ``batch_points`` (ADAPTIVE_FIRST_ROUND_BATCHES for the adaptive rule), within
+    MAX_INPUTS_PER_CHUNK and, for the adaptive rule, the gradients' memory budget."""
+    if config.chunk_inputs != "auto":
+        return config.chunk_inputs
+    paths_per_input = config.baseline.samples * (config.target.top_k if isinstance(config.target, TopK) else 1)
+    limit = MAX_INPUTS_PER_CHUNK
+    if config.method is Rule.adaptive:
+        first_level = (INITIAL_INTERVALS if config.steps == "auto" else min(config.steps, INITIAL_INTERVALS)) + 1
+        points = ADAPTIVE_FIRST_ROUND_BATCHES * batch_points
+        shape = config.input.model_shape()
+        if shape is not None:
+            per_input = ADAPTIVE_POINTS_PER_PATH * paths_per_input * math.prod(shape) * 4
+            limit = min(limit, ADAPTIVE_GRADIENT_BYTES // per_input)
+    else:
+        first_level = (config.steps if config.steps != "auto" else config.min_steps) + 1
+        points = batch_points
+    return max(1, min(limit, math.ceil(points / (first_level * paths_per_input))))

@@ -1,0 +1,148 @@
+"""--resume: reuse the records of a previous run into the same folder where nothing they depend on changed.
+
+A record's key hashes the run key (igcli's version, the resolved config and the bytes of every
+file it names: model, labels, tokenizer, baseline, factory source, a ``pkg.mod`` factory's module
+file included) with the input's own bytes. Inputs are matched by their resolved path, however a
+run spelled it (``/abs/images`` or ``images``). A
+rerun with --resume keeps a previous record when its key matches and the files it lists still
+exist; anything else is computed again. Records of one input are written in one line group, so a
+run killed mid-write leaves at most a torn last line, which is ignored.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from igcli import __version__
+from igcli.config import PATH_KEYS, Config, resolved
+
+KEY_CHARS = 32
+
+
+def run_key(config: Config) -> str:
+    """What every record of this run depends on besides its input: igcli's own numbers too (a new
+    version may compute them differently), the config, and the files it names."""
+    digest = hashlib.sha256(f"igcli {__version__}\0".encode())
+    digest.update(json.dumps(resolved(config), sort_keys=True).encode())
+    for path in _named_files(config):
+        digest.update(f"\0{path}\0".encode())
+        digest.update(_content_digest(path).encode())
+    return digest.hexdigest()
+
+
+def record_key(run: str, input_digest: str) -> str:
+    return hashlib.sha256(f"{run}:{input_digest}".encode()).hexdigest()[:KEY_CHARS]
+
+
+def _named_files(config: Config) -> list[Path]:
+    paths = []
+    for section, key in PATH_KEYS:
+        value = getattr(getattr(config, section), key, None)
+        if value is not None:
+            paths.append(Path(value))
+    factory = config.model.factory
+    if factory and ".py:" in factory:
+        paths.append(Path(factory.rpartition(":")[0]))
+    elif factory:
+        source = _module_source(factory.rpartition(":")[0])
+        if source is not None:
+            paths.append(source)
+    return paths
+
+
+def _module_source(name: str) -> Path | None:
+    """The source file of a factory's module (``pkg.mod``): the job imported it already, so this
+    finds it without running anything new. Only that file is hashed, not its whole package."""
+    module = sys.modules.get(name)
+    origin = getattr(module, "__file__", None)
+    if origin is None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return None
+        origin = spec.origin if spec is not None else None
+    return Path(origin) if origin and os.path.isfile(origin) else None
+
+
+def _content_digest(path: Path) -> str:
+    """sha256 of a file's bytes; of every file's name and bytes for a folder (a Hugging Face model)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(f"\0{file.relative_to(path) if path.is_dir() else ''}\0".encode())
+        try:
+            with file.open("rb") as stream:
+                for block in iter(lambda: stream.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:
+            digest.update(b"<unreadable>")  # loading the model reports it properly
+    return digest.hexdigest()
+
+
+@dataclass
+class PreviousRun:
+    """The reusable records of an earlier run, as the raw lines it wrote, by input."""
+
+    out_dir: Path | None = None
+    lines: dict[str, list[str]] = field(default_factory=dict)  # input -> its record lines
+    keys: dict[str, str] = field(default_factory=dict)  # input -> the key they were made with
+    files: dict[str, list[str]] = field(default_factory=dict)  # input -> the outputs its records name
+
+    @classmethod
+    def load(cls, out_dir: Path) -> PreviousRun:
+        previous = cls(out_dir)
+        try:
+            text = (out_dir / "results.jsonl").read_text(encoding="utf-8")
+        except (FileNotFoundError, UnicodeDecodeError):
+            return previous
+        complete = text[: text.rfind("\n") + 1]  # a line without its newline was torn by a kill
+        for line in complete.split("\n"):  # JSON lines end at \n only (not at U+2028)
+            record = _parse(line)
+            if record is None or record.get("error") is not None or not record.get("key"):
+                continue
+            source = resolved_input(record["input"])
+            if previous.keys.get(source) != record["key"]:
+                previous.keys[source], previous.lines[source], previous.files[source] = record["key"], [], []
+            previous.lines[source].append(line)
+            previous.files[source].extend((record.get("outputs") or {}).values())
+        return previous
+
+    def reusable(self, source: str, key: str) -> list[str] | None:
+        """The record lines for ``source`` when made with ``key`` and their files are all there."""
+        source = resolved_input(source)
+        if self.keys.get(source) != key:
+            return None
+        if not all(os.path.isfile(self.out_dir / relative) for relative in self.files[source]):
+            return None
+        return self.lines[source]
+
+
+def resolved_input(source: str) -> str:
+    """A record's input as one spelling: absolute, links resolved; a .jsonl line keeps its ``:N``."""
+    path, colon, line = source.rpartition(":")
+    if colon and line.isdigit() and path:
+        return f"{os.path.realpath(path)}:{line}"
+    return os.path.realpath(source)
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    """A record fit to reuse: a mapping with the fields a run's totals read (others are recomputed)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("input"), str):
+        return None
+    target, completeness = record.get("target"), record.get("completeness")
+    if record.get("error") is None and not (
+            isinstance(target, dict) and "rank" in target and isinstance(completeness, dict)
+            and {"converged", "rel_error"} <= completeness.keys() and isinstance(record.get("steps"), int)
+            and isinstance(record.get("warnings"), list)):
+        return None
+    return record
