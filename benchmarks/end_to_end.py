@@ -40,6 +40,7 @@ from igcli.backends.loading import load_module
 from igcli.results.heatmap import render_overlay, signed_map
 from igcli.attribution.quadrature import Rule
 from comparison import (add_malloc_option, apply_malloc_option, mean_errors, print_table, run_with_maps,
+                        time_alternately)
 from variants import overrides, threads
 
 REPO = Path(__file__).resolve().parents[1]

@@ -120,6 +120,8 @@ def _mobilenetv3() -> nn.Module:
 
 def torch_models() -> dict[str, nn.Module]:
     from transformers import (ConvNextConfig, ConvNextForImageClassification, EfficientNetConfig,
+                              EfficientNetForImageClassification, ResNetConfig, ResNetForImageClassification,
+                              ViTConfig, ViTForImageClassification)
 
     torch.manual_seed(0)
     models = {

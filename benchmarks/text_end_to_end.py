@@ -37,6 +37,7 @@ from igcli.attribution.engine import Quadrature, TargetSpec, explain
 from igcli.pipeline.text_job import TextJob, load_text_model
 from igcli.attribution.quadrature import Rule
 from comparison import (add_malloc_option, apply_malloc_option, mean_errors, print_table, run_with_maps,
+                        time_alternately)
 from variants import overrides, threads
 
 REPO = Path(__file__).resolve().parents[1]
