@@ -1,0 +1,102 @@
+"""The documents: generated pages are current, every key and command is documented, links resolve."""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location("docs_generate", DOCS / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+generate = load_generator()
+
+
+@pytest.mark.parametrize("page", sorted(generate.PAGES))
+def test_generated_page_is_current(page):
+    committed = (DOCS / page).read_text(encoding="utf-8")
+    assert generate.PAGES[page]() == committed, f"docs/{page} is out of date: run python docs/generate.py"
+
+
+def test_check_mode_names_a_stale_page(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(generate, "DOCS", tmp_path)
+    (tmp_path / "cli.md").write_text(generate.cli_markdown(), encoding="utf-8")
+    (tmp_path / "config.md").write_text("# stale\n", encoding="utf-8")
+    assert generate.main(["--check"]) == 1
+    assert "docs/config.md: out of date" in capsys.readouterr().err
+    assert (tmp_path / "config.md").read_text() == "# stale\n"  # --check writes nothing
+    assert generate.main([]) == 0 and generate.main(["--check"]) == 0
+
+
+def test_every_command_and_subcommand_has_a_section():
+    import click
+
+    from igcli.cli.commands import main
+
+    def walk(group, path):
+        for name, command in group.commands.items():
+            yield path + (name,)
+            if isinstance(command, click.Group):
+                yield from walk(command, path + (name,))
+
+    page = (DOCS / "cli.md").read_text(encoding="utf-8")
+    headings = set(re.findall(r"^## (.+)$", page, flags=re.M))
+    commands = {" ".join(path) for path in walk(main, ("igcli",))}
+    assert commands and commands | {"igcli"} == headings
+    assert "--max-errors N" in page and "--score [softmax|logits|sigmoid]" in page  # options, not just names
+
+
+def test_every_resolved_config_key_has_a_row():
+    from igcli.config import Config, resolved
+
+    def dotted(data, prefix=""):
+        for key, value in data.items():
+            if isinstance(value, dict):
+                yield from dotted(value, f"{prefix}{key}.")
+            else:
+                yield prefix + key
+
+    keys = set(dotted(resolved(Config(model={"path": "model.pt2"}))))
+    page = (DOCS / "config.md").read_text(encoding="utf-8")
+    rows = set(re.findall(r"^\| `([\w.]+)` \|", page, flags=re.M))
+    assert len(keys) > 40 and keys <= rows, sorted(keys - rows)
+    undescribed = [key for key, field in generate._config_fields(Config, ()) if not field.description]
+    assert not undescribed, f"add Field(description=...) in igcli/config.py for {undescribed}"
+
+
+DOCUMENTS = [REPO / "README.md", *sorted(DOCS.glob("*.md")), REPO / "benchmarks" / "RESULTS.md"]
+REPO_PATH = re.compile(r"`((?:igcli|docs|benchmarks|tests|configs|sample_data)/[\w./-]*\w)`")
+# igcli's own folders, named without the igcli/ prefix; models/, inputs/, outputs/ are the old names.
+PACKAGE_PATH = re.compile(r"`((?:attribution|backends|data|results|pipeline|runtime|cli|models|inputs|outputs)/[\w./-]*\w)`")
+
+
+def referenced_paths(document: Path):
+    text = document.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):  # markdown links
+        if not re.match(r"[a-z]+:", target):
+            yield target, (document.parent / target)
+    for target in REPO_PATH.findall(text):  # `igcli/backends/memory.py`, `benchmarks/memory.py`
+        if "*" not in target and "<" not in target:
+            yield target, REPO / target
+    for target in PACKAGE_PATH.findall(text):
+        yield target, REPO / "igcli" / target
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.name)
+def test_links_and_named_paths_exist(document):
+    missing = [name for name, path in referenced_paths(document) if not path.exists()]
+    assert not missing, f"{document.relative_to(REPO)} names paths that do not exist: {missing}"
+
+
+def test_readme_stays_short():
+    assert len((REPO / "README.md").read_bytes()) <= 8000
+    assert len((REPO / "benchmarks" / "RESULTS.md").read_bytes()) <= 20000
