@@ -97,6 +97,27 @@ def test_links_and_named_paths_exist(document):
     assert not missing, f"{document.relative_to(REPO)} names paths that do not exist: {missing}"
 
 
+def heading_anchors(document: Path) -> set[str]:
+    """GitHub's anchors: a heading lower-cased, punctuation dropped, spaces turned to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", document.read_text(encoding="utf-8"), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.name)
+def test_links_to_sections_find_their_heading(document):
+    text = document.read_text(encoding="utf-8")
+    broken = []
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", text):
+        linked = (document.parent / target) if target else document
+        if linked.suffix == ".md" and anchor not in heading_anchors(linked):
+            broken.append(f"{target}#{anchor}")
+    assert not broken, f"{document.relative_to(REPO)} links to sections that do not exist: {broken}"
+
+
+def test_anchors_follow_github():
+    assert heading_anchors(DOCS / "method.md") >= {"baselines-baselinekind", "the-adaptive-rule"}
+
+
 def test_readme_stays_short():
     assert len((REPO / "README.md").read_bytes()) <= 8000
     assert len((REPO / "benchmarks" / "RESULTS.md").read_bytes()) <= 20000
