@@ -159,4 +159,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(DOCS.parent))  # document the checkout this file is in, not another install
     sys.exit(main())

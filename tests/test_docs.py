@@ -121,3 +121,29 @@ def test_anchors_follow_github():
 def test_readme_stays_short():
     assert len((REPO / "README.md").read_bytes()) <= 8000
     assert len((REPO / "benchmarks" / "RESULTS.md").read_bytes()) <= 20000
+
+
+
+def explained_record(config: Path, document: Path) -> dict:
+    import json
+
+    from click.testing import CliRunner
+
+    from igcli.cli.commands import main
+
+    result = CliRunner().invoke(main, ["explain", "-c", str(config), str(document), "--jsonl", "-", "-q",
+                                       "--steps", "8"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    return record
+
+
+def test_readme_names_every_record_field_and_text_md_the_text_ones():
+    image = explained_record(REPO / "configs" / "digits.yaml", REPO / "sample_data" / "images" / "three_1442.png")
+    text = explained_record(REPO / "configs" / "questions.yaml", REPO / "sample_data" / "texts" / "00_numeric.txt")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    fields = set(image) | set(image["completeness"]) | set(image["target"]) | set(text)
+    assert sorted(field for field in fields if f"`{field}`" not in readme) == []
+    text_md = (DOCS / "text.md").read_text(encoding="utf-8")
+    text_only = set(text) - set(image)
+    assert text_only and sorted(field for field in text_only if f"`{field}`" not in text_md) == []
