@@ -27,23 +27,37 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    path: Path | None = None  # .pt (TorchScript or state_dict) | .pt2 (torch.export)
-    factory: str | None = None  # "package.module:function" or "file.py:function"
-    score: ScoreKind = ScoreKind.softmax
-    labels: Path | None = None  # one label per line, line i = class i
-    trust_pickle: bool = False  # allow a fully pickled nn.Module (runs code from the file)
-    backend: Literal["auto", "torch", "onnxruntime"] = "auto"  # auto: see models.loading.load_model
-    tokenizer: Path | None = None  # text: tokenizer.json or vocab.txt (HF folders bring their own)
-    embedding_layer: str | None = None  # text: the embedding module (torch), or embedding tensor (ONNX)
+    path: Path | None = Field(None, description="`.pt2` (torch.export, dynamic batch), TorchScript (`.ts`/`.pt`), a "
+                              "state_dict (`.pt`, `.safetensors`) with model.factory, `.onnx` (plain or gradient "
+                              "graph), or a Hugging Face folder (docs/models.md)")
+    factory: str | None = Field(None, description="`package.module:function` or `file.py:function` returning an "
+                                "nn.Module, for a state_dict in model.path; it runs code, as a pickle does")
+    score: ScoreKind = Field(ScoreKind.softmax, description="what F is: the class probability (the paper's), the raw "
+                             "output (captum's) or a sigmoid (multi-label)")
+    labels: Path | None = Field(None, description="text file, one label per line (line i = class i)")
+    trust_pickle: bool = Field(False, description="allow a fully pickled nn.Module (it runs code from the file)")
+    backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="auto: onnxruntime for gradient "
+                                                             "graphs and ONNX models fixed to one batch size, torch "
+                                                             "otherwise (docs/onnx.md)")
+    tokenizer: Path | None = Field(None, description="text: `tokenizer.json` or WordPiece `vocab.txt` (Hugging Face "
+                                   "folders bring their own)")
+    embedding_layer: str | None = Field(None, description="text: the embedding module's name (torch) or the "
+                                        "embedding tensor's (ONNX; `igcli inspect` lists them)")
     # Intra-op threads for torch / onnxruntime; 0 = their default. With 2 or more on a CPU, torch
     # runs two chunks at once, each on half of them (pipeline/overlap.py).
-    threads: int = Field(0, ge=0)
-    precision: Precision = Precision.float32  # path points under autocast: bfloat16 | float16 (torch backend)
+    threads: int = Field(0, ge=0, description="intra-op threads for torch / onnxruntime; 0 = their default. On a "
+                         "CPU with 2 or more, torch explains two chunks at once, each on half of them")
+    precision: Precision = Field(Precision.float32, description="path evaluations under autocast (torch backend); "
+                                 "F(x) and F(x') stay float32, so completeness errors show the cost: measure "
+                                 "before using it (docs/performance.md)")
     # Which output F is made of, for models with several (tuple, dict, namedtuple, multi-output
     # ONNX): an index or a name. Required for those; see docs/models.md.
-    output: Union[int, str, None] = None
-    timm: str | None = None  # a timm architecture by name; model.path is its local checkpoint
-    torchvision: str | None = None  # a torchvision architecture by name; model.path is its local checkpoint
+    output: Union[int, str, None] = Field(None, description="which output F is made of, by index or name; "
+                                          "required for models with several (docs/models.md)")
+    timm: str | None = Field(None, description="a timm architecture by name; model.path is its local checkpoint "
+                             "(`.pth`/`.safetensors`)")
+    torchvision: str | None = Field(None, description="a torchvision architecture by name; model.path is its "
+                                    "local checkpoint (`.pth`/`.safetensors`)")
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> "ModelSection":  # noqa: D102
@@ -67,19 +81,25 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".g
 class InputSection(Section):
     """How image files become model inputs."""
 
-    kind: Literal["image", "text"] = "image"
-    mode: Literal["L", "RGB", "BGR"] = "RGB"  # the model's channel order; mean and std follow it
-    layout: Literal["auto", "NCHW", "NHWC"] = "auto"  # auto: from the model where it tells (docs/models.md)
-    resize: Size | None = None  # int: shorter side to N keeping aspect; [H, W]: exact size
-    crop: Size | None = None  # centre crop after resizing
-    resample: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = "bilinear"  # Pillow's filter
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    extensions: tuple[str, ...] | None = None  # default: by kind (IMAGE_SUFFIXES or .txt .jsonl)
-    text_field: str = "text"  # text: the field of each .jsonl line that holds the document
-    max_length: int | None = Field(None, ge=2)  # text: tokens kept (default: the model's limit)
+    kind: Literal["image", "text"] = Field("image", description="what the inputs are (docs/images.md, docs/text.md)")
+    mode: Literal["L", "RGB", "BGR"] = Field("RGB", description="the model's channels and their order; mean and "
+                                             "std follow it")
+    layout: Literal["auto", "NCHW", "NHWC"] = Field("auto", description="auto: from the model where it tells "
+                                                    "(docs/models.md)")
+    resize: Size | None = Field(None, description="N: shorter side to N keeping aspect; [H, W]: exact size")
+    crop: Size | None = Field(None, description="centre crop N or [H, W] after resizing")
+    resample: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = Field(
+        "bilinear", description="Pillow's resize filter")
+    mean: tuple[float, ...] = Field((0.0,), description="per channel, on pixels in [0, 1]")
+    std: tuple[float, ...] = Field((1.0,), description="per channel, on pixels in [0, 1]; each positive")
+    extensions: tuple[str, ...] | None = Field(None, description="what folders and globs pick up; default by kind: "
+                                               ".png .jpg .jpeg .webp .bmp .tif .tiff .gif, or .txt .jsonl")
+    text_field: str = Field("text", description="text: the field of each .jsonl line that holds the document")
+    max_length: int | None = Field(None, ge=2, description="text: tokens kept (default: the model's limit); longer "
+                                   "documents are truncated with a warning")
     # The largest input file read, in bytes; larger ones (or devices) fail alone, unread.
-    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="the largest input file read, in bytes; larger ones "
+                           "(or devices) fail alone, unread")
 
     def suffixes(self) -> tuple[str, ...]:
         """What folders and globs pick up."""
@@ -105,16 +125,21 @@ class InputSection(Section):
 
 
 class BaselineSection(Section):
-    kind: BaselineKind = BaselineKind.black
-    samples: int = Field(1, ge=1)
-    seed: int = 0
-    value: float = Field(0.5, ge=0.0, le=1.0)  # pixel value for kind: constant
-    sigma: float | None = Field(None, gt=0)  # gaussian: noise std in [0,1] units; blur: pixels
-    path: Path | None = None  # kind: file — an image or a .npy in model space
-    token: Union[int, str, None] = None  # kind: token (text) — the token id or string to fill with
+    kind: BaselineKind = Field(BaselineKind.black, description="x', the input the path starts from; text inputs "
+                               "default to zeros and take zeros, pad or token (docs/method.md)")
+    samples: int = Field(1, ge=1, description="average IG over this many baselines (expected-gradients style)")
+    seed: int = Field(0, description="seeds random baselines, with the input's path")
+    value: float = Field(0.5, ge=0.0, le=1.0, description="pixel value for kind: constant")
+    sigma: float | None = Field(None, gt=0, description="gaussian: noise std in [0, 1] units; blur: pixels "
+                                "(default per kind)")
+    path: Path | None = Field(None, description="kind: file: an image preprocessed like the inputs, or a .npy in "
+                              "model space")
+    token: Union[int, str, None] = Field(None, description="kind: token (text): the token id or string to fill "
+                                         "with, e.g. --set 'baseline.token=\"[MASK]\"'")
     # Warn when the target's probability at the baseline is more than this above chance (1/classes
     # for softmax and logits, 0.5 for sigmoid): the baseline then carries evidence for the target.
-    warn_margin: float = Field(0.1, ge=0, le=1)
+    warn_margin: float = Field(0.1, ge=0, le=1, description="warn when the target's probability at the baseline is "
+                               "more than this above chance (docs/accuracy.md)")
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> "BaselineSection":
@@ -126,13 +151,13 @@ class BaselineSection(Section):
 
 
 class TopK(Section):
-    top_k: int = Field(ge=1)
+    top_k: int = Field(ge=1, description="one record per class, for the k highest-scoring classes")
 
 
 class Above(Section):
     """Multi-label: every class whose score F(x) is over ``above`` (docs/targets.md)."""
 
-    above: float
+    above: float = Field(description="multi-label: every class whose F(x) is over this")
 
 
 class Region(Section):
@@ -140,22 +165,27 @@ class Region(Section):
     ``predicted`` (where that class is the argmax at the input) or a mask file (.png/.npy)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
-    class_: Union[int, str] = Field(alias="class")
-    region: Union[Literal["predicted"], Path] = "predicted"
+    class_: Union[int, str] = Field(alias="class", description="segmentation: the class, by index or label")
+    region: Union[Literal["predicted"], Path] = Field("predicted", description="the output pixels summed: where "
+                                                      "the class is the argmax at the input, or a mask file "
+                                                      "(.png/.npy)")
 
 
 class HeatmapSection(Section):
-    style: Literal["overlay", "bare", "both", "none"] = "overlay"
-    sign: Literal["positive", "negative", "absolute", "all"] = "all"
-    clip_percentile: float = Field(99.0, gt=0, le=100)
-    opacity: float = Field(0.6, ge=0, le=1)  # of the heatmap over the input, for overlays
+    style: Literal["overlay", "bare", "both", "none"] = Field("overlay", description="heatmap over the image, alone, "
+                                                              "both, or no PNG")
+    sign: Literal["positive", "negative", "absolute", "all"] = Field("all", description="all: red raised F, blue "
+                                                                     "lowered it")
+    clip_percentile: float = Field(99.0, gt=0, le=100, description="the colour scale ends at this percentile of "
+                                   "|attribution|")
+    opacity: float = Field(0.6, ge=0, le=1, description="of the heatmap over the input, for overlays")
 
 
 class OutputSection(Section):
     heatmap: HeatmapSection = HeatmapSection()
-    attributions: Literal["none", "npy"] = "none"
-    records: bool = True  # one JSON file per record under records/
-    top_tokens: int = Field(5, ge=0)  # text: the highest-scoring tokens listed in each record
+    attributions: Literal["none", "npy"] = Field("none", description="npy: save the raw [C, H, W] attributions")
+    records: bool = Field(True, description="one JSON file per record under records/")
+    top_tokens: int = Field(5, ge=0, description="text: the highest-scoring tokens listed in each record")
 
 
 class Config(Section):
@@ -163,22 +193,35 @@ class Config(Section):
     input: InputSection = InputSection()
     baseline: BaselineSection = BaselineSection()
     # index | label | "predicted" | {top_k: k} | {above: t} | {class: k, region: predicted|mask file}
-    target: Union[int, TopK, Above, Region, str] = "predicted"
-    steps: Union[int, Literal["auto"]] = "auto"
-    method: Rule = Rule.adaptive
-    tolerance: float = Field(0.01, gt=0)  # relative completeness error that stops refinement
+    target: Union[int, TopK, Above, Region, str] = Field("predicted", description="class index, label name, "
+                                                         "predicted, or one of the forms below (docs/targets.md)")
+    steps: Union[int, Literal["auto"]] = Field("auto", description="m: a fixed number of steps (intervals for "
+                                               "adaptive); auto: refine each input until it meets the tolerances")
+    method: Rule = Field(Rule.adaptive, description="the quadrature rule (docs/method.md)")
+    tolerance: float = Field(0.01, gt=0, description="steps: auto: the relative completeness error that stops "
+                             "refinement")
     # adaptive: also refine until the map's estimated relative L2 error is within (null: completeness only)
-    map_tolerance: float | None = Field(DEFAULT_MAP_TOLERANCE, gt=0)
-    min_steps: int = Field(8, ge=1)
-    max_steps: int = Field(512, ge=1)
+    map_tolerance: float | None = Field(DEFAULT_MAP_TOLERANCE, gt=0, description="adaptive: also refine until the "
+                                        "map's estimated relative L2 error is within this (null: completeness only)")
+    min_steps: int = Field(8, ge=1, description="steps: auto: where the fixed rules start (adaptive starts at 4 "
+                           "intervals)")
+    max_steps: int = Field(512, ge=1, description="steps: auto: the cap; a record that reaches it says "
+                           "converged: false, stopped_by: max_steps")
     # Path points (inputs x baselines x steps) per backward; on a CPU, shared by the chunks in
     # flight (two on several cores: batches of half each, pipeline/overlap.py).
     # auto: from the model's measured activation memory on a CPU (igcli/backends/memory.py), 256 on a GPU.
-    batch_size: Union[int, Literal["auto"]] = "auto"
+    batch_size: Union[int, Literal["auto"]] = Field("auto", description="path points per forward/backward, shared "
+                                                    "by the chunks in flight on a CPU; auto: from the model's "
+                                                    "measured activation memory on a CPU (at most 256), 256 on a "
+                                                    "GPU (docs/performance.md)")
     # Inputs explained together (a chunk holds this many to 1.5 times as many): more run faster, as the
     # adaptive rule's rounds are fewer and fuller, and hold more memory. auto: see the jobs.
-    chunk_inputs: Union[int, Literal["auto"]] = "auto"
-    device: str = "auto"
+    chunk_inputs: Union[int, Literal["auto"]] = Field("auto", description="inputs explained together (this many to "
+                                                      "1.5 times as many); more run faster and hold more memory; "
+                                                      "auto: enough that the first round fills 4 batches (adaptive) "
+                                                      "or one, at most 96 images and 1 GiB of stored maps; 64 texts "
+                                                      "(docs/performance.md)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     output: OutputSection = OutputSection()
 
     @model_validator(mode="before")
