@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from igcli.pipeline import resume
 from igcli.cli.commands import main
 from igcli.config import load_config
-from igcli.attribution.engine import BatchSize, Quadrature, TargetSpec, explain
+from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.backends.batching import BatchSize
 from igcli.pipeline.image_job import ImageJob
 from igcli.results import report as report_module
 from igcli.results import writer as writer_module
@@ -305,7 +306,7 @@ def test_a_single_point_that_does_not_fit_is_a_model_failure_not_a_loop():
     x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         explain(limited, x, torch.zeros(1, 1, 1, 8, 8, dtype=torch.float64), TargetSpec("index", 0),
-                Quadrature(Rule.riemann_trapezoid, 4), batch_size=4)
+                Quadrature(Rule.riemann_trapezoid, 4), batch_size=BatchSize(4))
 
 
 def test_signal_handlers_are_restored_after_a_run(tmp_path):

@@ -57,8 +57,8 @@ def load_model(
 
     ``backend`` auto runs torch models, and plain ONNX models whose batch axis is free (converted
     to torch), on torch, and gradient graphs and ONNX models fixed to one batch size on
-    onnxruntime: on the CPU a converted ONNX model's forward + input gradient ran at twice the
-    rate of its gradient graph on onnxruntime (benchmarks/RESULTS.md). onnxruntime for a torch
+    onnxruntime: on the CPU a converted ONNX model runs faster on torch than its gradient graph
+    on onnxruntime (see docs/performance.md#onnx-route). onnxruntime for a torch
     model, or for a plain ONNX model, first builds an igcli gradient graph (cached by model hash),
     which needs ``input_shape`` (without the batch axis) unless the model fixes it.
     ``precision`` below float32 needs the torch backend (autocast is torch's).

@@ -25,7 +25,7 @@ class TorchBackend:
     pools run before the ReLUs that feed them (backends/rewrites/pool_first.py).
     Convolutional models run channels-last, whose pooling and convolution kernels are faster on
     the CPU as on GPUs; oneDNN keeps kernels per batch shape, which the engine bounds by padding batches to a few
-    sizes (engine.SHAPE_BUCKETS: without it, channels-last grew memory with every new size). With a
+    sizes (batching.SHAPE_BUCKETS: without it, channels-last grew memory with every new size). With a
     ``precision`` below float32, path points run under autocast (accumulation stays float32), while
     ``scores`` -- F(x) and F(x'), which every completeness error is measured against -- stay float32.
     ``rewrite_graph`` False skips the rewrites (they trace the model), ``channels_last`` False the

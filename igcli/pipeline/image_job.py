@@ -12,7 +12,8 @@ import torch
 from igcli.attribution.adaptive import INITIAL_INTERVALS, MapBuffers
 from igcli.attribution.baselines import AUTO_CANDIDATES, BaselineKind, BaselinePlan, Normalization, auto_candidates, make_baselines
 from igcli.config import Config, InputSection, Region, TopK
-from igcli.attribution.engine import BatchSize, Explanation, Quadrature, batched_scores, explain, resolve_targets
+from igcli.attribution.engine import Explanation, Quadrature, explain, resolve_targets
+from igcli.backends.batching import BatchSize, batched_scores
 from igcli.errors import ConfigError, InputError, ModelError, root_cause
 from igcli.data.discover import InputRef
 from igcli.data.images import ImagePreprocess, read_image

@@ -16,7 +16,8 @@ import torch
 from igcli.attribution.adaptive import MapBuffers
 from igcli.attribution.baselines import BaselineKind, text_baseline_ids
 from igcli.config import Config
-from igcli.attribution.engine import BatchSize, Explanation, Quadrature, explain
+from igcli.attribution.engine import Explanation, Quadrature, explain
+from igcli.backends.batching import BatchSize
 from igcli.errors import ConfigError, ModelError, root_cause
 from igcli.data.discover import InputRef
 from igcli.data.text import TextDocument, read_documents
