@@ -4,6 +4,8 @@ import torch
 from torch import nn
 
 from igcli.attribution import adaptive as adaptive_module
+from igcli.attribution import group_sums
+from igcli.runtime import buffers as buffers_module
 from igcli.attribution.engine import Quadrature, TargetSpec, explain, start_offset
 from igcli.attribution.quadrature import Rule
 
@@ -221,9 +223,9 @@ def test_the_cpu_scatter_and_the_other_devices_product_agree(monkeypatch, map_to
     x = inputs((6, 1, 8, 8), seed=5) * 2
     base = torch.rand(6, 2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     quad = Quadrature(Rule.adaptive, None, tolerance=0.01, max_steps=512, map_tolerance=map_tolerance)
-    monkeypatch.setattr(adaptive_module, "WEIGHTED_BLOCK_BYTES", 3 * 64 * 8)  # 3 maps a block: several blocks
+    monkeypatch.setattr(group_sums, "WEIGHTED_BLOCK_BYTES", 3 * 64 * 8)  # 3 maps a block: several blocks
     scatter = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
-    monkeypatch.setattr(adaptive_module, "ORDERED_SCATTER_DEVICES", set())
+    monkeypatch.setattr(group_sums, "ORDERED_SCATTER_DEVICES", set())
     product = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
     assert len({r.steps for r in scatter}) > 2
     for a, b in zip(scatter, product, strict=True):
@@ -238,12 +240,14 @@ def test_the_stored_maps_growing_in_smaller_blocks_changes_nothing(monkeypatch, 
     x = inputs((6, 1, 8, 8), seed=5) * 2
     base = torch.rand(6, 2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     quad = Quadrature(Rule.adaptive, None, tolerance=0.01, max_steps=512, map_tolerance=0.05)
-    default = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
+    default = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad, 256,
+                      buffers_module.MapBuffers())
     grown = []
-    capacity = adaptive_module._Refinement._capacity
-    monkeypatch.setattr(adaptive_module._Refinement, "_capacity", lambda *a: grown.append(capacity(*a)) or grown[-1])
-    monkeypatch.setattr(adaptive_module, "MAP_BLOCK_BYTES", block)
-    small = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
+    capacity = buffers_module.MapBuffers.rows_for
+    monkeypatch.setattr(buffers_module.MapBuffers, "rows_for", lambda *a: grown.append(capacity(*a)) or grown[-1])
+    monkeypatch.setattr(buffers_module, "MAP_BLOCK_BYTES", block)
+    small = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad, 256,
+                    buffers_module.MapBuffers())
     assert len(grown) >= 3 and grown == sorted(grown)  # the first buffer, then growths
     for a, b in zip(default, small, strict=True):
         assert (a.steps, a.gradient_evals, a.converged) == (b.steps, b.gradient_evals, b.converged)
@@ -265,12 +269,12 @@ def test_maps_kept_from_call_to_call_change_nothing(monkeypatch):
 
     fresh = [run(model, x, None) for model, x in calls]
     borrowed: dict[int, list] = {}
-    borrow = adaptive_module.MapBuffers.borrow
-    monkeypatch.setattr(adaptive_module.MapBuffers, "borrow",
+    borrow = buffers_module.MapBuffers.borrow
+    monkeypatch.setattr(buffers_module.MapBuffers, "borrow",
                         lambda self, *a: borrowed[block].append(borrow(self, *a)) or borrowed[block][-1])
     for block in [32 << 20, 64 * 8 * 40]:  # one buffer for the run, then buffers outgrown within calls
-        monkeypatch.setattr(adaptive_module, "MAP_BLOCK_BYTES", block)
-        buffers, borrowed[block] = adaptive_module.MapBuffers(), []
+        monkeypatch.setattr(buffers_module, "MAP_BLOCK_BYTES", block)
+        buffers, borrowed[block] = buffers_module.MapBuffers(), []
         for (model, x), expected in zip(calls, fresh):
             if borrowed[block]:
                 kept = borrow(buffers, 0, x)
@@ -285,7 +289,7 @@ def test_maps_kept_from_call_to_call_change_nothing(monkeypatch):
 
 
 def test_map_buffers_lend_one_buffer_to_one_borrower():
-    buffers = adaptive_module.MapBuffers()
+    buffers = buffers_module.MapBuffers()
     like = torch.zeros(1)
     first, second = buffers.borrow(100, like), buffers.borrow(100, like)
     assert first.data_ptr() != second.data_ptr()
@@ -308,12 +312,12 @@ def test_a_chunk_the_model_fails_in_still_gives_its_map_buffer_back():
         return answer(points, weights)
 
     model.scores_and_grads = failing
-    buffers = adaptive_module.MapBuffers()
+    buffers = buffers_module.MapBuffers()
     x = inputs((4, 1, 8, 8), seed=5) * 2
     quad = Quadrature(Rule.adaptive, None, tolerance=1e-4, max_steps=512, map_tolerance=0.01)
     with pytest.raises(RuntimeError, match="mid-chunk"):
         explain(model, x, torch.zeros(4, 1, 1, 8, 8, dtype=torch.float64), TargetSpec("index", 0), quad, 8, buffers)
-    assert buffers.borrow(1, x).numel() == adaptive_module.MAP_BLOCK_BYTES // 8  # the chunk's, not a new one
+    assert buffers.borrow(1, x).numel() == buffers_module.MAP_BLOCK_BYTES // 8  # the chunk's, not a new one
 
 
 class CountingBackend:
@@ -391,7 +395,7 @@ def refinement_with(errors, bounds, norms, tolerance=0.01, map_tolerance=None):
     count = len(errors)
     quad = Quadrature(Rule.adaptive, None, tolerance=tolerance, max_steps=512, map_tolerance=map_tolerance)
     refinement = adaptive_module._Refinement(torch.zeros(1, 1), torch.ones(1), torch.zeros(1), quad,
-                                             adaptive_module.MapBuffers())
+                                             buffers_module.MapBuffers())
     refinement.alpha = torch.linspace(0, 1, count + 1).double().numpy()
     nodes = torch.arange(count + 1).numpy()
     refinement.intervals = adaptive_module._Intervals(nodes[:-1] * 0, nodes[:-1].copy(), nodes[1:].copy())

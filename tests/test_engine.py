@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from igcli.attribution import adaptive
+from igcli.attribution import adaptive, group_sums
 from igcli.attribution.engine import Quadrature, TargetSpec, explain
 from igcli.attribution.quadrature import Rule
 
@@ -214,7 +214,7 @@ def test_sums_into_attributions_never_repeat_an_index_in_one_scatter(monkeypatch
     """On CUDA a scatter-add with a repeated index adds in whatever order its atomics land, so
     runs would differ in the last bits (and the adaptive rule could bisect other intervals). The
     CPU adds in index order and may repeat; here the CPU takes the path every other device takes."""
-    monkeypatch.setattr(adaptive, "ORDERED_SCATTER_DEVICES", set())
+    monkeypatch.setattr(group_sums, "ORDERED_SCATTER_DEVICES", set())
     calls = []
     plain = torch.Tensor.index_add_
 

@@ -7,26 +7,26 @@ is the interval's error. Each round bisects the worst share of each path's inter
 round only as many as it needs), so evaluations gather where the gradient changes (ReLU kinks,
 softmax saturation) instead of being spread evenly; a path stops once its summed interval errors
 are within tolerance. Ends where a softmax or sigmoid is saturated are not evaluated (PathEnds).
-On the sample CNN this matched captum's 50-step Gauss-Legendre accuracy (completeness and both map
-errors against a 1,024-step reference) over 360 held-out digits with 0.40x the evaluations, 19.9
-per image (benchmarks/RESULTS.md).
+How it compares with fixed rules: docs/performance.md#adaptive-rule.
 
 The bookkeeping is kept for all of a chunk's paths at once: scalars (alphas, F, slopes, errors)
 in flat NumPy arrays, each point's attribution density g * (x - x') in one device tensor (what
 slopes, map bounds and the attributions are all made of), and each round costs a fixed number of
-array operations and one device-to-host transfer, whatever the number of paths. Kept per path in
-Python, it was 15-19% of the engine's time on the sample CNN and, on a GPU, host time during
-which the device waited.
+array operations and one device-to-host transfer, whatever the number of paths, so that a GPU
+never waits on per-path Python.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from igcli.attribution.group_sums import on_device as _on
+from igcli.attribution.group_sums import rows as _rows
+from igcli.attribution.group_sums import sum_rows_by_group as _sum_rows_by_group
 
 # The default map tolerance: the estimated relative L2 error of the map that the rule refines until,
 # besides completeness. Chosen on real models (docs/performance.md).
@@ -42,62 +42,50 @@ BISECTED_SQUARED_BOUND = 0.5
 # An end of the path whose slope the score head predicts within this share of the completeness
 # budget (on its half of the first interval) takes no gradient: it is zero there (see PathEnds).
 FLAT_END_SHARE = 1 / 3
-# The stored maps grow in whole blocks of this size (one holds a chunk of the sample CNN's maps
-# several times over). glibc serves a request this large by mmap whatever its dynamic threshold
-# (which stops at 32 MiB), so a buffer outgrown and dropped goes back to the system instead of
-# leaving the heap fragmented: a run's peak memory crept up chunk by chunk without it
-# (benchmarks/RESULTS.md). Pages never written are never resident.
-MAP_BLOCK_BYTES = 32 << 20
-ORDERED_SCATTER_DEVICES = {"cpu"}  # where index_add_ adds rows for a repeated index in index order
-WEIGHTED_BLOCK_BYTES = 4 << 20  # weighted copies of stored maps made at a time, on the CPU (_sum_rows_by_group)
 
 # (path, alpha) per point, and rows to write each point's density dF/dx * (x - x') into -> F per point
 Evaluate = Callable[[np.ndarray, np.ndarray, Tensor], Tensor]
 
 
-class MapBuffers:
-    """Memory for the stored maps, kept from one chunk to the next: a run (its job) holds one, and
-    each chunk borrows a buffer from it and gives it back, so chunks in flight at once get one each.
+class MapStorage(Protocol):
+    """Where the stored maps live (runtime/buffers.MapBuffers keeps them from chunk to chunk)."""
 
-    On the CPU a fresh buffer's pages fault in one by one as the maps are first written: ~10 ms a
-    chunk on the sample CNN, 3-5% of the engine's time (benchmarks/RESULTS.md). A kept buffer
-    faults once per run. Other devices' allocators keep freed memory for the next chunk themselves,
-    and a buffer handed between CUDA streams would need their ordering besides, so they borrow
-    nothing here."""
-
-    def __init__(self) -> None:
-        self._free: list[Tensor] = []
-        self._lock = threading.Lock()
+    def rows_for(self, needed: int, held: int, row_bytes: int) -> int:
+        """Rows to allocate for ``needed`` rows when ``held`` are in use, each ``row_bytes`` long."""
+        ...
 
     def borrow(self, elements: int, like: Tensor) -> Tensor:
         """A flat buffer of at least ``elements`` of like's dtype, on its device."""
-        if like.device.type == "cpu":
-            with self._lock:
-                kept = [b for b in self._free if b.dtype == like.dtype]
-                if kept:
-                    self._free.remove(kept[0])
-                    if kept[0].numel() >= elements:
-                        return kept[0]
-        return like.new_empty(elements)  # a kept buffer too small is dropped: one buffer per chunk in flight
+        ...
 
     def give_back(self, buffer: Tensor) -> None:
-        if buffer.device.type == "cpu":
-            with self._lock:
-                self._free.append(buffer)
+        ...
+
+
+class FreshStorage:
+    """The plain MapStorage: a new buffer each time, doubling as the maps grow; nothing kept."""
+
+    def rows_for(self, needed: int, held: int, row_bytes: int) -> int:
+        return max(needed, 2 * held)
+
+    def borrow(self, elements: int, like: Tensor) -> Tensor:
+        return like.new_empty(elements)
+
+    def give_back(self, buffer: Tensor) -> None:
+        pass
 
 
 @dataclass
 class PathEnds:
     """What is known of each path's ends before any gradient: F at alpha 0 and 1 ([P, 2], from the
     forwards every run makes for F(x) and F(x')), and dF/dalpha there as the score head alone
-    predicts it ([P, 2], NaN where it cannot; ``models.base.end_slopes``).
+    predicts it ([P, 2], NaN where it cannot; ``backends.base.end_slopes``).
 
     A softmax explanation typically starts where the class has ~0 probability and ends where it has
-    ~1: the head is saturated at both ends and the gradient there is ~0 (on the held-out digits,
-    ~1e-4 of its peak at the median, ``benchmarks/path_profile.py``). An end whose predicted slope
-    is that small is taken as zero instead of evaluated: 1.7 of 23.0 evaluations per path there,
-    with no change in any error (benchmarks/RESULTS.md). Its F is exact, so an end that is not
-    flat after all shows as completeness error on its interval, and the rule bisects there."""
+    ~1: the head is saturated at both ends and the gradient there is ~0. An end whose predicted
+    slope is that small is taken as zero instead of evaluated (see docs/performance.md#flat-ends).
+    Its F is exact, so an end that is not flat after all shows as completeness error on its
+    interval, and the rule bisects there."""
 
     scores: np.ndarray
     slopes: np.ndarray
@@ -115,7 +103,7 @@ class PathResults:
 
 
 def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad,
-                      buffers: MapBuffers | None = None, ends: PathEnds | None = None) -> PathResults:
+                      buffers: MapStorage | None = None, ends: PathEnds | None = None) -> PathResults:
     """Attributions [P, ...] along each path (the integral of dF/dx times x - x'), with the
     intervals and evaluations each used.
 
@@ -127,10 +115,10 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
     map error, sqrt(sum of squared interval bounds), within ``map_tolerance`` of ||A||, and
     the change its last round made to the map is too (two consecutive estimates agree). No path
     stops on the first, uniform round: a kink between its nodes can hide from both estimates there.
-    The stored maps live in memory borrowed from ``buffers`` (a fresh MapBuffers: none kept).
+    The stored maps live in memory borrowed from ``buffers`` (None: FreshStorage, nothing kept).
     ``ends``: where known, the ends whose gradient is ~0 are not evaluated (PathEnds).
     """
-    buffers = buffers or MapBuffers()
+    buffers = buffers or FreshStorage()
     refinement = _Refinement(deltas, f_delta, noise, quad, buffers, ends)
     try:
         path, alpha = refinement.first_points()
@@ -153,37 +141,6 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
             buffers.give_back(refinement.storage)
 
 
-def _on(like: Tensor, values: np.ndarray) -> Tensor:
-    return torch.from_numpy(values).to(like.device)
-
-
-def _rows(tensor: Tensor, index: np.ndarray) -> Tensor:
-    # index_select, not tensor[index]: advanced indexing of whole maps ran ~7x slower on the CPU.
-    return tensor.index_select(0, _on(tensor, index))
-
-
-def _sum_rows_by_group(values: Tensor, group: np.ndarray, groups: int, weight: np.ndarray | None = None) -> Tensor:
-    """Row i of ``values`` (times ``weight[i]``) summed into row group[i] of a [groups, ...]
-    result, in a fixed order on every device and run: these sums decide which intervals are bisected."""
-    shape = (groups,) + tuple(values.shape[1:])
-    if values.device.type in ORDERED_SCATTER_DEVICES:
-        # A dense one-hot product cost ~10x more than index_add_ here.
-        index, summed = _on(values, group), values.new_zeros(shape)
-        if weight is None:
-            return summed.index_add_(0, index, values)
-        scale = _on(values, weight).to(values.dtype).view((-1,) + (1,) * (values.dim() - 1))
-        rows = max(1, WEIGHTED_BLOCK_BYTES // max(1, values[0].numel() * values.element_size()))
-        # Weighted copies a block at a time: all at once, a copy of every stored map raised the peak.
-        for first in range(0, len(group), rows):
-            block = slice(first, first + rows)
-            summed.index_add_(0, index[block], values[block] * scale[block])
-        return summed
-    # CUDA's index_add_ adds in whatever order its atomics land; a matrix product does not.
-    matrix = np.zeros((groups, len(group)))
-    matrix[group, np.arange(len(group))] = 1 if weight is None else weight
-    return (_on(values, matrix).to(values.dtype) @ values.flatten(1)).view(shape)
-
-
 class _Intervals:
     """Every path's intervals [a, b], in no particular order: their path, end nodes, completeness
     error F(b) - F(a) - (s(a) + s(b)) (b - a) / 2, and (map-aware rule) the bound
@@ -198,7 +155,7 @@ class _Intervals:
 class _Refinement:
     """The state of one chunk's adaptive integration, a round at a time."""
 
-    def __init__(self, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad, buffers: MapBuffers,
+    def __init__(self, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad, buffers: MapStorage,
                  ends: PathEnds | None = None):
         self.deltas, self.quad, self.buffers = deltas, quad, buffers
         self.count = len(deltas)
@@ -310,8 +267,7 @@ class _Refinement:
         rank = np.arange(len(order)) - first
         if self.quad.steps is None:
             # A round bisects a share of each path's intervals at once, to keep rounds few; in a
-            # path's last round, fewer may do. At captum's accuracy on the held-out digits, 19.9
-            # evaluations per path instead of 21.3 (benchmarks/RESULTS.md).
+            # path's last round, fewer may do (see docs/performance.md#adaptive-rule).
             share = np.minimum(share, self._fewest_enough(order, first, rank, map_budget if self.map_aware else None))
         return order[rank < share[paths]]
 
@@ -396,7 +352,8 @@ class _Refinement:
         like = self.deltas
         if self.density is None or self.nodes + count > len(self.density):
             row = max(1, like[0].numel())
-            storage = self.buffers.borrow(self._capacity(self.nodes + count, like) * row, like)
+            capacity = self.buffers.rows_for(self.nodes + count, self.nodes, max(1, like[0].numel() * like.element_size()))
+            storage = self.buffers.borrow(capacity * row, like)
             grown = storage[: len(storage) // row * row].view((-1,) + tuple(like.shape[1:]))  # whole rows
             if self.density is not None:
                 grown[: self.nodes] = self.density[: self.nodes]  # the smaller buffer is dropped
@@ -411,21 +368,13 @@ class _Refinement:
         self.node_path = np.concatenate([self.node_path, path])
         return ids
 
-    def _capacity(self, needed: int, like: Tensor) -> int:
-        """Rows for the stored maps: twice what is held, in whole MAP_BLOCK_BYTES (a borrowed buffer
-        may hold more)."""
-        row_bytes = max(1, like[0].numel() * like.element_size())
-        blocks = -(-max(needed, 2 * self.nodes) * row_bytes // MAP_BLOCK_BYTES)
-        return max(needed, blocks * MAP_BLOCK_BYTES // row_bytes)
-
     def _update(self, fresh: np.ndarray, scores: Tensor, new_nodes: int, refining: np.ndarray,
                 bounds: Tensor | None) -> None:
         """Fill the errors (and ``bounds``, map-aware) of the ``fresh`` intervals and the norms of
         the ``refining`` paths, with one transfer from the device for all of them."""
         iv = self.intervals
-        # Slopes summed in float32 (or the densities' wider type): a float64 sum converted every
-        # element and took 3-5x as long, for sums no further from exact than the float32
-        # densities they add up (the sample job's evaluations and errors did not change).
+        # Slopes summed in float32 (or the densities' wider type): a float64 sum converts every
+        # element, for sums no further from exact than the float32 densities they add up.
         wide = torch.promote_types(self.density.dtype, torch.float32)
         parts = [scores, self.density[self.nodes - new_nodes : self.nodes].flatten(1).sum(1, dtype=wide)]
         if self.map_aware:

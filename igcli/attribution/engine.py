@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from igcli.attribution.adaptive import DEFAULT_MAP_TOLERANCE, MapBuffers, PathEnds, PathResults, integrate_locally
+from igcli.attribution.adaptive import DEFAULT_MAP_TOLERANCE, MapStorage, PathEnds, PathResults, integrate_locally
 from igcli.backends.base import Backend, Batching, ScoreKind, end_slopes
 from igcli.attribution.quadrature import Rule, nodes, refine
 
@@ -125,7 +125,7 @@ def explain(
     target: TargetSpec,
     quadrature: Quadrature,
     batch_size: int | Batching = 256,
-    map_buffers: MapBuffers | None = None,
+    map_buffers: MapStorage | None = None,
 ) -> list[Explanation]:
     """Explain ``inputs`` [N, ...] against ``baselines`` [N, K, ...] (K baselines per input).
     ``batch_size``: points per backend call, or the Batching policy that cuts them
@@ -155,8 +155,7 @@ def explain(
 def start_offset(dtype: torch.dtype) -> float:
     """Where every rule takes its gradient for alpha 0: the path's limit as alpha falls to 0, not
     the gradient at the baseline itself. At a constant baseline such as black every max pool ties,
-    and the gradient there sides with no point of the path (on the sample CNN, cosine 0.6 to the
-    limit; it raised the mean L2 map error over held-out digits by 12%, benchmarks/RESULTS.md).
+    and the gradient there sides with no point of the path (see docs/performance.md#start-offset).
     sqrt(machine epsilon), the usual one-sided step: far enough for every input element that
     differs from the baseline to move, close enough that a ReLU kink in between is rare."""
     return float(torch.finfo(dtype).eps) ** 0.5
@@ -188,7 +187,7 @@ class _PathIntegral:
     """The running integral of the target's gradient along each path."""
 
     def __init__(self, backend: Backend, inputs: Tensor, baselines: Tensor, paths: _Paths, classes: int,
-                 batch: Batching, common_start: bool = False, map_buffers: MapBuffers | None = None):
+                 batch: Batching, common_start: bool = False, map_buffers: MapStorage | None = None):
         self.backend, self.paths, self.classes, self.batch = backend, paths, classes, batch
         self.map_buffers = map_buffers
         # A common start stays one row, broadcast, rather than a copy per path.
@@ -268,7 +267,7 @@ class _PathIntegral:
             p, count = path[batch], batch.stop - batch.start
             size = self.batch.padded(count)  # the batch may have been lowered meanwhile
             points = buffer[:size]
-            # index_select, not [p]: advanced indexing of whole inputs ran ~7x slower on the CPU.
+            # index_select, not [p]: advanced indexing of whole inputs is far slower on the CPU.
             deltas = self.deltas.index_select(0, p)
             starts = self.starts if self.common_start else self.starts.index_select(0, p)
             torch.addcmul(starts, alpha[batch].view(broadcast), deltas, out=points[:count])

@@ -9,7 +9,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from igcli.attribution.adaptive import INITIAL_INTERVALS, MapBuffers
+from igcli.attribution.adaptive import INITIAL_INTERVALS
+from igcli.runtime.buffers import MapBuffers
 from igcli.attribution.baselines import AUTO_CANDIDATES, BaselineKind, BaselinePlan, Normalization, auto_candidates, make_baselines
 from igcli.config import Config, InputSection, Region, TopK
 from igcli.attribution.engine import Explanation, Quadrature, explain, resolve_targets

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from igcli.attribution.adaptive import MapBuffers
+from igcli.runtime.buffers import MapBuffers
 from igcli.attribution.baselines import BaselineKind, text_baseline_ids
 from igcli.config import Config
 from igcli.attribution.engine import Explanation, Quadrature, explain
