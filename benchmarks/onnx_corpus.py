@@ -174,10 +174,10 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def evaluate(name: str, producer: str, path: Path, shape: tuple[int, ...], score: str) -> dict:
     """One corpus row: each route run, and the IG parity figures."""
-    from igcli.backends.onnx.export import _onnx_references
+    from igcli.backends.onnx.check import _onnx_references
     from igcli.backends.loading import build_gradient_graph, load_model
     from igcli.backends.onnx.grad import opset_of
-    from igcli.backends.onnx.source import root_cause
+    from igcli.errors import root_cause
     from igcli.backends.torch_backend import TorchBackend
 
     model = onnx.load(str(path))

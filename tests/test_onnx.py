@@ -11,7 +11,7 @@ from igcli.cli.commands import main
 from igcli.attribution.engine import Quadrature, TargetSpec, explain
 from igcli.errors import ModelError
 from igcli.backends.base import ScoreKind
-from igcli.backends.onnx.export import read_info
+from igcli.backends.onnx.format import read_info
 from igcli.backends.loading import build_gradient_graph, load_model
 from igcli.backends.onnx_backend import OnnxRuntimeBackend
 from igcli.backends.torch_backend import TorchBackend

@@ -18,7 +18,7 @@ never waits on per-path Python.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from torch import Tensor
 from igcli.attribution.group_sums import on_device as _on
 from igcli.attribution.group_sums import rows as _rows
 from igcli.attribution.group_sums import sum_rows_by_group as _sum_rows_by_group
+from igcli.attribution.storage import FreshStorage, MapStorage
 
 # The default map tolerance: the estimated relative L2 error of the map that the rule refines until,
 # besides completeness. Chosen on real models (docs/performance.md).
@@ -45,34 +46,6 @@ FLAT_END_SHARE = 1 / 3
 
 # (path, alpha) per point, and rows to write each point's density dF/dx * (x - x') into -> F per point
 Evaluate = Callable[[np.ndarray, np.ndarray, Tensor], Tensor]
-
-
-class MapStorage(Protocol):
-    """Where the stored maps live (runtime/buffers.MapBuffers keeps them from chunk to chunk)."""
-
-    def rows_for(self, needed: int, held: int, row_bytes: int) -> int:
-        """Rows to allocate for ``needed`` rows when ``held`` are in use, each ``row_bytes`` long."""
-        ...
-
-    def borrow(self, elements: int, like: Tensor) -> Tensor:
-        """A flat buffer of at least ``elements`` of like's dtype, on its device."""
-        ...
-
-    def give_back(self, buffer: Tensor) -> None:
-        ...
-
-
-class FreshStorage:
-    """The plain MapStorage: a new buffer each time, doubling as the maps grow; nothing kept."""
-
-    def rows_for(self, needed: int, held: int, row_bytes: int) -> int:
-        return max(needed, 2 * held)
-
-    def borrow(self, elements: int, like: Tensor) -> Tensor:
-        return like.new_empty(elements)
-
-    def give_back(self, buffer: Tensor) -> None:
-        pass
 
 
 @dataclass
@@ -217,6 +190,7 @@ class _Refinement:
             rows = torch.from_numpy(np.flatnonzero(self.first_evaluated)).to(densities.device)
             self.reserve(len(path)).zero_().index_copy_(0, rows, densities)
             known = np.zeros((count, start + 1))
+            assert self.ends is not None  # flat ends come from known ends only
             known[:, 0], known[:, -1] = self.ends.scores[:, 0], self.ends.scores[:, 1]
             known = torch.from_numpy(known.ravel()).to(scores)
             scores = known.index_copy_(0, rows, scores)
@@ -229,7 +203,7 @@ class _Refinement:
         if self.map_aware:
             self.running = self._trapezoid(self.intervals)
             # The nodes are each path's start + 1 in a row, so every jump is a difference of neighbours.
-            jumps = self.density[: self.nodes].view(count, start + 1, -1).diff(dim=1)
+            jumps = self._maps()[: self.nodes].view(count, start + 1, -1).diff(dim=1)
             bounds = jumps.norm(dim=2).flatten() / (2 * start)
         self._update(fresh, scores, len(ids), np.arange(count), bounds)
 
@@ -345,7 +319,7 @@ class _Refinement:
         # A node weighs half of each interval it ends.
         half = (self.alpha[iv.right] - self.alpha[iv.left]) / 2
         weight = np.bincount(iv.left, half, minlength=self.nodes) + np.bincount(iv.right, half, minlength=self.nodes)
-        return _sum_rows_by_group(self.density[: self.nodes], self.node_path, self.count, weight)
+        return _sum_rows_by_group(self._maps()[: self.nodes], self.node_path, self.count, weight)
 
     def reserve(self, count: int) -> Tensor:
         """The stored maps' rows for the next ``count`` nodes, [count, ...]; ``_add_nodes`` takes them."""
@@ -375,8 +349,9 @@ class _Refinement:
         iv = self.intervals
         # Slopes summed in float32 (or the densities' wider type): a float64 sum converts every
         # element, for sums no further from exact than the float32 densities they add up.
-        wide = torch.promote_types(self.density.dtype, torch.float32)
-        parts = [scores, self.density[self.nodes - new_nodes : self.nodes].flatten(1).sum(1, dtype=wide)]
+        density = self._maps()
+        wide = torch.promote_types(density.dtype, torch.float32)
+        parts = [scores, density[self.nodes - new_nodes : self.nodes].flatten(1).sum(1, dtype=wide)]
         if self.map_aware:
             parts += [bounds, self._norms(refining)]
         host = torch.cat([part.to(wide) for part in parts]).double().cpu().numpy()
@@ -394,13 +369,23 @@ class _Refinement:
             self.norms[refining] = host[fills:]
 
     def _norms(self, paths: np.ndarray) -> Tensor:
-        return _rows(self.running, paths).flatten(1).norm(dim=1)
+        return _rows(self._running(), paths).flatten(1).norm(dim=1)
+
+    def _maps(self) -> Tensor:
+        """The stored densities, once ``reserve`` has made room for them."""
+        assert self.density is not None, "reserve() comes first"
+        return self.density
+
+    def _running(self) -> Tensor:
+        """The map-aware rule's running trapezoid, which ``start`` begins."""
+        assert self.running is not None, "start() comes first"
+        return self.running
 
     def _bisect_map(self, chosen: np.ndarray, middle: np.ndarray) -> Tensor:
         """Bisecting [a, b] at m (nodes ``middle``, just added): add (b - a)/4 (2 d(m) - d(a) - d(b))
         to the running trapezoid, d the density at a node; return the error bounds of every [a, m],
         then of every [m, b], as ``_Intervals`` defines them."""
-        iv, density = self.intervals, self.density
+        iv, density = self.intervals, self._maps()
         left, right = iv.left[chosen], iv.right[chosen]
         quarter = _on(density, (self.alpha[right] - self.alpha[left]) / 4).to(density.dtype)
         d_m = density[middle[0] : middle[-1] + 1]
@@ -412,5 +397,6 @@ class _Refinement:
         change = jumps[0].add_(jumps[1]).mul_(quarter.view((-1,) + (1,) * (density.dim() - 1)))
         paths, slot = np.unique(iv.path[chosen], return_inverse=True)
         per_path = _sum_rows_by_group(change, slot.ravel(), len(paths))
-        self.running.index_add_(0, _on(self.running, paths), per_path)
+        running = self._running()
+        running.index_add_(0, _on(running, paths), per_path)
         return torch.cat([bounds, per_path.flatten(1).norm(dim=1)])

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from igcli.attribution.adaptive import DEFAULT_MAP_TOLERANCE, MapStorage, PathEnds, PathResults, integrate_locally
+from igcli.attribution.adaptive import DEFAULT_MAP_TOLERANCE, PathEnds, PathResults, integrate_locally
 from igcli.backends.base import Backend, Batching, ScoreKind, end_slopes
 from igcli.attribution.quadrature import Rule, nodes, refine
+from igcli.attribution.storage import MapStorage
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,7 @@ class _PathIntegral:
 
     def accumulate(self, active: Tensor, alphas, weights) -> None:
         """integral[p] += sum_j weights[j] * dF_target(x'_p + alphas[j] (x_p - x'_p)) / dx."""
-        like = self.integral
+        like = self._integral()
         alphas = torch.tensor(_off_start(np.asarray(alphas), like.dtype), dtype=like.dtype, device=like.device)
         weights = torch.tensor(weights, dtype=like.dtype, device=like.device)
         n = len(alphas)
@@ -302,11 +303,16 @@ class _PathIntegral:
             scores = scores.index_copy(0, starts, f_baseline.to(scores.dtype))
         return scores
 
+    def _integral(self) -> Tensor:
+        """The fixed rules' running sum, which ``run`` starts."""
+        assert self.integral is not None, "a fixed rule's integral starts in run()"
+        return self.integral
+
     def attributions(self) -> Tensor:
-        return self.deltas * self.integral
+        return self.deltas * self._integral()
 
     def attribution_sums(self) -> Tensor:
-        return (self.deltas.double() * self.integral.double()).flatten(1).sum(1)
+        return (self.deltas.double() * self._integral().double()).flatten(1).sum(1)
 
 
 def _converged(sums: Tensor, paths: _Paths, tolerance: float) -> Tensor:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from igcli.backends.base import Precision, ScoreKind, apply_score
 from igcli.backends.rewrites.fold import fold_batch_norms
-from igcli.backends.outputs import select_output
+from igcli.backends.outputs import as_columns, select_output
 from igcli.backends.rewrites.pool_first import pool_before_relu
 
 
@@ -63,8 +63,7 @@ class TorchBackend:
         outputs = select_output(self.module(x), batch=len(x))  # several outputs: refused, see backends/outputs.py
         if self.head is not None:
             return self.head(outputs)
-        if outputs.dim() == 1:
-            outputs = outputs.unsqueeze(1)
+        outputs = as_columns(outputs)
         if outputs.dim() != 2 or outputs.shape[0] != x.shape[0]:
             raise ValueError(f"model output has shape {list(outputs.shape)}; expected [batch, classes]")
         return apply_score(self.score_kind, outputs)
