@@ -158,10 +158,10 @@ def write_torch_models(directory: Path) -> None:
 # ---- the table -----------------------------------------------------------------------------------
 
 def ig_maps(backend, x: torch.Tensor, steps: int = 16) -> torch.Tensor:
-    from igcli.attribution.engine import Quadrature, TargetSpec, explain
+    from igcli.attribution.engine import Quadrature, TargetSpec, attribute
     from igcli.attribution.quadrature import Rule
 
-    records = explain(backend, x, torch.zeros_like(x)[:, None], TargetSpec("predicted"),
+    records = attribute(backend, x, torch.zeros_like(x)[:, None], TargetSpec("predicted"),
                       Quadrature(Rule.gausslegendre, steps), batch_size=64)
     return torch.stack([record.attributions.double() for record in records])
 

@@ -19,7 +19,7 @@ from igcli.config_source import ConfigSource, KeyPath, apply_override, parse_ove
 from igcli.errors import ConfigError
 from igcli.data.discover import DEFAULT_MAX_BYTES
 from igcli.backends.base import Precision, ScoreKind
-from igcli.attribution.quadrature import Rule
+from igcli.attribution.quadrature import DEFAULT_RULE, Rule
 
 
 class Section(BaseModel):
@@ -165,7 +165,7 @@ class Config(Section):
     # index | label | "predicted" | {top_k: k} | {above: t} | {class: k, region: predicted|mask file}
     target: Union[int, TopK, Above, Region, str] = "predicted"
     steps: Union[int, Literal["auto"]] = "auto"
-    method: Rule = Rule.adaptive
+    method: Rule = DEFAULT_RULE
     tolerance: float = Field(0.01, gt=0)  # relative completeness error that stops refinement
     # adaptive: also refine until the map's estimated relative L2 error is within (null: completeness only)
     map_tolerance: float | None = Field(DEFAULT_MAP_TOLERANCE, gt=0)

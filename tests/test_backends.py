@@ -4,7 +4,7 @@ import threading
 import pytest
 import torch
 
-from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.backends import batching
 from igcli.backends.batching import BatchSize, padded_size
 from igcli.errors import ModelError
@@ -139,7 +139,7 @@ def test_padded_batches_meet_few_shapes_and_change_no_number(monkeypatch):
     for buckets in (64, 4):  # 64: batches of any size (1 point per step); 4: sizes 16, 32, 48, 64
         monkeypatch.setattr(batching, "SHAPE_BUCKETS", buckets)
         recorder = ShapeRecorder(TorchBackend(module, "softmax"))
-        results[buckets] = [explain(recorder, x[:n], torch.zeros(n, 1, 1, 8, 8, dtype=torch.float64),
+        results[buckets] = [attribute(recorder, x[:n], torch.zeros(n, 1, 1, 8, 8, dtype=torch.float64),
                                     TargetSpec("predicted"), quad, batch_size=BatchSize(64)) for n in range(1, 10)]
         results[buckets, "sizes"] = recorder.sizes
     assert results[4, "sizes"] <= {16, 32, 48, 64} and len(results[64, "sizes"]) > 8

@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from igcli.cli.commands import main
-from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.errors import ModelError
 from igcli.backends.base import ScoreKind
 from igcli.backends.onnx.format import read_info
@@ -52,7 +52,7 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def ig(backend, x):
-    records = explain(backend, x, torch.zeros_like(x)[:, None], TargetSpec("predicted"),
+    records = attribute(backend, x, torch.zeros_like(x)[:, None], TargetSpec("predicted"),
                       Quadrature(Rule.gausslegendre, 6), batch_size=16)
     return torch.stack([record.attributions.double() for record in records])
 

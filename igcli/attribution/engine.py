@@ -15,7 +15,7 @@ from torch import Tensor
 
 from igcli.attribution.adaptive import DEFAULT_MAP_TOLERANCE, PathEnds, PathResults, integrate_locally
 from igcli.backends.base import Backend, Batching, ScoreKind, end_slopes
-from igcli.attribution.quadrature import Rule, nodes, refine
+from igcli.attribution.quadrature import DEFAULT_RULE, Rule, nodes, refine
 from igcli.attribution.storage import MapStorage
 
 
@@ -23,7 +23,7 @@ from igcli.attribution.storage import MapStorage
 class Quadrature:
     """How to integrate: a rule and either fixed ``steps`` or adaptive refinement."""
 
-    rule: Rule = Rule.riemann_trapezoid
+    rule: Rule = DEFAULT_RULE
     steps: int | None = None  # None: start at min_steps, refine until `tolerance` or max_steps
     tolerance: float = 0.01  # relative completeness error that counts as converged
     min_steps: int = 8
@@ -119,7 +119,7 @@ class _Paths:
     baseline_probability: Tensor  # float64: Explanation.baseline_probability per path
 
 
-def explain(
+def attribute(
     backend: Backend,
     inputs: Tensor,
     baselines: Tensor,

@@ -13,7 +13,7 @@ from igcli.attribution.adaptive import INITIAL_INTERVALS
 from igcli.runtime.buffers import MapBuffers
 from igcli.attribution.baselines import AUTO_CANDIDATES, BaselineKind, BaselinePlan, Normalization, auto_candidates, make_baselines
 from igcli.config import Config, InputSection, Region, TopK
-from igcli.attribution.engine import Explanation, Quadrature, explain, resolve_targets
+from igcli.attribution.engine import Explanation, Quadrature, attribute, resolve_targets
 from igcli.backends.batching import BatchSize, batched_scores
 from igcli.errors import ConfigError, InputError, ModelError, root_cause
 from igcli.data.discover import InputRef
@@ -160,7 +160,7 @@ class ImageJob:
             baselines, chosen = self._auto_baselines(backend, inputs, group)
         else:
             baselines, chosen = self._baselines(group), [None] * len(group)
-        return explain(backend, inputs, baselines, self.target, self.quadrature, self.batch,
+        return attribute(backend, inputs, baselines, self.target, self.quadrature, self.batch,
                        self.map_buffers), chosen, regions
 
     def _auto_baselines(self, backend, inputs: torch.Tensor, group: list[Sample]) -> tuple[torch.Tensor, list[str]]:
