@@ -6,7 +6,7 @@ from onnx import helper
 
 from igcli.errors import ModelError
 from igcli.backends.onnx.vjp.common import (apply_axis_matrices, attribute, axis_matrix, constant_value, normal_axis,
-    only_first, probe_shapes, static_size, unbroadcast, zeros_like)
+                                            only_first, probe_shapes, static_size, unbroadcast, zeros_like)
 from igcli.backends.onnx.vjp.context import Context
 
 
