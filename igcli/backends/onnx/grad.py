@@ -124,7 +124,6 @@ def build_gradient_model(model, score: ScoreKind, input_shape: tuple[int, ...], 
 
     A graph whose batch axis is free but that runs at batch 1 only (a reshape to a constant
     batch inside) is fixed to batch 1, with a warning."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     model = normalize(model)
