@@ -33,7 +33,7 @@ import torch
 from captum.attr import IntegratedGradients
 
 from igcli.config import load_config
-from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.data.discover import discover_inputs
 from igcli.pipeline.image_job import ImageJob
 from igcli.backends.loading import load_module
@@ -80,7 +80,7 @@ def reference_maps(job: ImageJob, folder: Path) -> dict[str, tuple[np.ndarray, f
     result = {}
     for ref in discover_inputs([str(folder)], (".png",)):
         sample = next(job.read([ref]))
-        (e,) = explain(job.backend, sample.x[None], torch.full_like(sample.x, -1.0)[None, None],
+        (e,) = attribute(job.backend, sample.x[None], torch.full_like(sample.x, -1.0)[None, None],
                        TargetSpec("predicted"), Quadrature(Rule.gausslegendre, 1024), batch_size=256)
         result[ref.path.name] = (e.attributions.numpy(), e.f_input - e.f_baseline)
     return result

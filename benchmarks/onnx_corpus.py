@@ -160,10 +160,10 @@ def write_torch_models(directory: Path) -> None:
 # ---- the table -----------------------------------------------------------------------------------
 
 def ig_maps(backend, x: torch.Tensor, steps: int = 16) -> torch.Tensor:
-    from igcli.attribution.engine import Quadrature, TargetSpec, explain
+    from igcli.attribution.engine import Quadrature, TargetSpec, attribute
     from igcli.attribution.quadrature import Rule
 
-    records = explain(backend, x, torch.zeros_like(x)[:, None], TargetSpec("predicted"),
+    records = attribute(backend, x, torch.zeros_like(x)[:, None], TargetSpec("predicted"),
                       Quadrature(Rule.gausslegendre, steps), batch_size=64)
     return torch.stack([record.attributions.double() for record in records])
 
@@ -176,10 +176,10 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def evaluate(name: str, producer: str, path: Path, shape: tuple[int, ...], score: str) -> dict:
     """One corpus row: each route run, and the IG parity figures."""
-    from igcli.backends.onnx.export import _onnx_references
+    from igcli.backends.onnx.check import _onnx_references
     from igcli.backends.loading import build_gradient_graph, load_model
     from igcli.backends.onnx.grad import opset_of
-    from igcli.backends.onnx.source import root_cause
+    from igcli.errors import root_cause
     from igcli.backends.torch_backend import TorchBackend
 
     model = onnx.load(str(path))

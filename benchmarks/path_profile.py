@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from igcli.config import load_config
-from igcli.attribution.engine import TargetSpec, explain, start_offset
+from igcli.attribution.engine import TargetSpec, attribute, start_offset
 from igcli.data.discover import discover_inputs
 from igcli.pipeline.image_job import ImageJob
 from end_to_end import CONFIG
@@ -69,7 +69,7 @@ def main() -> None:
         refs = list(discover_inputs([scratch], (".png",)))
         xs = torch.stack([next(job.read([ref])).x for ref in refs])
     baseline = torch.full_like(xs[0], -1.0)  # black, normalised as configs/digits.yaml normalises
-    records = explain(job.backend, xs, baseline.expand(len(xs), 1, *xs.shape[1:]), TargetSpec("predicted"),
+    records = attribute(job.backend, xs, baseline.expand(len(xs), 1, *xs.shape[1:]), TargetSpec("predicted"),
                       job.quadrature, batch_size=job.config.batch_size)
     flat_ends = np.array([r.steps + 1 - r.gradient_evals for r in records])
     ends, widths, errors = [], [], {m: [] for m in (8, 16, 20, 24, 32)}

@@ -89,7 +89,8 @@ def captum_run(case: str, folder: Path) -> None:
 
     factory, weights, mode, (height, width), mean, std = CASES[case]
     if factory is None:
-        from igcli.backends.onnx.source import onnx_to_torch, read_onnx
+        from igcli.backends.onnx.format import read_onnx
+        from igcli.backends.onnx.source import onnx_to_torch
 
         model = onnx_to_torch(read_onnx(weights), weights).eval()
     else:

@@ -37,7 +37,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from igcli.config import load_config
-from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.data.discover import discover_inputs
 from igcli.pipeline.image_job import ImageJob
 from igcli.pipeline.text_job import TextJob
@@ -291,8 +291,8 @@ def run_igcli(cases: list[Case], quad: Quadrature) -> list:
     """Explanations per case; image cases of one backend are explained together, as a job does."""
     if all(case.backend is cases[0].backend for case in cases):
         xs, baselines = torch.cat([c.x for c in cases]), torch.cat([c.baseline for c in cases])
-        return explain(cases[0].backend, xs, baselines, TargetSpec("predicted"), quad, batch_size=128)
-    return [explain(c.backend, c.x, c.baseline, TargetSpec("predicted"), quad, batch_size=128)[0] for c in cases]
+        return attribute(cases[0].backend, xs, baselines, TargetSpec("predicted"), quad, batch_size=128)
+    return [attribute(c.backend, c.x, c.baseline, TargetSpec("predicted"), quad, batch_size=128)[0] for c in cases]
 
 
 def errors(maps: list[np.ndarray], reference: list) -> tuple[np.ndarray, np.ndarray]:

@@ -36,7 +36,7 @@ from comparison import add_malloc_option, apply_malloc_option
 from end_to_end import REPO, accuracy
 from variants import applied, overrides, threads
 from igcli.config import load_config
-from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.data.discover import discover_inputs
 from igcli.pipeline.image_job import ImageJob
 from igcli.backends.loading import load_module
@@ -125,7 +125,7 @@ def reference_maps(job: ImageJob, originals: list[Path], steps: int) -> dict[str
         result = {}
         for path in originals:
             sample = next(job.read(discover_inputs([str(path)], (".jpg",))))
-            (e,) = explain(job.backend, sample.x[None], job_baseline(job, sample)[None], TargetSpec("predicted"),
+            (e,) = attribute(job.backend, sample.x[None], job_baseline(job, sample)[None], TargetSpec("predicted"),
                            Quadrature(Rule.gausslegendre, steps), batch_size=128)
             result[path.name.split("_", 1)[1]] = (e.attributions.numpy(), e.f_input - e.f_baseline)
         return result

@@ -43,7 +43,7 @@ from scipy.optimize import minimize
 
 from igcli.attribution import adaptive
 from igcli.config import load_config
-from igcli.attribution.engine import TargetSpec, explain
+from igcli.attribution.engine import TargetSpec, attribute
 from igcli.data.discover import discover_inputs
 from igcli.pipeline.image_job import ImageJob
 from igcli.backends.loading import load_module
@@ -57,7 +57,7 @@ GOAL_EVALUATIONS = 20  # goal 2: 0.4x captum's 50
 
 def path_errors(job: ImageJob, xs: torch.Tensor, quadrature, reference: list[tuple[np.ndarray, float]]):
     """Gradient evaluations [P] and true errors [3, P] of every held-out digit's explanation."""
-    explanations = explain(job.backend, xs, torch.full_like(xs, -1.0)[:, None], TargetSpec("predicted"),
+    explanations = attribute(job.backend, xs, torch.full_like(xs, -1.0)[:, None], TargetSpec("predicted"),
                            quadrature, batch_size=job.config.batch_size)
     evals = np.array([e.gradient_evals for e in explanations], dtype=float)
     errors = np.array([input_errors(e.attributions.numpy(), *ref) for e, ref in zip(explanations, reference)])

@@ -33,7 +33,7 @@ from captum.attr import LayerIntegratedGradients
 
 from igcli.attribution.baselines import text_baseline_ids
 from igcli.config import load_config
-from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.pipeline.text_job import TextJob, load_text_model
 from igcli.attribution.quadrature import Rule
 from comparison import (add_malloc_option, apply_malloc_option, mean_errors, print_table, run_with_maps,
@@ -97,7 +97,7 @@ def reference_maps(job: TextJob, texts: list[str]) -> list[tuple[np.ndarray, flo
         ids, mask, baseline, _ = encoded(job, text)
         backend = job.model.backend_for(ids[0], mask[0])
         inputs, baselines = job.model.embed(ids[0])[None], job.model.embed(baseline[0])[None, None]
-        (e,) = explain(backend, inputs, baselines, TargetSpec("predicted"), Quadrature(Rule.gausslegendre, 1024),
+        (e,) = attribute(backend, inputs, baselines, TargetSpec("predicted"), Quadrature(Rule.gausslegendre, 1024),
                        batch_size=256)
         result.append((e.attributions.numpy(), e.f_input - e.f_baseline))
     return result

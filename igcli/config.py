@@ -19,7 +19,7 @@ from igcli.config_source import ConfigSource, KeyPath, apply_override, parse_ove
 from igcli.errors import ConfigError
 from igcli.data.discover import DEFAULT_MAX_BYTES
 from igcli.backends.base import Precision, ScoreKind
-from igcli.attribution.quadrature import Rule
+from igcli.attribution.quadrature import DEFAULT_RULE, Rule
 
 
 class Section(BaseModel):
@@ -197,7 +197,7 @@ class Config(Section):
                                                          "predicted, or one of the forms below (docs/targets.md)")
     steps: Union[int, Literal["auto"]] = Field("auto", description="m: a fixed number of steps (intervals for "
                                                "adaptive); auto: refine each input until it meets the tolerances")
-    method: Rule = Field(Rule.adaptive, description="the quadrature rule (docs/method.md)")
+    method: Rule = Field(DEFAULT_RULE, description="the quadrature rule (docs/method.md)")
     tolerance: float = Field(0.01, gt=0, description="steps: auto: the relative completeness error that stops "
                              "refinement")
     # adaptive: also refine until the map's estimated relative L2 error is within (null: completeness only)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.backends.base import ScoreKind
 from igcli.backends.torch_backend import TorchBackend
 from igcli.attribution.quadrature import Rule
@@ -53,4 +53,4 @@ def integrated_gradients(module_or_backend, x, baseline, target=0, rule=Rule.gau
     if baseline.dim() == x.dim():
         baseline = baseline.unsqueeze(1)
     spec = TargetSpec("index", target) if isinstance(target, int) else target
-    return explain(runner, x, baseline, spec, Quadrature(rule, steps), batch_size)
+    return attribute(runner, x, baseline, spec, Quadrature(rule, steps), batch_size)

@@ -4,7 +4,9 @@ import torch
 from torch import nn
 
 from igcli.attribution import adaptive as adaptive_module
-from igcli.attribution.engine import Quadrature, TargetSpec, explain, start_offset
+from igcli.attribution import group_sums
+from igcli.runtime import buffers as buffers_module
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute, start_offset
 from igcli.attribution.quadrature import Rule
 
 from .nets import backend, integrated_gradients, small_cnn, smooth_mlp
@@ -46,7 +48,7 @@ def test_matches_the_closed_form_on_a_piecewise_linear_net():
     model, x = ReluSum(), inputs((4, 5)) * 2
     baseline = torch.zeros_like(x)
     exact = model.exact_ig(x, baseline)
-    results = explain(backend(model), x, baseline.unsqueeze(1), TargetSpec("index", 0), adaptive(tolerance=1e-6, max_steps=4096))
+    results = attribute(backend(model), x, baseline.unsqueeze(1), TargetSpec("index", 0), adaptive(tolerance=1e-6, max_steps=4096))
     for result, expected in zip(results, exact):
         assert result.converged
         torch.testing.assert_close(result.attributions, expected, rtol=1e-4, atol=1e-5)
@@ -57,8 +59,8 @@ def test_spends_fewer_evaluations_than_uniform_refinement_where_the_gradient_jum
     baseline = torch.zeros(6, 1, 5, dtype=torch.float64)
     exact = model.exact_ig(x, baseline[:, 0])
     uniform = Quadrature(Rule.riemann_trapezoid, None, tolerance=1e-3, min_steps=4, max_steps=4096)
-    local = explain(backend(model), x, baseline, TargetSpec("index", 0), adaptive(tolerance=1e-3, max_steps=4096))
-    even = explain(backend(model), x, baseline, TargetSpec("index", 0), uniform)
+    local = attribute(backend(model), x, baseline, TargetSpec("index", 0), adaptive(tolerance=1e-3, max_steps=4096))
+    even = attribute(backend(model), x, baseline, TargetSpec("index", 0), uniform)
     assert sum(r.gradient_evals for r in local) < 0.5 * sum(r.gradient_evals for r in even)
     local_error = sum(float((r.attributions - e).abs().sum()) for r, e in zip(local, exact))
     even_error = sum(float((r.attributions - e).abs().sum()) for r, e in zip(even, exact))
@@ -68,7 +70,7 @@ def test_spends_fewer_evaluations_than_uniform_refinement_where_the_gradient_jum
 @pytest.mark.parametrize("score", ["logits", "softmax"])
 def test_stops_within_tolerance_on_a_cnn(score):
     x = inputs((5, 1, 8, 8))
-    results = explain(backend(small_cnn(), score), x, torch.zeros(5, 1, 1, 8, 8, dtype=torch.float64),
+    results = attribute(backend(small_cnn(), score), x, torch.zeros(5, 1, 1, 8, 8, dtype=torch.float64),
                       TargetSpec("predicted"), adaptive(tolerance=0.005))
     for result in results:
         assert result.converged and result.rel_error <= 0.005
@@ -82,7 +84,7 @@ def test_converges_to_the_integral_on_a_smooth_net():
     (reference,) = integrated_gradients(smooth_mlp(), x[:1], torch.zeros_like(x[:1]), rule=Rule.gausslegendre, steps=256)
     errors = []
     for tolerance in (1e-2, 1e-4, 1e-6):
-        (result,) = explain(backend(smooth_mlp()), x[:1], torch.zeros(1, 1, 6, dtype=torch.float64),
+        (result,) = attribute(backend(smooth_mlp()), x[:1], torch.zeros(1, 1, 6, dtype=torch.float64),
                             TargetSpec("index", 0), adaptive(tolerance=tolerance, max_steps=4096))
         errors.append(float((result.attributions - reference.attributions).abs().max()))
     assert errors[2] < errors[1] < errors[0] and errors[2] < 1e-5
@@ -91,14 +93,14 @@ def test_converges_to_the_integral_on_a_smooth_net():
 def test_fixed_steps_spend_exactly_that_many_intervals():
     x = inputs((2, 1, 8, 8))
     for steps in (1, 3, 4, 25):
-        results = explain(backend(small_cnn()), x, torch.zeros(2, 1, 1, 8, 8, dtype=torch.float64),
+        results = attribute(backend(small_cnn()), x, torch.zeros(2, 1, 1, 8, 8, dtype=torch.float64),
                           TargetSpec("index", 1), adaptive(steps=steps))
         assert [(r.steps, r.gradient_evals) for r in results] == [(steps, steps + 1)] * 2
 
 
 def test_gives_up_at_max_steps_and_says_so():
     x = inputs((1, 1, 8, 8)) * 3
-    (result,) = explain(backend(small_cnn()), x, torch.zeros(1, 1, 1, 8, 8, dtype=torch.float64),
+    (result,) = attribute(backend(small_cnn()), x, torch.zeros(1, 1, 1, 8, 8, dtype=torch.float64),
                         TargetSpec("index", 0), adaptive(tolerance=1e-14, max_steps=16))
     assert result.steps == 16 and not result.converged
 
@@ -107,8 +109,8 @@ def test_batch_size_changes_nothing():
     x = inputs((3, 1, 8, 8))
     base = torch.rand(3, 2, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     runner = backend(small_cnn())
-    one = explain(runner, x, base, TargetSpec("top_k", 2), adaptive(tolerance=1e-3), batch_size=1)
-    many = explain(runner, x, base, TargetSpec("top_k", 2), adaptive(tolerance=1e-3), batch_size=1000)
+    one = attribute(runner, x, base, TargetSpec("top_k", 2), adaptive(tolerance=1e-3), batch_size=1)
+    many = attribute(runner, x, base, TargetSpec("top_k", 2), adaptive(tolerance=1e-3), batch_size=1000)
     for a, b in zip(one, many):
         torch.testing.assert_close(a.attributions, b.attributions, rtol=1e-12, atol=1e-15)
         assert (a.steps, a.gradient_evals) == (b.steps, b.gradient_evals)
@@ -121,7 +123,7 @@ def test_map_tolerance_bounds_the_map_error_against_the_closed_form(map_toleranc
     baseline = torch.zeros_like(x)
     exact = model.exact_ig(x, baseline)
     quad = Quadrature(Rule.adaptive, None, tolerance=0.01, max_steps=4096, map_tolerance=map_tolerance)
-    results = explain(backend(model), x, baseline.unsqueeze(1), TargetSpec("index", 0), quad)
+    results = attribute(backend(model), x, baseline.unsqueeze(1), TargetSpec("index", 0), quad)
     for result, expected in zip(results, exact):
         assert float((result.attributions - expected).norm()) <= map_tolerance * float(expected.norm())
         assert result.rel_error is None or result.rel_error <= 0.01
@@ -136,7 +138,7 @@ def test_map_tolerance_refines_where_completeness_alone_would_stop():
     tight = Quadrature(Rule.adaptive, None, tolerance=0.05, max_steps=4096, map_tolerance=0.005)
     errors = {}
     for name, quad in (("completeness", loose), ("map", tight)):
-        results = explain(backend(model), x, baseline, TargetSpec("index", 0), quad)
+        results = attribute(backend(model), x, baseline, TargetSpec("index", 0), quad)
         errors[name] = max(float((r.attributions - e).norm() / e.norm()) for r, e in zip(results, exact))
     assert errors["map"] <= 0.005 < errors["completeness"]
 
@@ -179,7 +181,7 @@ def test_the_gradient_at_alpha_0_is_the_paths_not_the_tied_baselines(rule):
     gradient: 4 uniform steps are then exact here, where the tied gradient would put a quarter
     (riemann_left) or an eighth (the trapezoids) of each window's weight on the wrong element."""
     model, x, baseline, exact = tied_at_the_baseline()
-    results = explain(backend(model), x, baseline, TargetSpec("index", 0), Quadrature(rule, 4))
+    results = attribute(backend(model), x, baseline, TargetSpec("index", 0), Quadrature(rule, 4))
     for result, expected in zip(results, exact, strict=True):
         torch.testing.assert_close(result.attributions, expected, rtol=1e-9, atol=1e-12)
 
@@ -190,7 +192,7 @@ def test_the_adaptive_rule_takes_f_at_alpha_0_from_the_baseline():
     tolerance stops after the one more round every path takes (no path stops on its first), which
     bisects a single interval: one evaluation per node."""
     model, x, baseline, exact = tied_at_the_baseline()
-    results = explain(backend(model), x, baseline, TargetSpec("index", 0), adaptive(tolerance=1e-9))
+    results = attribute(backend(model), x, baseline, TargetSpec("index", 0), adaptive(tolerance=1e-9))
     for result, expected in zip(results, exact, strict=True):
         torch.testing.assert_close(result.attributions, expected, rtol=1e-9, atol=1e-12)
         assert (result.steps, result.gradient_evals, result.converged) == (5, 6, True)
@@ -203,8 +205,8 @@ def test_each_path_refines_as_if_it_were_alone(map_tolerance):
     base = torch.rand(6, 2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     runner = backend(small_cnn(), "softmax")
     quad = Quadrature(Rule.adaptive, None, tolerance=0.01, max_steps=512, map_tolerance=map_tolerance)
-    together = explain(runner, x, base, TargetSpec("top_k", 2), quad)
-    alone = [r for n in range(6) for r in explain(runner, x[n:n + 1], base[n:n + 1], TargetSpec("top_k", 2), quad)]
+    together = attribute(runner, x, base, TargetSpec("top_k", 2), quad)
+    alone = [r for n in range(6) for r in attribute(runner, x[n:n + 1], base[n:n + 1], TargetSpec("top_k", 2), quad)]
     assert len({r.steps for r in together}) > 2  # the paths stopped at different rounds
     for shared, single in zip(together, alone, strict=True):
         assert (shared.target, shared.rank, shared.steps, shared.gradient_evals, shared.converged) == \
@@ -221,10 +223,10 @@ def test_the_cpu_scatter_and_the_other_devices_product_agree(monkeypatch, map_to
     x = inputs((6, 1, 8, 8), seed=5) * 2
     base = torch.rand(6, 2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     quad = Quadrature(Rule.adaptive, None, tolerance=0.01, max_steps=512, map_tolerance=map_tolerance)
-    monkeypatch.setattr(adaptive_module, "WEIGHTED_BLOCK_BYTES", 3 * 64 * 8)  # 3 maps a block: several blocks
-    scatter = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
-    monkeypatch.setattr(adaptive_module, "ORDERED_SCATTER_DEVICES", set())
-    product = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
+    monkeypatch.setattr(group_sums, "WEIGHTED_BLOCK_BYTES", 3 * 64 * 8)  # 3 maps a block: several blocks
+    scatter = attribute(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
+    monkeypatch.setattr(group_sums, "ORDERED_SCATTER_DEVICES", set())
+    product = attribute(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
     assert len({r.steps for r in scatter}) > 2
     for a, b in zip(scatter, product, strict=True):
         assert (a.target, a.steps, a.gradient_evals, a.converged) == (b.target, b.steps, b.gradient_evals, b.converged)
@@ -238,12 +240,14 @@ def test_the_stored_maps_growing_in_smaller_blocks_changes_nothing(monkeypatch, 
     x = inputs((6, 1, 8, 8), seed=5) * 2
     base = torch.rand(6, 2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     quad = Quadrature(Rule.adaptive, None, tolerance=0.01, max_steps=512, map_tolerance=0.05)
-    default = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
+    default = attribute(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad, 256,
+                      buffers_module.MapBuffers())
     grown = []
-    capacity = adaptive_module._Refinement._capacity
-    monkeypatch.setattr(adaptive_module._Refinement, "_capacity", lambda *a: grown.append(capacity(*a)) or grown[-1])
-    monkeypatch.setattr(adaptive_module, "MAP_BLOCK_BYTES", block)
-    small = explain(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad)
+    capacity = buffers_module.MapBuffers.rows_for
+    monkeypatch.setattr(buffers_module.MapBuffers, "rows_for", lambda *a: grown.append(capacity(*a)) or grown[-1])
+    monkeypatch.setattr(buffers_module, "MAP_BLOCK_BYTES", block)
+    small = attribute(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad, 256,
+                    buffers_module.MapBuffers())
     assert len(grown) >= 3 and grown == sorted(grown)  # the first buffer, then growths
     for a, b in zip(default, small, strict=True):
         assert (a.steps, a.gradient_evals, a.converged) == (b.steps, b.gradient_evals, b.converged)
@@ -261,16 +265,16 @@ def test_maps_kept_from_call_to_call_change_nothing(monkeypatch):
 
     def run(model, x, buffers):
         base = torch.rand((len(x), 2) + x.shape[1:], generator=torch.Generator().manual_seed(1), dtype=x.dtype)
-        return explain(backend(model, "softmax"), x, base, TargetSpec("top_k", 2), quad, 16, buffers)
+        return attribute(backend(model, "softmax"), x, base, TargetSpec("top_k", 2), quad, 16, buffers)
 
     fresh = [run(model, x, None) for model, x in calls]
     borrowed: dict[int, list] = {}
-    borrow = adaptive_module.MapBuffers.borrow
-    monkeypatch.setattr(adaptive_module.MapBuffers, "borrow",
+    borrow = buffers_module.MapBuffers.borrow
+    monkeypatch.setattr(buffers_module.MapBuffers, "borrow",
                         lambda self, *a: borrowed[block].append(borrow(self, *a)) or borrowed[block][-1])
     for block in [32 << 20, 64 * 8 * 40]:  # one buffer for the run, then buffers outgrown within calls
-        monkeypatch.setattr(adaptive_module, "MAP_BLOCK_BYTES", block)
-        buffers, borrowed[block] = adaptive_module.MapBuffers(), []
+        monkeypatch.setattr(buffers_module, "MAP_BLOCK_BYTES", block)
+        buffers, borrowed[block] = buffers_module.MapBuffers(), []
         for (model, x), expected in zip(calls, fresh):
             if borrowed[block]:
                 kept = borrow(buffers, 0, x)
@@ -285,7 +289,7 @@ def test_maps_kept_from_call_to_call_change_nothing(monkeypatch):
 
 
 def test_map_buffers_lend_one_buffer_to_one_borrower():
-    buffers = adaptive_module.MapBuffers()
+    buffers = buffers_module.MapBuffers()
     like = torch.zeros(1)
     first, second = buffers.borrow(100, like), buffers.borrow(100, like)
     assert first.data_ptr() != second.data_ptr()
@@ -308,12 +312,12 @@ def test_a_chunk_the_model_fails_in_still_gives_its_map_buffer_back():
         return answer(points, weights)
 
     model.scores_and_grads = failing
-    buffers = adaptive_module.MapBuffers()
+    buffers = buffers_module.MapBuffers()
     x = inputs((4, 1, 8, 8), seed=5) * 2
     quad = Quadrature(Rule.adaptive, None, tolerance=1e-4, max_steps=512, map_tolerance=0.01)
     with pytest.raises(RuntimeError, match="mid-chunk"):
-        explain(model, x, torch.zeros(4, 1, 1, 8, 8, dtype=torch.float64), TargetSpec("index", 0), quad, 8, buffers)
-    assert buffers.borrow(1, x).numel() == adaptive_module.MAP_BLOCK_BYTES // 8  # the chunk's, not a new one
+        attribute(model, x, torch.zeros(4, 1, 1, 8, 8, dtype=torch.float64), TargetSpec("index", 0), quad, 8, buffers)
+    assert buffers.borrow(1, x).numel() == buffers_module.MAP_BLOCK_BYTES // 8  # the chunk's, not a new one
 
 
 class CountingBackend:
@@ -347,7 +351,7 @@ def test_saturated_ends_take_no_gradient_and_the_result_still_matches(scale, fla
     x[1, 3] = 0.8
     baseline = torch.zeros(2, 1, 4, dtype=torch.float64)
     counting = CountingBackend(backend(saturating_linear(scale), "softmax"))
-    results = explain(counting, x, baseline, TargetSpec("index", 0), adaptive(tolerance=1e-3, max_steps=4096))
+    results = attribute(counting, x, baseline, TargetSpec("index", 0), adaptive(tolerance=1e-3, max_steps=4096))
     reference = integrated_gradients(backend(saturating_linear(scale), "softmax"), x, baseline[:, 0], steps=1024)
     skipped = 2 if flat else 0
     assert [r.gradient_evals for r in results] == [r.steps + 1 - skipped for r in results]
@@ -364,7 +368,7 @@ def test_four_steps_are_the_trapezoid_over_the_model_gradients_at_each_node(scal
     x = torch.ones(2, 4, dtype=torch.float64)
     x[1, 3] = 0.8
     model = saturating_linear(scale)
-    results = explain(backend(model, "softmax"), x, torch.zeros(2, 1, 4, dtype=torch.float64),
+    results = attribute(backend(model, "softmax"), x, torch.zeros(2, 1, 4, dtype=torch.float64),
                       TargetSpec("index", 0), adaptive(steps=4, tolerance=1e-3))
     alphas = torch.tensor([start_offset(torch.float64), 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
     weights = torch.tensor([0.5, 1, 1, 1, 0.5], dtype=torch.float64) / 4
@@ -380,7 +384,7 @@ def test_four_steps_are_the_trapezoid_over_the_model_gradients_at_each_node(scal
 
 def test_logits_never_skip_an_end():
     x = torch.ones(1, 4, dtype=torch.float64)
-    (result,) = explain(backend(saturating_linear(30.0), "logits"), x, torch.zeros(1, 1, 4, dtype=torch.float64),
+    (result,) = attribute(backend(saturating_linear(30.0), "logits"), x, torch.zeros(1, 1, 4, dtype=torch.float64),
                         TargetSpec("index", 0), adaptive(tolerance=1e-3))
     assert result.gradient_evals == result.steps + 1
 
@@ -391,7 +395,7 @@ def refinement_with(errors, bounds, norms, tolerance=0.01, map_tolerance=None):
     count = len(errors)
     quad = Quadrature(Rule.adaptive, None, tolerance=tolerance, max_steps=512, map_tolerance=map_tolerance)
     refinement = adaptive_module._Refinement(torch.zeros(1, 1), torch.ones(1), torch.zeros(1), quad,
-                                             adaptive_module.MapBuffers())
+                                             buffers_module.MapBuffers())
     refinement.alpha = torch.linspace(0, 1, count + 1).double().numpy()
     nodes = torch.arange(count + 1).numpy()
     refinement.intervals = adaptive_module._Intervals(nodes[:-1] * 0, nodes[:-1].copy(), nodes[1:].copy())

@@ -4,8 +4,9 @@ import threading
 import pytest
 import torch
 
-from igcli.attribution import engine
-from igcli.attribution.engine import Quadrature, TargetSpec, explain, padded_size
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
+from igcli.backends import batching
+from igcli.backends.batching import BatchSize, padded_size
 from igcli.errors import ModelError
 from igcli.data.prefetch import prefetched
 from igcli.backends import torch_backend
@@ -110,7 +111,7 @@ def test_padded_sizes_are_few_and_never_smaller_than_the_batch():
     for batch_size in (1, 7, 64, 256, 1000):
         sizes = {padded_size(rows, batch_size) for rows in range(1, batch_size + 1)}
         assert all(rows <= padded_size(rows, batch_size) <= batch_size for rows in range(1, batch_size + 1))
-        assert len(sizes) <= engine.SHAPE_BUCKETS + 1 and batch_size in sizes
+        assert len(sizes) <= batching.SHAPE_BUCKETS + 1 and batch_size in sizes
 
 
 class ShapeRecorder:
@@ -136,10 +137,10 @@ def test_padded_batches_meet_few_shapes_and_change_no_number(monkeypatch):
     quad = Quadrature(Rule.adaptive, None, 0.001, 8, 512, 0.01)
     results = {}
     for buckets in (64, 4):  # 64: batches of any size (1 point per step); 4: sizes 16, 32, 48, 64
-        monkeypatch.setattr(engine, "SHAPE_BUCKETS", buckets)
+        monkeypatch.setattr(batching, "SHAPE_BUCKETS", buckets)
         recorder = ShapeRecorder(TorchBackend(module, "softmax"))
-        results[buckets] = [explain(recorder, x[:n], torch.zeros(n, 1, 1, 8, 8, dtype=torch.float64),
-                                    TargetSpec("predicted"), quad, batch_size=64) for n in range(1, 10)]
+        results[buckets] = [attribute(recorder, x[:n], torch.zeros(n, 1, 1, 8, 8, dtype=torch.float64),
+                                    TargetSpec("predicted"), quad, batch_size=BatchSize(64)) for n in range(1, 10)]
         results[buckets, "sizes"] = recorder.sizes
     assert results[4, "sizes"] <= {16, 32, 48, 64} and len(results[64, "sizes"]) > 8
     for unpadded, padded in zip(results[64], results[4]):

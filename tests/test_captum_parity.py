@@ -3,7 +3,7 @@ import pytest
 import torch
 from captum.attr import IntegratedGradients
 
-from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.backends.loading import load_model
 from igcli.attribution.quadrature import Rule
 
@@ -43,7 +43,7 @@ def test_parity_with_captum_float64(rule, score):
     theirs = captum_ig(forward, x, baselines, target, rule, 50)
     runner = backend(model, score)
     for n in range(3):
-        (ours,) = explain(runner, x[n:n + 1], baselines[n:n + 1, None], TargetSpec("index", target[n]),
+        (ours,) = attribute(runner, x[n:n + 1], baselines[n:n + 1, None], TargetSpec("index", target[n]),
                           Quadrature(rule, 50), batch_size=64)
         assert max_relative_difference(ours.attributions, theirs[n]) <= 1e-5
         torch.testing.assert_close(ours.attributions, theirs[n], rtol=1e-5, atol=1e-12)
@@ -60,7 +60,7 @@ def test_parity_with_captum_on_the_sample_model(rule):
         return torch.softmax(runner.module(batch), dim=1)
 
     theirs = captum_ig(forward, x, baselines, target, rule, 64)
-    ours = explain(runner, x, baselines[:, None], TargetSpec("predicted"), Quadrature(rule, 64), batch_size=100)
+    ours = attribute(runner, x, baselines[:, None], TargetSpec("predicted"), Quadrature(rule, 64), batch_size=100)
     for n, result in enumerate(ours):
         assert result.target == int(target[n])
         assert max_relative_difference(result.attributions, theirs[n]) <= 1e-5

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from igcli.attribution import adaptive
-from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.attribution import adaptive, group_sums
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.attribution.quadrature import Rule
 
 from .nets import NanGradientWhenBright, backend, integrated_gradients, small_cnn, smooth_mlp
@@ -144,8 +144,8 @@ def test_batching_adds_the_same_terms_as_one_point_at_a_time():
     base = torch.rand(3, 2, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     runner = backend(small_cnn())
     quad = Quadrature(Rule.riemann_trapezoid, None, tolerance=1e-3, min_steps=4, max_steps=64)
-    one = explain(runner, x, base, TargetSpec("top_k", 2), quad, batch_size=1)
-    many = explain(runner, x, base, TargetSpec("top_k", 2), quad, batch_size=1000)
+    one = attribute(runner, x, base, TargetSpec("top_k", 2), quad, batch_size=1)
+    many = attribute(runner, x, base, TargetSpec("top_k", 2), quad, batch_size=1000)
     for a, b in zip(one, many):
         torch.testing.assert_close(a.attributions, b.attributions, rtol=1e-12, atol=1e-15)
         assert (a.steps, a.gradient_evals) == (b.steps, b.gradient_evals)
@@ -176,7 +176,7 @@ def test_adaptive_steps_stop_per_input_and_reuse_every_gradient():
     x = torch.cat([inputs((1, 6)) * 0.01, inputs((1, 6), seed=5) * 3])
     quad = Quadrature(Rule.riemann_trapezoid, None, tolerance=1e-4, min_steps=2, max_steps=1024)
     baselines = torch.zeros(2, 1, 6, dtype=torch.float64)
-    results = explain(backend(smooth_mlp(), "softmax"), x, baselines, TargetSpec("index", 0), quad)
+    results = attribute(backend(smooth_mlp(), "softmax"), x, baselines, TargetSpec("index", 0), quad)
     assert results[0].steps < results[1].steps  # a near-linear path stops early
     for result in results:
         assert result.converged and result.rel_error <= 1e-4
@@ -186,7 +186,7 @@ def test_adaptive_steps_stop_per_input_and_reuse_every_gradient():
 def test_adaptive_gives_up_at_max_steps_and_says_so():
     x = inputs((1, 1, 8, 8)) * 3
     quad = Quadrature(Rule.riemann_trapezoid, None, tolerance=1e-12, min_steps=2, max_steps=16)
-    (result,) = explain(backend(small_cnn()), x, torch.zeros(1, 1, 1, 8, 8, dtype=torch.float64), TargetSpec("index", 0), quad)
+    (result,) = attribute(backend(small_cnn()), x, torch.zeros(1, 1, 1, 8, 8, dtype=torch.float64), TargetSpec("index", 0), quad)
     assert result.steps == 16 and not result.converged
 
 
@@ -195,9 +195,9 @@ def test_predicted_and_top_k_targets():
     runner = backend(small_cnn(), "softmax")
     scores = runner.scores(x)
     quad = Quadrature(Rule.gausslegendre, 8)
-    predicted = explain(runner, x, torch.zeros(3, 1, 1, 8, 8, dtype=torch.float64), TargetSpec("predicted"), quad)
+    predicted = attribute(runner, x, torch.zeros(3, 1, 1, 8, 8, dtype=torch.float64), TargetSpec("predicted"), quad)
     assert [r.target for r in predicted] == scores.argmax(1).tolist()
-    top = explain(runner, x, torch.zeros(3, 1, 1, 8, 8, dtype=torch.float64), TargetSpec("top_k", 3), quad)
+    top = attribute(runner, x, torch.zeros(3, 1, 1, 8, 8, dtype=torch.float64), TargetSpec("top_k", 3), quad)
     assert [(r.input_index, r.rank) for r in top] == [(n, k) for n in range(3) for k in (1, 2, 3)]
     assert [r.target for r in top] == scores.topk(3, dim=1).indices.flatten().tolist()
 
@@ -214,7 +214,7 @@ def test_sums_into_attributions_never_repeat_an_index_in_one_scatter(monkeypatch
     """On CUDA a scatter-add with a repeated index adds in whatever order its atomics land, so
     runs would differ in the last bits (and the adaptive rule could bisect other intervals). The
     CPU adds in index order and may repeat; here the CPU takes the path every other device takes."""
-    monkeypatch.setattr(adaptive, "ORDERED_SCATTER_DEVICES", set())
+    monkeypatch.setattr(group_sums, "ORDERED_SCATTER_DEVICES", set())
     calls = []
     plain = torch.Tensor.index_add_
 
@@ -226,7 +226,7 @@ def test_sums_into_attributions_never_repeat_an_index_in_one_scatter(monkeypatch
     x = inputs((3, 1, 8, 8))
     base = torch.zeros(3, 1, 1, 8, 8, dtype=torch.float64)
     quad = Quadrature(rule, 24 if rule is Rule.gausslegendre else None, tolerance=1e-4, map_tolerance=0.01)
-    results = {size: explain(backend(small_cnn()), x, base, TargetSpec("top_k", 2), quad, batch_size=size)
+    results = {size: attribute(backend(small_cnn()), x, base, TargetSpec("top_k", 2), quad, batch_size=size)
                for size in (7, 1000)}  # 7: batches end mid-path
     assert calls and all(len(set(index)) == len(index) for index in calls)
     for a, b in zip(*results.values()):
@@ -246,7 +246,7 @@ class _NanGradientNet(nn.Module):
 def test_a_nan_gradient_shows_in_the_attribution_sum_and_stops_refinement(rule):
     """Records are failures when a number is not finite; attribution_sum stands for the whole map."""
     x = torch.tensor([[0.5] * 6, [0.5] * 5 + [3.0]], dtype=torch.float64)
-    results = explain(backend(_NanGradientNet()), x, torch.zeros(2, 1, 6, dtype=torch.float64),
+    results = attribute(backend(_NanGradientNet()), x, torch.zeros(2, 1, 6, dtype=torch.float64),
                       TargetSpec("index", 0), Quadrature(rule, 16 if rule is Rule.gausslegendre else None))
     assert all(math.isfinite(r.f_input) and math.isfinite(r.f_baseline) for r in results)
     assert math.isfinite(results[0].attribution_sum) and torch.isfinite(results[0].attributions).all()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.backends.rewrites.fold import fold_batch_norms
 from igcli.backends.torch_backend import TorchBackend
 from igcli.attribution.quadrature import Rule
@@ -119,7 +119,7 @@ def test_integrated_gradients_through_a_folded_model_match_captum_on_the_unfolde
     baseline = torch.zeros_like(x)
     expected = IntegratedGradients(copy.deepcopy(model)).attribute(x, baseline, target=2, n_steps=32,
                                                                   method="gausslegendre")
-    (result,) = explain(TorchBackend(model, "logits"), x, baseline[:, None], TargetSpec("index", 2),
+    (result,) = attribute(TorchBackend(model, "logits"), x, baseline[:, None], TargetSpec("index", 2),
                         Quadrature(Rule.gausslegendre, 32))
     # captum rounds its quadrature weights to float32, hence the tolerance
     torch.testing.assert_close(result.attributions, expected[0], rtol=1e-6, atol=1e-9)

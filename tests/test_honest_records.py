@@ -16,7 +16,7 @@ from torch import nn
 
 from igcli.attribution.adaptive import DEFAULT_MAP_TOLERANCE
 from igcli.cli.commands import main
-from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.pipeline.common import baseline_warnings
 from igcli.backends.base import ScoreKind
 from igcli.attribution.quadrature import Rule
@@ -64,11 +64,11 @@ def relative_l2(a: torch.Tensor, reference: torch.Tensor) -> float:
 def test_the_default_gets_right_the_map_that_completeness_alone_gets_wrong():
     model, x, baseline = cancelling_ramps(), torch.ones(1, 3, dtype=torch.float64), torch.zeros(1, 1, 3, dtype=torch.float64)
     target = TargetSpec("index", 0)
-    (reference,) = explain(backend(model), x, baseline, target, Quadrature(Rule.gausslegendre, 1024))
+    (reference,) = attribute(backend(model), x, baseline, target, Quadrature(Rule.gausslegendre, 1024))
     torch.testing.assert_close(reference.attributions, torch.tensor([0.6, -0.6, 0.5], dtype=torch.float64),
                                atol=1e-3, rtol=0)
-    (alone,) = explain(backend(model), x, baseline, target, Quadrature(Rule.adaptive, map_tolerance=None))
-    (default,) = explain(backend(model), x, baseline, target, Quadrature(Rule.adaptive))
+    (alone,) = attribute(backend(model), x, baseline, target, Quadrature(Rule.adaptive, map_tolerance=None))
+    (default,) = attribute(backend(model), x, baseline, target, Quadrature(Rule.adaptive))
     assert alone.rel_error <= 0.01 and alone.converged  # completeness holds: it cannot tell
     assert relative_l2(alone.attributions, reference.attributions) > 0.1
     assert default.converged and default.stopped_by == "tolerance"
@@ -82,8 +82,8 @@ def test_the_map_estimate_bounds_the_error_on_a_relu_cnn():
     x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
     baseline = torch.zeros(6, 1, 1, 8, 8, dtype=torch.float64)
     runner = backend(small_cnn(seed=2), "softmax")
-    references = explain(runner, x, baseline, TargetSpec("predicted"), Quadrature(Rule.gausslegendre, 1024))
-    for e, reference in zip(explain(runner, x, baseline, TargetSpec("predicted"), Quadrature(Rule.adaptive)),
+    references = attribute(runner, x, baseline, TargetSpec("predicted"), Quadrature(Rule.gausslegendre, 1024))
+    for e, reference in zip(attribute(runner, x, baseline, TargetSpec("predicted"), Quadrature(Rule.adaptive)),
                             references, strict=True):
         assert e.converged and e.map_error <= DEFAULT_MAP_TOLERANCE
         assert relative_l2(e.attributions, reference.attributions) <= DEFAULT_MAP_TOLERANCE
@@ -111,7 +111,7 @@ def test_no_record_claims_convergence_it_does_not_hold(seed, width, classes, sco
     x = torch.randn(3, 5, generator=generator, dtype=torch.float64)
     baselines = torch.randn(3, samples, 5, generator=generator, dtype=torch.float64) * 0.5
     quad = Quadrature(Rule.adaptive, tolerance=tolerance, max_steps=max_steps, map_tolerance=map_tolerance)
-    for e in explain(backend(RandomReluNet(seed, 5, width, classes), score), x, baselines, TargetSpec("predicted"), quad):
+    for e in attribute(backend(RandomReluNet(seed, 5, width, classes), score), x, baselines, TargetSpec("predicted"), quad):
         if e.stopped_by == "max_steps":
             assert not e.converged and e.steps == max_steps
         if not e.converged:
@@ -127,9 +127,9 @@ def test_no_record_claims_convergence_it_does_not_hold(seed, width, classes, sco
 
 def test_the_step_cap_is_reported_and_strict_makes_it_exit_1(tmp_path):
     model, x, baseline = cancelling_ramps(), torch.ones(1, 3, dtype=torch.float64), torch.zeros(1, 1, 3, dtype=torch.float64)
-    (capped,) = explain(backend(model), x, baseline, TargetSpec("index", 0), Quadrature(Rule.adaptive, max_steps=5))
+    (capped,) = attribute(backend(model), x, baseline, TargetSpec("index", 0), Quadrature(Rule.adaptive, max_steps=5))
     assert (capped.stopped_by, capped.steps, capped.converged) == ("max_steps", 5, False)
-    (fixed,) = explain(backend(model), x, baseline, TargetSpec("index", 0), Quadrature(Rule.adaptive, steps=8))
+    (fixed,) = attribute(backend(model), x, baseline, TargetSpec("index", 0), Quadrature(Rule.adaptive, steps=8))
     assert fixed.stopped_by == "fixed_steps"
 
     from .conftest import DIGITS_CONFIG, SAMPLE_DATA
@@ -156,7 +156,7 @@ def bias_free(classes: int, seed: int = 0) -> nn.Module:
 @pytest.mark.parametrize("score,classes", [("softmax", 4), ("softmax", 2), ("logits", 4), ("sigmoid", 3)])
 def test_a_baseline_at_chance_gives_no_warning(score, classes):
     x, baseline = torch.randn(5, 6, dtype=torch.float64) * 2, torch.zeros(5, 1, 6, dtype=torch.float64)
-    for e in explain(backend(bias_free(classes), score), x, baseline, TargetSpec("predicted"), Quadrature(Rule.adaptive)):
+    for e in attribute(backend(bias_free(classes), score), x, baseline, TargetSpec("predicted"), Quadrature(Rule.adaptive)):
         expected = 0.5 if score == "sigmoid" else 1 / classes
         assert e.baseline_probability == pytest.approx(expected, abs=1e-12)
         assert baseline_warnings(e, ScoreKind(score), 0.1) == []
@@ -171,7 +171,7 @@ def test_a_baseline_above_chance_warns_and_says_how_far():
     x = torch.tensor([[3.0, 0, 0, 0, 0, 0]], dtype=torch.float64)
     for start, probability, warns in [(-0.028, 0.486, False), (0.693, 0.8, True)]:
         baseline = torch.tensor([[[start, 0, 0, 0, 0, 0]]], dtype=torch.float64)
-        (e,) = explain(backend(model, "softmax"), x, baseline, TargetSpec("index", 0), Quadrature(Rule.adaptive))
+        (e,) = attribute(backend(model, "softmax"), x, baseline, TargetSpec("index", 0), Quadrature(Rule.adaptive))
         assert e.baseline_probability == pytest.approx(probability, abs=1e-3)
         warnings = baseline_warnings(e, ScoreKind.softmax, 0.1)
         assert bool(warnings) == warns

@@ -8,10 +8,10 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from igcli.cli.commands import main
-from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.errors import ModelError
 from igcli.backends.base import ScoreKind
-from igcli.backends.onnx.export import read_info
+from igcli.backends.onnx.format import read_info
 from igcli.backends.loading import build_gradient_graph, load_model
 from igcli.backends.onnx_backend import OnnxRuntimeBackend
 from igcli.backends.torch_backend import TorchBackend
@@ -31,7 +31,7 @@ def private_cache(tmp_path, monkeypatch):
 
 def ig(backend, x, rule=Rule.riemann_middle, steps=32):
     baselines = torch.zeros_like(x)[:, None]
-    return explain(backend, x, baselines, TargetSpec("predicted"), Quadrature(rule, steps), batch_size=50)
+    return attribute(backend, x, baselines, TargetSpec("predicted"), Quadrature(rule, steps), batch_size=50)
 
 
 @needs_maxpool_export

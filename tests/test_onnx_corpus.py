@@ -17,10 +17,10 @@ import torch
 from click.testing import CliRunner
 
 from igcli.cli.commands import main
-from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.errors import ModelError
 from igcli.backends.base import ScoreKind
-from igcli.backends.onnx.export import read_info
+from igcli.backends.onnx.format import read_info
 from igcli.backends.loading import build_gradient_graph, load_model
 from igcli.backends.onnx_backend import OnnxRuntimeBackend
 from igcli.backends.onnx.grad import to_float64
@@ -52,7 +52,7 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def ig(backend, x):
-    records = explain(backend, x, torch.zeros_like(x)[:, None], TargetSpec("predicted"),
+    records = attribute(backend, x, torch.zeros_like(x)[:, None], TargetSpec("predicted"),
                       Quadrature(Rule.gausslegendre, 6), batch_size=16)
     return torch.stack([record.attributions.double() for record in records])
 
@@ -97,8 +97,9 @@ def test_explain_on_onnxruntime_runs_the_checked_graph_that_export_writes(tmp_pa
 def test_a_wrong_gradient_graph_is_refused_before_anyone_uses_it(monkeypatch, tmp_path):
     """Break one rule (ReLU passes every gradient): the float64 check refuses the graph, in export and explain."""
     from igcli.backends.onnx import vjp as onnx_vjp
+    from igcli.backends.onnx.vjp import elementwise
 
-    monkeypatch.setitem(onnx_vjp.RULES, "Relu", onnx_vjp._unary(onnx_vjp._identity))
+    monkeypatch.setitem(onnx_vjp.RULES, "Relu", elementwise._unary(elementwise._identity))
     path = CORPUS / "torch_resnet.onnx"
     with pytest.raises(ModelError, match="differ from float64 autograd"):
         build_gradient_graph(path, None, ScoreKind.softmax, input_shape=(3, 32, 32))

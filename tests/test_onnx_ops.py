@@ -11,7 +11,7 @@ import torch
 
 from igcli.backends.base import ScoreKind
 from igcli.errors import ModelError
-from igcli.backends.onnx.export import GradientGraphInfo
+from igcli.backends.onnx.format import GradientGraphInfo
 from igcli.backends.onnx_backend import OnnxRuntimeBackend
 from igcli.backends.onnx.grad import build_gradient_model, to_float64
 from igcli.backends.onnx.source import onnx_to_torch
@@ -205,7 +205,7 @@ def test_where_and_casts_through_double_against_float64_autograd(tmp_path: Path)
 
 
 def test_an_op_without_a_rule_is_refused_with_its_name_and_node(tmp_path: Path):
-    from igcli.backends.onnx.source import describe
+    from igcli.backends.onnx.describe import describe
 
     model = single_op_model("Einsum", (3, 3), equation="bii->bi")
     assert describe(model, tmp_path / "einsum.onnx")["ops_without_gradient_rule"] == ["Einsum"]

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from igcli.pipeline import resume
 from igcli.cli.commands import main
 from igcli.config import load_config
-from igcli.attribution.engine import BatchSize, Quadrature, TargetSpec, explain
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
+from igcli.backends.batching import BatchSize
 from igcli.pipeline.image_job import ImageJob
 from igcli.results import report as report_module
 from igcli.results import writer as writer_module
@@ -287,11 +288,11 @@ def test_out_of_memory_halves_the_batch_for_the_rest_of_the_run(caplog):
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     base = torch.zeros(4, 1, 1, 8, 8, dtype=torch.float64)
     quad = Quadrature(Rule.riemann_trapezoid, 32)
-    expected = explain(backend(small_cnn()), x, base, TargetSpec("index", 1), quad, batch_size=8)
+    expected = attribute(backend(small_cnn()), x, base, TargetSpec("index", 1), quad, batch_size=8)
     limited, batch = MemoryLimited(backend(small_cnn()), 10), BatchSize(64)
     with caplog.at_level(logging.WARNING, logger="igcli"):
-        first = explain(limited, x, base, TargetSpec("index", 1), quad, batch_size=batch)
-        second = explain(limited, x, base, TargetSpec("index", 1), quad, batch_size=batch)
+        first = attribute(limited, x, base, TargetSpec("index", 1), quad, batch_size=batch)
+        second = attribute(limited, x, base, TargetSpec("index", 1), quad, batch_size=batch)
     assert batch.points == 8
     for a, b, c in zip(expected, first, second):
         torch.testing.assert_close(a.attributions, b.attributions, rtol=1e-12, atol=1e-15)
@@ -304,8 +305,8 @@ def test_a_single_point_that_does_not_fit_is_a_model_failure_not_a_loop():
     limited = MemoryLimited(backend(small_cnn()), 0)
     x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        explain(limited, x, torch.zeros(1, 1, 1, 8, 8, dtype=torch.float64), TargetSpec("index", 0),
-                Quadrature(Rule.riemann_trapezoid, 4), batch_size=4)
+        attribute(limited, x, torch.zeros(1, 1, 1, 8, 8, dtype=torch.float64), TargetSpec("index", 0),
+                Quadrature(Rule.riemann_trapezoid, 4), batch_size=BatchSize(4))
 
 
 def test_signal_handlers_are_restored_after_a_run(tmp_path):

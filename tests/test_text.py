@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from igcli.attribution.baselines import text_baseline_ids
 from igcli.cli.commands import main
 from igcli.config import load_config
-from igcli.attribution.engine import Quadrature, TargetSpec, explain
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.pipeline.text_job import load_text_model
 from igcli.attribution.quadrature import Rule
 
@@ -47,7 +47,7 @@ def test_parity_with_captum_layer_integrated_gradients(rule):
     theirs = LayerIntegratedGradients(forward, model.module.embed).attribute(
         ids[None], baselines=base_ids[None], additional_forward_args=(mask[None],), target=target,
         n_steps=50, method=method)[0]
-    (ours,) = explain(model.backend_for(ids, mask), model.embed(ids)[None], model.embed(base_ids)[None, None],
+    (ours,) = attribute(model.backend_for(ids, mask), model.embed(ids)[None], model.embed(base_ids)[None, None],
                       TargetSpec("index", target), Quadrature(rule, 50), batch_size=64)
     assert float((ours.attributions - theirs).abs().max() / theirs.abs().max()) <= 1e-5
 

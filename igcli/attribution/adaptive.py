@@ -7,26 +7,27 @@ is the interval's error. Each round bisects the worst share of each path's inter
 round only as many as it needs), so evaluations gather where the gradient changes (ReLU kinks,
 softmax saturation) instead of being spread evenly; a path stops once its summed interval errors
 are within tolerance. Ends where a softmax or sigmoid is saturated are not evaluated (PathEnds).
-On the sample CNN this matched captum's 50-step Gauss-Legendre accuracy (completeness and both map
-errors against a 1,024-step reference) over 360 held-out digits with 0.40x the evaluations, 19.9
-per image (benchmarks/RESULTS.md).
+How it compares with fixed rules: docs/performance.md#adaptive-rule.
 
 The bookkeeping is kept for all of a chunk's paths at once: scalars (alphas, F, slopes, errors)
 in flat NumPy arrays, each point's attribution density g * (x - x') in one device tensor (what
 slopes, map bounds and the attributions are all made of), and each round costs a fixed number of
-array operations and one device-to-host transfer, whatever the number of paths. Kept per path in
-Python, it was 15-19% of the engine's time on the sample CNN and, on a GPU, host time during
-which the device waited.
+array operations and one device-to-host transfer, whatever the number of paths, so that a GPU
+never waits on per-path Python.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from igcli.attribution.group_sums import on_device as _on
+from igcli.attribution.group_sums import rows as _rows
+from igcli.attribution.group_sums import sum_rows_by_group as _sum_rows_by_group
+from igcli.attribution.storage import FreshStorage, MapStorage
 
 # The default map tolerance: the estimated relative L2 error of the map that the rule refines until,
 # besides completeness. Chosen on real models (docs/performance.md).
@@ -42,62 +43,22 @@ BISECTED_SQUARED_BOUND = 0.5
 # An end of the path whose slope the score head predicts within this share of the completeness
 # budget (on its half of the first interval) takes no gradient: it is zero there (see PathEnds).
 FLAT_END_SHARE = 1 / 3
-# The stored maps grow in whole blocks of this size (one holds a chunk of the sample CNN's maps
-# several times over). glibc serves a request this large by mmap whatever its dynamic threshold
-# (which stops at 32 MiB), so a buffer outgrown and dropped goes back to the system instead of
-# leaving the heap fragmented: a run's peak memory crept up chunk by chunk without it
-# (benchmarks/RESULTS.md). Pages never written are never resident.
-MAP_BLOCK_BYTES = 32 << 20
-ORDERED_SCATTER_DEVICES = {"cpu"}  # where index_add_ adds rows for a repeated index in index order
-WEIGHTED_BLOCK_BYTES = 4 << 20  # weighted copies of stored maps made at a time, on the CPU (_sum_rows_by_group)
 
 # (path, alpha) per point, and rows to write each point's density dF/dx * (x - x') into -> F per point
 Evaluate = Callable[[np.ndarray, np.ndarray, Tensor], Tensor]
-
-
-class MapBuffers:
-    """Memory for the stored maps, kept from one chunk to the next: a run (its job) holds one, and
-    each chunk borrows a buffer from it and gives it back, so chunks in flight at once get one each.
-
-    On the CPU a fresh buffer's pages fault in one by one as the maps are first written: ~10 ms a
-    chunk on the sample CNN, 3-5% of the engine's time (benchmarks/RESULTS.md). A kept buffer
-    faults once per run. Other devices' allocators keep freed memory for the next chunk themselves,
-    and a buffer handed between CUDA streams would need their ordering besides, so they borrow
-    nothing here."""
-
-    def __init__(self) -> None:
-        self._free: list[Tensor] = []
-        self._lock = threading.Lock()
-
-    def borrow(self, elements: int, like: Tensor) -> Tensor:
-        """A flat buffer of at least ``elements`` of like's dtype, on its device."""
-        if like.device.type == "cpu":
-            with self._lock:
-                kept = [b for b in self._free if b.dtype == like.dtype]
-                if kept:
-                    self._free.remove(kept[0])
-                    if kept[0].numel() >= elements:
-                        return kept[0]
-        return like.new_empty(elements)  # a kept buffer too small is dropped: one buffer per chunk in flight
-
-    def give_back(self, buffer: Tensor) -> None:
-        if buffer.device.type == "cpu":
-            with self._lock:
-                self._free.append(buffer)
 
 
 @dataclass
 class PathEnds:
     """What is known of each path's ends before any gradient: F at alpha 0 and 1 ([P, 2], from the
     forwards every run makes for F(x) and F(x')), and dF/dalpha there as the score head alone
-    predicts it ([P, 2], NaN where it cannot; ``models.base.end_slopes``).
+    predicts it ([P, 2], NaN where it cannot; ``backends.base.end_slopes``).
 
     A softmax explanation typically starts where the class has ~0 probability and ends where it has
-    ~1: the head is saturated at both ends and the gradient there is ~0 (on the held-out digits,
-    ~1e-4 of its peak at the median, ``benchmarks/path_profile.py``). An end whose predicted slope
-    is that small is taken as zero instead of evaluated: 1.7 of 23.0 evaluations per path there,
-    with no change in any error (benchmarks/RESULTS.md). Its F is exact, so an end that is not
-    flat after all shows as completeness error on its interval, and the rule bisects there."""
+    ~1: the head is saturated at both ends and the gradient there is ~0. An end whose predicted
+    slope is that small is taken as zero instead of evaluated (see docs/performance.md#flat-ends).
+    Its F is exact, so an end that is not flat after all shows as completeness error on its
+    interval, and the rule bisects there."""
 
     scores: np.ndarray
     slopes: np.ndarray
@@ -115,7 +76,7 @@ class PathResults:
 
 
 def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad,
-                      buffers: MapBuffers | None = None, ends: PathEnds | None = None) -> PathResults:
+                      buffers: MapStorage | None = None, ends: PathEnds | None = None) -> PathResults:
     """Attributions [P, ...] along each path (the integral of dF/dx times x - x'), with the
     intervals and evaluations each used.
 
@@ -127,10 +88,10 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
     map error, sqrt(sum of squared interval bounds), within ``map_tolerance`` of ||A||, and
     the change its last round made to the map is too (two consecutive estimates agree). No path
     stops on the first, uniform round: a kink between its nodes can hide from both estimates there.
-    The stored maps live in memory borrowed from ``buffers`` (a fresh MapBuffers: none kept).
+    The stored maps live in memory borrowed from ``buffers`` (None: FreshStorage, nothing kept).
     ``ends``: where known, the ends whose gradient is ~0 are not evaluated (PathEnds).
     """
-    buffers = buffers or MapBuffers()
+    buffers = buffers or FreshStorage()
     refinement = _Refinement(deltas, f_delta, noise, quad, buffers, ends)
     try:
         path, alpha = refinement.first_points()
@@ -153,37 +114,6 @@ def integrate_locally(evaluate: Evaluate, deltas: Tensor, f_delta: Tensor, noise
             buffers.give_back(refinement.storage)
 
 
-def _on(like: Tensor, values: np.ndarray) -> Tensor:
-    return torch.from_numpy(values).to(like.device)
-
-
-def _rows(tensor: Tensor, index: np.ndarray) -> Tensor:
-    # index_select, not tensor[index]: advanced indexing of whole maps ran ~7x slower on the CPU.
-    return tensor.index_select(0, _on(tensor, index))
-
-
-def _sum_rows_by_group(values: Tensor, group: np.ndarray, groups: int, weight: np.ndarray | None = None) -> Tensor:
-    """Row i of ``values`` (times ``weight[i]``) summed into row group[i] of a [groups, ...]
-    result, in a fixed order on every device and run: these sums decide which intervals are bisected."""
-    shape = (groups,) + tuple(values.shape[1:])
-    if values.device.type in ORDERED_SCATTER_DEVICES:
-        # A dense one-hot product cost ~10x more than index_add_ here.
-        index, summed = _on(values, group), values.new_zeros(shape)
-        if weight is None:
-            return summed.index_add_(0, index, values)
-        scale = _on(values, weight).to(values.dtype).view((-1,) + (1,) * (values.dim() - 1))
-        rows = max(1, WEIGHTED_BLOCK_BYTES // max(1, values[0].numel() * values.element_size()))
-        # Weighted copies a block at a time: all at once, a copy of every stored map raised the peak.
-        for first in range(0, len(group), rows):
-            block = slice(first, first + rows)
-            summed.index_add_(0, index[block], values[block] * scale[block])
-        return summed
-    # CUDA's index_add_ adds in whatever order its atomics land; a matrix product does not.
-    matrix = np.zeros((groups, len(group)))
-    matrix[group, np.arange(len(group))] = 1 if weight is None else weight
-    return (_on(values, matrix).to(values.dtype) @ values.flatten(1)).view(shape)
-
-
 class _Intervals:
     """Every path's intervals [a, b], in no particular order: their path, end nodes, completeness
     error F(b) - F(a) - (s(a) + s(b)) (b - a) / 2, and (map-aware rule) the bound
@@ -198,7 +128,7 @@ class _Intervals:
 class _Refinement:
     """The state of one chunk's adaptive integration, a round at a time."""
 
-    def __init__(self, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad, buffers: MapBuffers,
+    def __init__(self, deltas: Tensor, f_delta: Tensor, noise: Tensor, quad, buffers: MapStorage,
                  ends: PathEnds | None = None):
         self.deltas, self.quad, self.buffers = deltas, quad, buffers
         self.count = len(deltas)
@@ -260,6 +190,7 @@ class _Refinement:
             rows = torch.from_numpy(np.flatnonzero(self.first_evaluated)).to(densities.device)
             self.reserve(len(path)).zero_().index_copy_(0, rows, densities)
             known = np.zeros((count, start + 1))
+            assert self.ends is not None  # flat ends come from known ends only
             known[:, 0], known[:, -1] = self.ends.scores[:, 0], self.ends.scores[:, 1]
             known = torch.from_numpy(known.ravel()).to(scores)
             scores = known.index_copy_(0, rows, scores)
@@ -272,7 +203,7 @@ class _Refinement:
         if self.map_aware:
             self.running = self._trapezoid(self.intervals)
             # The nodes are each path's start + 1 in a row, so every jump is a difference of neighbours.
-            jumps = self.density[: self.nodes].view(count, start + 1, -1).diff(dim=1)
+            jumps = self._maps()[: self.nodes].view(count, start + 1, -1).diff(dim=1)
             bounds = jumps.norm(dim=2).flatten() / (2 * start)
         self._update(fresh, scores, len(ids), np.arange(count), bounds)
 
@@ -310,8 +241,7 @@ class _Refinement:
         rank = np.arange(len(order)) - first
         if self.quad.steps is None:
             # A round bisects a share of each path's intervals at once, to keep rounds few; in a
-            # path's last round, fewer may do. At captum's accuracy on the held-out digits, 19.9
-            # evaluations per path instead of 21.3 (benchmarks/RESULTS.md).
+            # path's last round, fewer may do (see docs/performance.md#adaptive-rule).
             share = np.minimum(share, self._fewest_enough(order, first, rank, map_budget if self.map_aware else None))
         return order[rank < share[paths]]
 
@@ -389,14 +319,15 @@ class _Refinement:
         # A node weighs half of each interval it ends.
         half = (self.alpha[iv.right] - self.alpha[iv.left]) / 2
         weight = np.bincount(iv.left, half, minlength=self.nodes) + np.bincount(iv.right, half, minlength=self.nodes)
-        return _sum_rows_by_group(self.density[: self.nodes], self.node_path, self.count, weight)
+        return _sum_rows_by_group(self._maps()[: self.nodes], self.node_path, self.count, weight)
 
     def reserve(self, count: int) -> Tensor:
         """The stored maps' rows for the next ``count`` nodes, [count, ...]; ``_add_nodes`` takes them."""
         like = self.deltas
         if self.density is None or self.nodes + count > len(self.density):
             row = max(1, like[0].numel())
-            storage = self.buffers.borrow(self._capacity(self.nodes + count, like) * row, like)
+            capacity = self.buffers.rows_for(self.nodes + count, self.nodes, max(1, like[0].numel() * like.element_size()))
+            storage = self.buffers.borrow(capacity * row, like)
             grown = storage[: len(storage) // row * row].view((-1,) + tuple(like.shape[1:]))  # whole rows
             if self.density is not None:
                 grown[: self.nodes] = self.density[: self.nodes]  # the smaller buffer is dropped
@@ -411,23 +342,16 @@ class _Refinement:
         self.node_path = np.concatenate([self.node_path, path])
         return ids
 
-    def _capacity(self, needed: int, like: Tensor) -> int:
-        """Rows for the stored maps: twice what is held, in whole MAP_BLOCK_BYTES (a borrowed buffer
-        may hold more)."""
-        row_bytes = max(1, like[0].numel() * like.element_size())
-        blocks = -(-max(needed, 2 * self.nodes) * row_bytes // MAP_BLOCK_BYTES)
-        return max(needed, blocks * MAP_BLOCK_BYTES // row_bytes)
-
     def _update(self, fresh: np.ndarray, scores: Tensor, new_nodes: int, refining: np.ndarray,
                 bounds: Tensor | None) -> None:
         """Fill the errors (and ``bounds``, map-aware) of the ``fresh`` intervals and the norms of
         the ``refining`` paths, with one transfer from the device for all of them."""
         iv = self.intervals
-        # Slopes summed in float32 (or the densities' wider type): a float64 sum converted every
-        # element and took 3-5x as long, for sums no further from exact than the float32
-        # densities they add up (the sample job's evaluations and errors did not change).
-        wide = torch.promote_types(self.density.dtype, torch.float32)
-        parts = [scores, self.density[self.nodes - new_nodes : self.nodes].flatten(1).sum(1, dtype=wide)]
+        # Slopes summed in float32 (or the densities' wider type): a float64 sum converts every
+        # element, for sums no further from exact than the float32 densities they add up.
+        density = self._maps()
+        wide = torch.promote_types(density.dtype, torch.float32)
+        parts = [scores, density[self.nodes - new_nodes : self.nodes].flatten(1).sum(1, dtype=wide)]
         if self.map_aware:
             parts += [bounds, self._norms(refining)]
         host = torch.cat([part.to(wide) for part in parts]).double().cpu().numpy()
@@ -445,13 +369,23 @@ class _Refinement:
             self.norms[refining] = host[fills:]
 
     def _norms(self, paths: np.ndarray) -> Tensor:
-        return _rows(self.running, paths).flatten(1).norm(dim=1)
+        return _rows(self._running(), paths).flatten(1).norm(dim=1)
+
+    def _maps(self) -> Tensor:
+        """The stored densities, once ``reserve`` has made room for them."""
+        assert self.density is not None, "reserve() comes first"
+        return self.density
+
+    def _running(self) -> Tensor:
+        """The map-aware rule's running trapezoid, which ``start`` begins."""
+        assert self.running is not None, "start() comes first"
+        return self.running
 
     def _bisect_map(self, chosen: np.ndarray, middle: np.ndarray) -> Tensor:
         """Bisecting [a, b] at m (nodes ``middle``, just added): add (b - a)/4 (2 d(m) - d(a) - d(b))
         to the running trapezoid, d the density at a node; return the error bounds of every [a, m],
         then of every [m, b], as ``_Intervals`` defines them."""
-        iv, density = self.intervals, self.density
+        iv, density = self.intervals, self._maps()
         left, right = iv.left[chosen], iv.right[chosen]
         quarter = _on(density, (self.alpha[right] - self.alpha[left]) / 4).to(density.dtype)
         d_m = density[middle[0] : middle[-1] + 1]
@@ -463,5 +397,6 @@ class _Refinement:
         change = jumps[0].add_(jumps[1]).mul_(quarter.view((-1,) + (1,) * (density.dim() - 1)))
         paths, slot = np.unique(iv.path[chosen], return_inverse=True)
         per_path = _sum_rows_by_group(change, slot.ravel(), len(paths))
-        self.running.index_add_(0, _on(self.running, paths), per_path)
+        running = self._running()
+        running.index_add_(0, _on(running, paths), per_path)
         return torch.cat([bounds, per_path.flatten(1).norm(dim=1)])

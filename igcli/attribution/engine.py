@@ -1,11 +1,10 @@
 """Integrated Gradients along the straight line from baselines to inputs.
 
 Knows tensors and a Backend, nothing else: no files, no configs, no CLI. Gradient evaluations are
-batched across inputs, baselines and path points together, ``batch_size`` points per backward.
+batched across inputs, baselines and path points together, as a ``Batching`` policy cuts them.
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Iterator, Literal
@@ -14,24 +13,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from igcli.attribution.adaptive import DEFAULT_MAP_TOLERANCE, MapBuffers, PathEnds, PathResults, integrate_locally
-from igcli.backends.base import Backend, ScoreKind, end_slopes
-from igcli.attribution.quadrature import Rule, nodes, refine
-
-log = logging.getLogger("igcli")
-# Batches are padded to a multiple of batch_size / SHAPE_BUCKETS points, so a run meets at most
-# that many batch shapes. oneDNN (torch's CPU convolutions) builds and keeps kernels per shape: the
-# sample CNN's forward + backward at every batch size from 1 to 256 grew RSS from 315 to 540 MiB
-# (3.5 GiB channels-last) and spent more time building kernels than running them; at 8 sizes,
-# under 480 MiB (benchmarks/batch_shapes.py). Padding costs ~9% more points on the sample job.
-SHAPE_BUCKETS = 8
+from igcli.attribution.adaptive import DEFAULT_MAP_TOLERANCE, PathEnds, PathResults, integrate_locally
+from igcli.backends.base import Backend, Batching, ScoreKind, end_slopes
+from igcli.attribution.quadrature import DEFAULT_RULE, Rule, nodes, refine
+from igcli.attribution.storage import MapStorage
 
 
 @dataclass(frozen=True)
 class Quadrature:
     """How to integrate: a rule and either fixed ``steps`` or adaptive refinement."""
 
-    rule: Rule = Rule.riemann_trapezoid
+    rule: Rule = DEFAULT_RULE
     steps: int | None = None  # None: start at min_steps, refine until `tolerance` or max_steps
     tolerance: float = 0.01  # relative completeness error that counts as converged
     min_steps: int = 8
@@ -40,12 +32,19 @@ class Quadrature:
 
 
 @dataclass
-class BatchSize:
-    """Path points per forward/backward; shared by a run's calls, so that a size lowered after an
-    out-of-memory error stays lowered."""
+class FixedBatches:
+    """The plain Batching: ``points`` per call, unpadded, as the backend answers."""
 
     points: int
-    lowered: bool = False
+
+    def padded(self, rows: int) -> int:
+        return rows
+
+    def scores(self, backend: Backend, x: Tensor) -> Tensor:
+        return torch.cat([backend.scores(x[start : start + self.points]) for start in range(0, len(x), self.points)])
+
+    def scores_and_grads(self, backend: Backend, x: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        return backend.scores_and_grads(x, weights)
 
 
 @dataclass(frozen=True)
@@ -106,28 +105,6 @@ def resolve_targets(scores: Tensor, spec: TargetSpec) -> list[list[int]]:
     return scores.topk(k, dim=1).indices.tolist()
 
 
-def batched_scores(backend: Backend, x: Tensor, batch_size: int) -> Tensor:
-    """F(x) for any number of rows, ``batch_size`` at a time."""
-    parts = []
-    for start in range(0, len(x), batch_size):
-        rows = x[start : start + batch_size]
-        parts.append(backend.scores(_pad_rows(rows, padded_size(len(rows), batch_size)))[: len(rows)])
-    return torch.cat(parts)
-
-
-def padded_size(rows: int, batch_size: int) -> int:
-    """``rows`` rounded up to a multiple of batch_size / SHAPE_BUCKETS (see SHAPE_BUCKETS)."""
-    step = max(1, batch_size // SHAPE_BUCKETS)
-    return max(rows, min(batch_size, -(-rows // step) * step))
-
-
-def _pad_rows(x: Tensor, size: int) -> Tensor:
-    """``x`` with copies of its first row appended up to ``size`` rows."""
-    if size == len(x):
-        return x
-    return torch.cat([x, x[:1].expand(size - len(x), *x.shape[1:])])
-
-
 @dataclass
 class _Paths:
     """One straight path per (input, target, baseline); tensors indexed by path."""
@@ -142,21 +119,23 @@ class _Paths:
     baseline_probability: Tensor  # float64: Explanation.baseline_probability per path
 
 
-def explain(
+def attribute(
     backend: Backend,
     inputs: Tensor,
     baselines: Tensor,
     target: TargetSpec,
     quadrature: Quadrature,
-    batch_size: int | BatchSize = 256,
-    map_buffers: MapBuffers | None = None,
+    batch_size: int | Batching = 256,
+    map_buffers: MapStorage | None = None,
 ) -> list[Explanation]:
     """Explain ``inputs`` [N, ...] against ``baselines`` [N, K, ...] (K baselines per input).
+    ``batch_size``: points per backend call, or the Batching policy that cuts them
+    (backends/batching.BatchSize pads to a few shapes and halves on out-of-memory).
     ``map_buffers``: where the adaptive rule keeps its maps from one call to the next (a run's calls share one).
 
     Returns one Explanation per (input, target), in input order, then target rank order.
     """
-    batch = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
+    batch = FixedBatches(batch_size) if isinstance(batch_size, int) else batch_size
     inputs = inputs.to(backend.device, backend.dtype)
     flat_baselines = baselines.to(backend.device, backend.dtype).flatten(0, 1)
     # One baseline for every input (black, zeros, a constant, a file): F(x') is the same for all
@@ -164,7 +143,7 @@ def explain(
     common_start = bool((flat_baselines == flat_baselines[:1]).all())
     ends = flat_baselines[:1] if common_start else flat_baselines
     # One pass for both ends: on a GPU a second small forward costs as much as a large one.
-    f_ends = batched_scores(backend, torch.cat([inputs, ends]), batch.points)
+    f_ends = batch.scores(backend, torch.cat([inputs, ends]))
     f_inputs, f_baselines = f_ends[: len(inputs)], f_ends[len(inputs):].expand(len(flat_baselines), -1)
     targets = resolve_targets(f_inputs, target)
     paths, groups = _make_paths(targets, baselines.shape[1], f_inputs, f_baselines, target.ranked,
@@ -177,8 +156,7 @@ def explain(
 def start_offset(dtype: torch.dtype) -> float:
     """Where every rule takes its gradient for alpha 0: the path's limit as alpha falls to 0, not
     the gradient at the baseline itself. At a constant baseline such as black every max pool ties,
-    and the gradient there sides with no point of the path (on the sample CNN, cosine 0.6 to the
-    limit; it raised the mean L2 map error over held-out digits by 12%, benchmarks/RESULTS.md).
+    and the gradient there sides with no point of the path (see docs/performance.md#start-offset).
     sqrt(machine epsilon), the usual one-sided step: far enough for every input element that
     differs from the baseline to move, close enough that a ReLU kink in between is rare."""
     return float(torch.finfo(dtype).eps) ** 0.5
@@ -210,7 +188,7 @@ class _PathIntegral:
     """The running integral of the target's gradient along each path."""
 
     def __init__(self, backend: Backend, inputs: Tensor, baselines: Tensor, paths: _Paths, classes: int,
-                 batch: BatchSize, common_start: bool = False, map_buffers: MapBuffers | None = None):
+                 batch: Batching, common_start: bool = False, map_buffers: MapStorage | None = None):
         self.backend, self.paths, self.classes, self.batch = backend, paths, classes, batch
         self.map_buffers = map_buffers
         # A common start stays one row, broadcast, rather than a copy per path.
@@ -251,7 +229,7 @@ class _PathIntegral:
 
     def accumulate(self, active: Tensor, alphas, weights) -> None:
         """integral[p] += sum_j weights[j] * dF_target(x'_p + alphas[j] (x_p - x'_p)) / dx."""
-        like = self.integral
+        like = self._integral()
         alphas = torch.tensor(_off_start(np.asarray(alphas), like.dtype), dtype=like.dtype, device=like.device)
         weights = torch.tensor(weights, dtype=like.dtype, device=like.device)
         n = len(alphas)
@@ -282,15 +260,15 @@ class _PathIntegral:
         alpha = alpha.to(like.dtype)
         # One buffer of points for all the batches (each batch's a view of it). Selectors stay per
         # batch: one for a whole round of a fixed rule grows with its points times the classes.
-        buffer = like.new_empty((padded_size(min(len(path), self.batch.points), self.batch.points),) + like.shape[1:])
+        buffer = like.new_empty((self.batch.padded(min(len(path), self.batch.points)),) + like.shape[1:])
         start = 0
         while start < len(path):
             batch = slice(start, min(start + self.batch.points, len(path)))
             start = batch.stop
             p, count = path[batch], batch.stop - batch.start
-            size = padded_size(count, self.batch.points)  # the batch may have been lowered meanwhile
+            size = self.batch.padded(count)  # the batch may have been lowered meanwhile
             points = buffer[:size]
-            # index_select, not [p]: advanced indexing of whole inputs ran ~7x slower on the CPU.
+            # index_select, not [p]: advanced indexing of whole inputs is far slower on the CPU.
             deltas = self.deltas.index_select(0, p)
             starts = self.starts if self.common_start else self.starts.index_select(0, p)
             torch.addcmul(starts, alpha[batch].view(broadcast), deltas, out=points[:count])
@@ -300,25 +278,8 @@ class _PathIntegral:
             # gradients, and their outputs are cut off.
             selector = like.new_zeros((size, self.classes))
             selector[:count].scatter_(1, targets[batch], 1.0)
-            scores, grads = self._scores_and_grads(points, selector)
+            scores, grads = self.batch.scores_and_grads(self.backend, points, selector)
             yield batch, scores[:count], grads[:count], deltas
-
-    def _scores_and_grads(self, points: Tensor, selector: Tensor) -> tuple[Tensor, Tensor]:
-        """The backend's answer; on device out-of-memory, halve the batch (for the rest of the run too)."""
-        try:
-            return self.backend.scores_and_grads(points, selector)
-        except torch.cuda.OutOfMemoryError:
-            if len(points) == 1:
-                raise
-            half = len(points) // 2
-            if not self.batch.lowered:
-                log.warning("out of device memory at %d points per batch; halving it until it fits", len(points))
-            self.batch.points, self.batch.lowered = min(self.batch.points, half), True
-            if points.is_cuda:
-                torch.cuda.empty_cache()
-            first = self._scores_and_grads(points[:half], selector[:half])
-            second = self._scores_and_grads(points[half:], selector[half:])
-            return torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
 
     def evaluate(self, path: np.ndarray, alpha: np.ndarray, densities: Tensor) -> Tensor:
         """F_target at every point (path[i], alpha[i]), for the adaptive rule, and its attribution
@@ -342,11 +303,16 @@ class _PathIntegral:
             scores = scores.index_copy(0, starts, f_baseline.to(scores.dtype))
         return scores
 
+    def _integral(self) -> Tensor:
+        """The fixed rules' running sum, which ``run`` starts."""
+        assert self.integral is not None, "a fixed rule's integral starts in run()"
+        return self.integral
+
     def attributions(self) -> Tensor:
-        return self.deltas * self.integral
+        return self.deltas * self._integral()
 
     def attribution_sums(self) -> Tensor:
-        return (self.deltas.double() * self.integral.double()).flatten(1).sum(1)
+        return (self.deltas.double() * self._integral().double()).flatten(1).sum(1)
 
 
 def _converged(sums: Tensor, paths: _Paths, tolerance: float) -> Tensor:

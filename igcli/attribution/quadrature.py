@@ -26,6 +26,9 @@ class Rule(str, enum.Enum):
     adaptive = "adaptive"
 
 
+DEFAULT_RULE = Rule.adaptive  # what `method` defaults to, in the config and in Quadrature
+
+
 @dataclass(frozen=True)
 class Nodes:
     """Points on the path and their weights; ``steps`` is the rule's m."""

@@ -86,3 +86,22 @@ class Backend(Protocol):
     def scores_and_grads(self, x: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
         """F(x) and d(sum_b weights[b] . F(x)[b]) / dx: one forward, one backward, whole batch."""
         ...
+
+
+class Batching(Protocol):
+    """How the engine cuts path points into backend calls (backends/batching.py: padded shapes,
+    out-of-memory halving). ``points`` may fall during a run."""
+
+    points: int
+
+    def padded(self, rows: int) -> int:
+        """The rows a call of ``rows`` points is padded to (padding rows carry zero weight)."""
+        ...
+
+    def scores(self, backend: Backend, x: Tensor) -> Tensor:
+        """F(x) for any number of rows."""
+        ...
+
+    def scores_and_grads(self, backend: Backend, x: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """``backend.scores_and_grads`` for one batch, however the policy runs it."""
+        ...

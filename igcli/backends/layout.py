@@ -117,7 +117,7 @@ class ProbeResult:
     interface: InputInterface
 
 
-def probe_module(module: nn.Module, shape: tuple[int, int, int], interface: InputInterface, layout: str,
+def probe_module(module: nn.Module, shape: tuple[int, ...], interface: InputInterface, layout: str,
                  output: Selector, device: torch.device, size_known: bool) -> ProbeResult:
     """Run ``module`` on zeros shaped [batch, C, H, W] (``shape``) in each layout ``layout``
     allows (auto: NCHW, then NHWC), at batch 2 and else 1: the first that runs sets the layout and

@@ -1,15 +1,22 @@
 """Turn a model file or factory into a Backend; each failure is one ModelError line.
 
-Accepted: TorchScript (.pt/.ts), torch.export programs (.pt2), a factory ``pkg.mod:fn`` or
-``file.py:fn`` optionally with a state_dict, and, only when trusted, a fully pickled module.
+What reads a model is decided once, by ``model_kind``, and looked up in MODULE_LOADERS:
+
+  onnx         a .onnx file: a gradient graph, or a plain model run on torch or onnxruntime
+  export       a torch.export program (.pt2)
+  torchscript  a TorchScript archive (.pt/.ts)
+  factory      ``pkg.mod:fn`` or ``file.py:fn``, with an optional state_dict (.pth or .safetensors)
+  pickle       a pickled module, only when trusted (model.trust_pickle)
+  other        not a model file: refused unless trusted, then read as a pickle
+
+Hugging Face folders, timm and torchvision architectures build their own module
+(backends/sources.py), which ``load_model`` takes as ``module``.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import logging
-import os
 import warnings
 import zipfile
 from dataclasses import replace
@@ -19,14 +26,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-from igcli import __version__
 from igcli.errors import ModelError, root_cause
-from igcli.results.atomic_files import write_bytes_atomic
 from igcli.backends.base import Backend, Precision, ScoreKind
-from igcli.backends.onnx.export import checked_gradient_graph, read_info
-from igcli.backends.onnx_backend import OnnxRuntimeBackend
+from igcli.backends.digests import file_sha256
+from igcli.backends.gradient_graphs import (cached_gradient_graph, checked_graph, only_output,
+                                            resolve_input_shape)
 from igcli.backends.layout import PROBE_SIZE, InputInterface, adapted, onnx_layout, probe_module, resolve_layout
-from igcli.backends.onnx.source import (TensorSpec, check_differentiable_input, file_sha256, graph_outputs, onnx_to_torch, read_onnx)
+from igcli.backends.onnx.format import TensorSpec, graph_outputs, read_info, read_onnx
+from igcli.backends.onnx.source import check_differentiable_input, onnx_to_torch
+from igcli.backends.onnx_backend import OnnxRuntimeBackend
 from igcli.backends.outputs import OutputSelect, SelectedOutput, Selector, resolve_selector, shape_text
 from igcli.backends.sources import load_weights
 from igcli.backends.torch_backend import TorchBackend, set_eval
@@ -57,8 +65,8 @@ def load_model(
 
     ``backend`` auto runs torch models, and plain ONNX models whose batch axis is free (converted
     to torch), on torch, and gradient graphs and ONNX models fixed to one batch size on
-    onnxruntime: on the CPU a converted ONNX model's forward + input gradient ran at twice the
-    rate of its gradient graph on onnxruntime (benchmarks/RESULTS.md). onnxruntime for a torch
+    onnxruntime: on the CPU a converted ONNX model runs faster on torch than its gradient graph
+    on onnxruntime (see docs/performance.md#onnx-route). onnxruntime for a torch
     model, or for a plain ONNX model, first builds an igcli gradient graph (cached by model hash),
     which needs ``input_shape`` (without the batch axis) unless the model fixes it.
     ``precision`` below float32 needs the torch backend (autocast is torch's).
@@ -72,23 +80,23 @@ def load_model(
     if path is not None and not path.exists():
         raise ModelError(f"{path}: model file not found; check model.path or --model")
     use_threads(threads)
-    onnx_file = module is None and path is not None and path.suffix.lower() == ".onnx"
     if backend == "onnxruntime":
         _require_float32(precision)
     interface = InputInterface(reverse_channels=bgr)
-    if onnx_file:
+    if module is None and path is not None and model_kind(path, factory) == "onnx":
         return _load_onnx(path, ScoreKind(score), device, backend, threads, input_shape, precision,
                           output, layout, interface)
     if module is None:
         module = load_module(path, factory, trust_pickle)
     set_eval(module)
     shape = input_shape or _example_shape(module)
-    if shape is not None or channels is not None:
+    probe_shape = shape or ((channels, PROBE_SIZE, PROBE_SIZE) if channels is not None else None)
+    if probe_shape is not None:
         # Where it will run; a module to export stays on the CPU, where it was loaded.
         probe_device = torch.device("cpu") if backend == "onnxruntime" else device
         module = module.to(probe_device)
-        probed = probe_module(module, shape or (channels, PROBE_SIZE, PROBE_SIZE), interface, layout, output,
-                              probe_device, size_known=shape is not None)
+        probed = probe_module(module, probe_shape, interface, layout, output, probe_device,
+                              size_known=shape is not None)
         module, interface = probed.module, probed.interface
     elif output is not None:
         module = SelectedOutput(module, output)
@@ -96,10 +104,10 @@ def load_model(
         if shape is None:
             raise ModelError("backend onnxruntime needs the input size to build a gradient graph: "
                              "set input.resize: [H, W] or input.crop")
-        source = path if path is not None else Path(factory.rpartition(":")[0])
+        source = path if path is not None else Path((factory or "").rpartition(":")[0])
         graph = cached_gradient_graph(source, ScoreKind(score), interface.model_shape(tuple(shape)), lambda: module,
                                       f"{factory or ''}|{getattr(module, 'key', '')}", interface.fixed_batch)
-        return adapted(OnnxRuntimeBackend(graph.SerializeToString(), read_info(graph), device, threads), interface)
+        return adapted(_onnxruntime_backend(graph, device, threads), interface)
     return adapted(TorchBackend(module, score, device, precision), interface)
 
 
@@ -107,21 +115,6 @@ def use_threads(threads: int) -> None:
     """torch's intra-op threads for the process (config model.threads); 0 leaves torch's default."""
     if threads > 0:
         torch.set_num_threads(threads)
-
-
-def load_module(path: Path | None, factory: str | None, trust_pickle: bool = False) -> nn.Module:
-    """The torch module from a factory (with an optional state_dict) or a model file."""
-    if path is not None and not path.exists():
-        raise ModelError(f"{path}: model file not found; check model.path or --model")
-    if factory is not None and not _whole_model_file(path):
-        return _build_from_factory(factory, path)
-    return _load_file(path, trust_pickle)
-
-
-def _whole_model_file(path: Path | None) -> bool:
-    """A file that holds its architecture (.onnx, .pt2, .ts): loaded as it is, without model.factory,
-    which builds the model for a state_dict only (so ``--model file.pt2`` works with any config)."""
-    return path is not None and path.suffix.lower() in (".onnx", ".pt2", ".ts")
 
 
 def _load_onnx(path: Path, score: ScoreKind, device: torch.device, backend: str, threads: int,
@@ -159,23 +152,15 @@ def _load_onnx(path: Path, score: ScoreKind, device: torch.device, backend: str,
     _require_float32(precision)
     shape, fixed_batch = resolve_input_shape(spec, input_shape, path)
     salt = "onnx-vjp" + (f"|output {chosen}" if chosen is not None else "")
-    graph = cached_gradient_graph(path, score, shape, lambda: _only_output(model, chosen), salt, fixed_batch)
-    return adapted(OnnxRuntimeBackend(graph.SerializeToString(), read_info(graph), device, threads), interface)
+    graph = cached_gradient_graph(path, score, shape, lambda: only_output(model, chosen), salt, fixed_batch)
+    return adapted(_onnxruntime_backend(graph, device, threads), interface)
 
 
-def _only_output(model, chosen: int | None):
-    """``model`` with output ``chosen`` as its only output (the gradient graph differentiates the first)."""
-    if chosen is None or chosen == 0 and len(model.graph.output) == 1:
-        return model
-    import onnx
-
-    kept = onnx.ValueInfoProto()
-    kept.CopyFrom(model.graph.output[chosen])
-    single = onnx.ModelProto()
-    single.CopyFrom(model)
-    del single.graph.output[:]
-    single.graph.output.append(kept)
-    return single
+def _onnxruntime_backend(graph, device: torch.device, threads: int) -> OnnxRuntimeBackend:
+    """An igcli gradient graph, just built or read from the cache, on onnxruntime."""
+    info = read_info(graph)
+    assert info is not None, "igcli's gradient graphs carry their metadata"
+    return OnnxRuntimeBackend(graph.SerializeToString(), info, device, threads)
 
 
 def _warn_double_softmax(model, path: Path, score: ScoreKind, output: int = 0) -> None:
@@ -197,93 +182,45 @@ def _require_float32(precision: Precision) -> None:
                          "model.backend: torch (plain ONNX files run there too) or model.precision: float32")
 
 
-def resolve_input_shape(spec: TensorSpec, configured: tuple[int, ...] | None, path: Path):
-    """(input shape without batch, fixed batch size or None) from the ONNX input and the config."""
-    batch, dims = spec.shape[0] if spec.shape else None, tuple(spec.shape[1:])
-    fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
-    if dims and all(isinstance(d, int) and d > 0 for d in dims):
-        if configured is not None and tuple(configured) != dims:
-            raise ModelError(f"{path}: the model takes inputs shaped {list(dims)} but the config gives "
-                             f"{list(configured)}; check input.mode, input.resize and input.crop")
-        return dims, fixed_batch
-    if configured is None:
-        raise ModelError(f"{path}: input '{spec.name}' has free dimensions {list(spec.shape)}; "
-                         "set input.resize: [H, W] (or input.crop) so igcli can build its gradient graph")
-    return tuple(configured), fixed_batch
-
-
-def cache_dir() -> Path:
-    """Where gradient graphs built on the fly are kept: $IGCLI_CACHE_DIR, else ~/.cache/igcli."""
-    return Path(os.environ.get("IGCLI_CACHE_DIR") or Path.home() / ".cache" / "igcli") / "gradient-graphs"
-
-
-def cached_gradient_graph(source: Path, score: ScoreKind, shape: tuple[int, ...], build_module: Callable,
-                          salt: str = "", fixed_batch: int | None = None):
-    """The gradient graph for ``source``, from the cache or exported now and cached atomically."""
-    import onnx
-
-    sha = source_sha256(source)
-    key = hashlib.sha256(f"{sha}|{salt}|{score.value}|{shape}|{fixed_batch}|{__version__}|{torch.__version__}"
-                         .encode()).hexdigest()[:20]
-    cached = cache_dir() / f"{source.stem}-{key}.grad.onnx"
-    if cached.exists():
-        try:
-            return onnx.load(str(cached))
-        except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt
-            log.warning("%s: damaged cache entry, rebuilding", cached)
-    log.info("building the gradient graph for %s (once; cached in %s)", source, cached.parent)
-    model, _ = checked_gradient_graph(build_module(), score, shape, sha, fixed_batch, source)
-    try:
-        write_bytes_atomic(cached, model.SerializeToString())
-    except OSError as error:
-        log.warning("cannot cache the gradient graph in %s (%s); it is rebuilt next time", cached.parent, error)
-    return model
-
-
-def source_sha256(source: Path) -> str:
-    """sha256 of a model file, or of every file's name and bytes in a model folder (Hugging Face)."""
-    if not source.is_dir():
-        return file_sha256(source)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in source.rglob("*") if p.is_file()):
-        digest.update(f"\0{file.relative_to(source)}\0{file_sha256(file)}".encode())
-    return digest.hexdigest()
-
-
 def _example_shape(module: nn.Module) -> tuple[int, ...] | None:
     """The input shape (without batch) an exported program was traced with, if it kept one."""
     example = getattr(module, "igcli_example_shape", None)
     return tuple(example) if example else None
 
 
-def _load_file(path: Path, trust_pickle: bool) -> nn.Module:
-    kind = _archive_kind(path)
-    if kind == "export":
-        try:
-            program = torch.export.load(str(path))
-            module = program.module()
-        except Exception as error:  # noqa: BLE001 - any load failure is reported the same way
-            raise ModelError(f"{path}: cannot load torch.export program ({root_cause(error)})") from None
-        args = (program.example_inputs or ((), {}))[0]
-        if args and isinstance(args[0], torch.Tensor):
-            module.igcli_example_shape = tuple(args[0].shape[1:])
-        return module
-    if kind == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            try:
-                return torch.jit.load(str(path), map_location="cpu")
-            except Exception as error:  # noqa: BLE001
-                raise ModelError(f"{path}: cannot load TorchScript ({root_cause(error)})") from None
-    if kind == "other" and not trust_pickle:
-        raise ModelError(
-            f"{path}: not a model file igcli can read; expected TorchScript, a torch.export .pt2, "
-            "or a state_dict saved by torch.save"
-        )
-    return _load_pickle(path, trust_pickle)
+def model_kind(path: Path | None, factory: str | None) -> str:
+    """Which loader reads the model (see the module doc): a key of MODULE_LOADERS, or onnx."""
+    if path is not None and path.suffix.lower() == ".onnx":
+        return "onnx"
+    if factory is not None and not _whole_model_file(path):
+        return "factory"
+    return _archive_kind(path)
 
 
-def _archive_kind(path: Path) -> str:
+def load_module(path: Path | None, factory: str | None, trust_pickle: bool = False) -> nn.Module:
+    """The torch module from a factory (with an optional state_dict) or a model file."""
+    if path is not None and not path.exists():
+        raise ModelError(f"{path}: model file not found; check model.path or --model")
+    kind = model_kind(path, factory)
+    if kind == "factory":
+        assert factory is not None
+        return _build_from_factory(factory, path)
+    if kind == "onnx":  # a torch module is wanted: .onnx is no archive torch reads, so "other"
+        kind = _archive_kind(path)
+    assert path is not None  # _archive_kind refuses None
+    return MODULE_LOADERS[kind](path, trust_pickle)
+
+
+def _whole_model_file(path: Path | None) -> bool:
+    """A file that holds its architecture (.onnx, .pt2, .ts): loaded as it is, without model.factory,
+    which builds the model for a state_dict only (so ``--model file.pt2`` works with any config)."""
+    return path is not None and path.suffix.lower() in (".onnx", ".pt2", ".ts")
+
+
+def _archive_kind(path: Path | None) -> str:
+    """export | torchscript | pickle (a zip archive torch.save wrote) | other."""
+    if path is None:  # the config refuses this first
+        raise ModelError("no model: set model.path (or --model) or model.factory")
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -294,6 +231,36 @@ def _archive_kind(path: Path) -> str:
     if any(name.endswith("/archive_format") or name.endswith("/models/model.json") for name in names):
         return "export"
     return "pickle"
+
+
+def _load_exported(path: Path) -> nn.Module:
+    try:
+        program = torch.export.load(str(path))
+        module = program.module()
+    except Exception as error:  # noqa: BLE001 - any load failure is reported the same way
+        raise ModelError(f"{path}: cannot load torch.export program ({root_cause(error)})") from None
+    args = (program.example_inputs or ((), {}))[0]
+    if args and isinstance(args[0], torch.Tensor):
+        module.igcli_example_shape = tuple(args[0].shape[1:])
+    return module
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except Exception as error:  # noqa: BLE001
+            raise ModelError(f"{path}: cannot load TorchScript ({root_cause(error)})") from None
+
+
+def _load_unknown(path: Path, trust_pickle: bool) -> nn.Module:
+    if not trust_pickle:
+        raise ModelError(
+            f"{path}: not a model file igcli can read; expected TorchScript, a torch.export .pt2, "
+            "or a state_dict saved by torch.save"
+        )
+    return _load_pickle(path, trust_pickle)
 
 
 def _load_pickle(path: Path, trust_pickle: bool) -> nn.Module:
@@ -324,6 +291,15 @@ def _build_from_factory(factory: str, weights: Path | None) -> nn.Module:
     if weights is not None:
         load_weights(module, weights, f"model.factory '{factory}'")
     return module
+
+
+# Model files by kind (model_kind) -> (path, trust_pickle) -> module; factories build their own.
+MODULE_LOADERS: dict[str, Callable[[Path, bool], nn.Module]] = {
+    "export": lambda path, trust: _load_exported(path),
+    "torchscript": lambda path, trust: _load_torchscript(path),
+    "pickle": _load_pickle,
+    "other": _load_unknown,
+}
 
 
 def _resolve_factory(factory: str) -> Callable[[], object]:
@@ -358,16 +334,16 @@ def build_gradient_graph(path: Path, factory: str | None, score: ScoreKind, trus
                          input_shape: tuple[int, ...] | None = None):
     """`igcli export`: (the gradient graph of a torch model or a plain ONNX model, its GradientCheck).
 
-    The graph passed the same check as the graphs `explain` builds (export.check_gradient_graph)."""
-    if path is not None and path.suffix.lower() == ".onnx":
+    The graph passed the same check as the graphs `explain` builds (onnx/check.check_gradient_graph)."""
+    if path is not None and model_kind(path, factory) == "onnx":
         model = read_onnx(path)
         if read_info(model) is not None:
             raise ModelError(f"{path}: already an igcli gradient graph")
         spec = check_differentiable_input(model, path)
         input_shape, fixed_batch = resolve_input_shape(spec, input_shape, path)
-        return checked_gradient_graph(model, score, tuple(input_shape), file_sha256(path), fixed_batch, path)
+        return checked_graph(model, score, tuple(input_shape), file_sha256(path), fixed_batch, path)
     module = load_module(path, factory, trust_pickle)
     input_shape = input_shape or _example_shape(module)
     if input_shape is None:
         raise ModelError(f"{path}: give --input-shape C,H,W (the model's input without the batch axis)")
-    return checked_gradient_graph(module, score, tuple(input_shape), file_sha256(path), None, path)
+    return checked_graph(module, score, tuple(input_shape), file_sha256(path), None, path)

@@ -18,18 +18,17 @@ from torch import Tensor
 
 log = logging.getLogger("igcli")
 
-# The points a CPU batch may hold (today's former default): more ran no faster on the CPU
-# (benchmarks/batch_size.py) and only costs memory.
+# The points a CPU batch may hold: more runs no faster on the CPU and only costs memory
+# (see docs/performance.md#batch-size).
 MAX_POINTS = 256
-GPU_POINTS = 256  # on a GPU: the former default; an out-of-memory error halves it (engine)
+GPU_POINTS = 256  # on a GPU; an out-of-memory error halves it (backends/batching.py)
 FALLBACK_POINTS = 64  # where activations cannot be measured (onnxruntime) or the input size is not known yet
 # What one batch's forward + backward may add to the process's memory: the smaller of this and a
 # share of the memory available. The chunks in flight share it (overlap.points_per_chunk).
 BUDGET_BYTES = 512 << 20
 BUDGET_SHARE_OF_AVAILABLE = 0.25
 # A forward + backward grows RSS by more than its saved activations (the backward's gradients of
-# the widest layers, oneDNN's layout copies): 1.17-1.39x, measured on the two CNNs of
-# benchmarks/memory_models.py at 8 to 128 points.
+# the widest layers, oneDNN's layout copies); see docs/performance.md#batch-size.
 PEAK_OVER_SAVED = 1.5
 PROBE_POINTS = (1, 2)
 

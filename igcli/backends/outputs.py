@@ -30,6 +30,16 @@ def output_entries(outputs: Any) -> list[tuple[str, Any]]:
     return [("0", outputs)]
 
 
+def first_output(outputs: Any) -> Any:
+    """The first of a tuple or list of outputs; anything else as it is."""
+    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+
+
+def as_columns(outputs: Tensor) -> Tensor:
+    """Scores [B] as one column [B, 1]; any other shape as it is."""
+    return outputs.unsqueeze(1) if outputs.dim() == 1 else outputs
+
+
 def shape_text(dims: Sequence[Any]) -> str:
     """[N, 10]-style shapes: free dimensions by name, unknown ones as ?."""
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"

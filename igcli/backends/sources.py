@@ -40,7 +40,7 @@ def image_source(path: Path | None, timm: str | None = None,
         return architecture("timm", timm, path)
     if torchvision is not None:
         return architecture("torchvision", torchvision, path)
-    if is_huggingface_folder(path):
+    if path is not None and is_huggingface_folder(path):
         return huggingface_image_classifier(path)
     return None, SourceDefaults()
 
@@ -124,7 +124,7 @@ def huggingface_preprocessing(folder: Path, channels: int = 3, image_size: Any =
     if not path.is_file():
         log.warning("%s has no preprocessor_config.json: set input.mean and input.std (and input.resize) as the "
                     "model was trained", folder)
-        settings = {"mode": "L" if channels == 1 else "RGB"}
+        settings: dict[str, Any] = {"mode": "L" if channels == 1 else "RGB"}
         if isinstance(image_size, int):
             settings["resize"] = (image_size, image_size)
         return settings
@@ -132,7 +132,7 @@ def huggingface_preprocessing(folder: Path, channels: int = 3, image_size: Any =
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ModelError(f"{path}: cannot read the preprocessing ({error})") from None
-    settings: dict[str, Any] = {"mode": "L" if channels == 1 else "RGB"}
+    settings = {"mode": "L" if channels == 1 else "RGB"}
     settings.update(_hf_sizes(config, path))
     if config.get("resample") in PIL_FILTERS:
         settings["resample"] = PIL_FILTERS[config["resample"]]
@@ -180,9 +180,11 @@ def _hf_sizes(config: dict[str, Any], path: Path) -> dict[str, Any]:
 # ---- timm and torchvision architectures by name -------------------------------------------------
 
 
-def architecture(library: str, name: str, checkpoint: Path) -> tuple[nn.Module, SourceDefaults]:
+def architecture(library: str, name: str, checkpoint: Path | None) -> tuple[nn.Module, SourceDefaults]:
     """``name`` from timm or torchvision, built without pretrained weights, then ``checkpoint`` loaded
     into it; the head is sized to the checkpoint's classes."""
+    if checkpoint is None:  # the config refuses this first
+        raise ConfigError(f"model.{library}: set model.path to the checkpoint to load into '{name}'")
     create, defaults = _builder(library, name)
     state = read_state_dict(checkpoint)
     module = create()

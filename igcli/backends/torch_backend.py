@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from igcli.backends.base import Precision, ScoreKind, apply_score
 from igcli.backends.rewrites.fold import fold_batch_norms
-from igcli.backends.outputs import select_output
+from igcli.backends.outputs import as_columns, select_output
 from igcli.backends.rewrites.pool_first import pool_before_relu
 
 
@@ -25,7 +25,7 @@ class TorchBackend:
     pools run before the ReLUs that feed them (backends/rewrites/pool_first.py).
     Convolutional models run channels-last, whose pooling and convolution kernels are faster on
     the CPU as on GPUs; oneDNN keeps kernels per batch shape, which the engine bounds by padding batches to a few
-    sizes (engine.SHAPE_BUCKETS: without it, channels-last grew memory with every new size). With a
+    sizes (batching.SHAPE_BUCKETS: without it, channels-last grew memory with every new size). With a
     ``precision`` below float32, path points run under autocast (accumulation stays float32), while
     ``scores`` -- F(x) and F(x'), which every completeness error is measured against -- stay float32.
     ``rewrite_graph`` False skips the rewrites (they trace the model), ``channels_last`` False the
@@ -63,8 +63,7 @@ class TorchBackend:
         outputs = select_output(self.module(x), batch=len(x))  # several outputs: refused, see backends/outputs.py
         if self.head is not None:
             return self.head(outputs)
-        if outputs.dim() == 1:
-            outputs = outputs.unsqueeze(1)
+        outputs = as_columns(outputs)
         if outputs.dim() != 2 or outputs.shape[0] != x.shape[0]:
             raise ValueError(f"model output has shape {list(outputs.shape)}; expected [batch, classes]")
         return apply_score(self.score_kind, outputs)

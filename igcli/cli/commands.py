@@ -202,7 +202,8 @@ def inspect(model: Path, as_json: bool) -> None:
     import json
 
     from igcli.backends.layout import describe_layout
-    from igcli.backends.onnx.source import describe, graph_inputs, read_onnx
+    from igcli.backends.onnx.describe import describe
+    from igcli.backends.onnx.format import graph_inputs, read_onnx
 
     proto = read_onnx(model)
     report = describe(proto, model)

@@ -93,7 +93,7 @@ def to_record(sample: AnySample, e: Explanation, config: Config, labels: list[st
     section = config.baseline
     return Attribution(
         sample=sample, target=e.target, label=labels[e.target] if labels else None, rank=e.rank,
-        score=score_name(config.model.score, classes), f_input=e.f_input, f_baseline=e.f_baseline,
+        score_kind=score_name(config.model.score, classes), f_input=e.f_input, f_baseline=e.f_baseline,
         attribution_sum=e.attribution_sum, abs_error=e.abs_error, rel_error=e.rel_error,
         tolerance=config.tolerance, converged=e.converged, steps=e.steps, gradient_evals=e.gradient_evals,
         stopped_by=e.stopped_by, map_error=e.map_error, within_noise=e.within_noise,

@@ -9,10 +9,12 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from igcli.attribution.adaptive import INITIAL_INTERVALS, MapBuffers
+from igcli.attribution.adaptive import INITIAL_INTERVALS
+from igcli.runtime.buffers import MapBuffers
 from igcli.attribution.baselines import AUTO_CANDIDATES, BaselineKind, BaselinePlan, Normalization, auto_candidates, make_baselines
 from igcli.config import Config, InputSection, Region, TopK
-from igcli.attribution.engine import BatchSize, Explanation, Quadrature, batched_scores, explain, resolve_targets
+from igcli.attribution.engine import Explanation, Quadrature, attribute, resolve_targets
+from igcli.backends.batching import BatchSize, batched_scores
 from igcli.errors import ConfigError, InputError, ModelError, root_cause
 from igcli.data.discover import InputRef
 from igcli.data.images import ImagePreprocess, read_image
@@ -158,7 +160,7 @@ class ImageJob:
             baselines, chosen = self._auto_baselines(backend, inputs, group)
         else:
             baselines, chosen = self._baselines(group), [None] * len(group)
-        return explain(backend, inputs, baselines, self.target, self.quadrature, self.batch,
+        return attribute(backend, inputs, baselines, self.target, self.quadrature, self.batch,
                        self.map_buffers), chosen, regions
 
     def _auto_baselines(self, backend, inputs: torch.Tensor, group: list[Sample]) -> tuple[torch.Tensor, list[str]]:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from igcli.config import Region
-from igcli.attribution.engine import batched_scores
+from igcli.backends.batching import batched_scores
 from igcli.errors import ConfigError, ModelError, first_line
 from igcli.backends.base import Backend, ScoreKind
 from igcli.backends.region import RegionHead, check_segmentation_output, predicted_regions, raw_outputs

@@ -13,10 +13,11 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from igcli.attribution.adaptive import MapBuffers
+from igcli.runtime.buffers import MapBuffers
 from igcli.attribution.baselines import BaselineKind, text_baseline_ids
 from igcli.config import Config
-from igcli.attribution.engine import BatchSize, Explanation, Quadrature, explain
+from igcli.attribution.engine import Explanation, Quadrature, attribute
+from igcli.backends.batching import BatchSize
 from igcli.errors import ConfigError, ModelError, root_cause
 from igcli.data.discover import InputRef
 from igcli.data.text import TextDocument, read_documents
@@ -124,7 +125,7 @@ class TextJob:
         else:
             baselines = torch.stack([self.model.embed(self._baseline_ids(sample)) for sample in group])
         backend = self.model.documents_backend(ids, torch.stack([sample.mask for sample in group]))
-        explanations = explain(backend, tagged(embeddings), tagged(baselines)[:, None], self.target,
+        explanations = attribute(backend, tagged(embeddings), tagged(baselines)[:, None], self.target,
                                self.quadrature, self.batch, self.map_buffers)
         for e in explanations:
             e.attributions = e.attributions[..., :-1].contiguous()  # the tag's attribution is exactly 0

@@ -69,7 +69,7 @@ class Attribution:
     target: int
     label: str | None
     rank: int | None  # among F(x), for top_k targets
-    score: str  # what F is: softmax | logits | sigmoid
+    score_kind: str  # what F is: softmax | logits | sigmoid (the record's "score")
     f_input: float
     f_baseline: float
     attribution_sum: float
@@ -104,7 +104,7 @@ class Attribution:
             "input": self.sample.source,
             "relpath": self.sample.relpath,
             "target": {"index": self.target, "label": self.label, "rank": self.rank},
-            "score": self.score,
+            "score": self.score_kind,
             "f_input": self.f_input,
             "f_baseline": self.f_baseline,
             "attribution_sum": self.attribution_sum,

@@ -3,46 +3,26 @@
 The result is one ONNX model: inputs (input, target_weights), outputs (scores, input_grads). It
 holds the forward nodes unchanged (at opset 17 or the model's own, if newer), the score head, and
 for each forward node that carries a gradient its vector-Jacobian product as ONNX nodes
-(onnx_vjp.py). Shapes the rules need (which axes broadcast, the sizes a Concat joined) come from
+(backends/onnx/vjp/). Shapes the rules need (which axes broadcast, the sizes a Concat joined) come from
 one probing run of the forward graph on onnxruntime at two batch sizes, so graphs that compute
 their shapes at run time (Shape -> Gather -> Reshape) differentiate like any other.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from igcli.errors import ModelError, first_line
+from igcli.errors import ModelError, first_line, root_cause
 from igcli.backends.base import ScoreKind
-from igcli.errors import root_cause
+from igcli.backends.onnx.format import GRADS, INPUT, SCORES, WEIGHTS
+from igcli.backends.onnx.vjp import RULES, unsupported
+from igcli.backends.onnx.vjp.context import Builder, Context, Probe
 
 log = logging.getLogger(__name__)
 
 TARGET_OPSET = 17
-INPUT, WEIGHTS, SCORES, GRADS = "input", "target_weights", "scores", "input_grads"
 PROBE_BATCHES = (2, 3)
-
-
-@dataclass
-class Probe:
-    """Shapes (per probe batch) and small integer values of every tensor of the forward graph."""
-
-    shapes: list[dict[str, tuple[int, ...]]]
-    dtypes: dict[str, np.dtype]
-    values: dict[str, np.ndarray] = field(default_factory=dict)  # integer tensors, first probe
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.shapes[-1][name]
-
-    def rank(self, name: str) -> int:
-        return len(self.shapes[-1][name])
-
-    def batch_dependent(self, name: str) -> tuple[bool, ...]:
-        """Per axis: does its size change with the batch size?"""
-        first, last = self.shapes[0][name], self.shapes[-1][name]
-        return tuple(a != b for a, b in zip(first, last))
 
 
 def normalize(model):
@@ -139,70 +119,12 @@ def active_tensors(model, input_name: str, dtypes: dict[str, np.dtype]) -> set[s
     return active
 
 
-class Builder:
-    """Emits the backward nodes with names that cannot clash with the forward graph's."""
-
-    def __init__(self, taken: set[str], dtype_code: int):
-        self.nodes, self.initializers, self.taken, self.count = [], [], taken, 0
-        self.dtype_code = dtype_code  # ONNX element type of the gradients (float32)
-
-    def fresh(self, hint: str) -> str:
-        while True:
-            self.count += 1
-            name = f"igcli_grad/{hint}_{self.count}"
-            if name not in self.taken:
-                self.taken.add(name)
-                return name
-
-    def op(self, op_type: str, inputs: list[str], outputs: int = 1, **attributes):
-        from onnx import helper
-
-        names = [self.fresh(op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, names, name=self.fresh(f"node_{op_type}"), **attributes))
-        return names[0] if outputs == 1 else names
-
-    def const(self, array, dtype=None) -> str:
-        from onnx import numpy_helper
-
-        array = np.asarray(array, dtype=dtype or np.float32)
-        name = self.fresh("const")
-        self.initializers.append(numpy_helper.from_array(array, name))
-        return name
-
-    def ints(self, values) -> str:
-        return self.const(np.asarray(values, dtype=np.int64).reshape(-1), np.int64)
-
-    def scalar(self, value: float) -> str:
-        return self.const(np.asarray(value, dtype=np.float32))
-
-
-@dataclass
-class Context:
-    """What a rule sees: the builder, the probe, and which tensors carry gradients."""
-
-    build: Builder
-    probe: Probe
-    active: set[str]
-    initial: dict[str, np.ndarray]  # constant tensors by name (initializers and Constant nodes)
-
-    def needs(self, name: str) -> bool:
-        return bool(name) and name in self.active
-
-    def constant(self, name: str) -> np.ndarray | None:
-        if name in self.initial:
-            return self.initial[name]
-        return self.probe.values.get(name)
-
-
 def build_gradient_model(model, score: ScoreKind, input_shape: tuple[int, ...], fixed_batch: int | None):
     """(the ONNX gradient graph of the plain ONNX ``model``, the batch size it is fixed to or None).
 
     A graph whose batch axis is free but that runs at batch 1 only (a reshape to a constant
     batch inside) is fixed to batch 1, with a warning."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
-
-    from igcli.backends.onnx.vjp import RULES, unsupported
 
     model = normalize(model)
     graph = model.graph
@@ -212,11 +134,11 @@ def build_gradient_model(model, score: ScoreKind, input_shape: tuple[int, ...], 
     try:
         found = probe(model, source, input_shape, batches)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own kinds
-        found = None if fixed_batch else _probe_at_one(model, source, input_shape)
-        if found is None:
+        at_one = None if fixed_batch else _probe_at_one(model, source, input_shape)
+        if at_one is None:
             raise ModelError(f"onnxruntime cannot run the model on inputs shaped {list(input_shape)} at batch "
                              f"{batches[-1]} ({root_cause(error)})") from None
-        fixed_batch = 1
+        found, fixed_batch = at_one, 1
     active = active_tensors(model, source, found.dtypes)
     if missing := unsupported(model, active):
         op, name = missing[0]

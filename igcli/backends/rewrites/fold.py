@@ -2,8 +2,7 @@
 
 In eval mode a batch norm is a fixed per-channel affine map, so conv -> batch norm is one conv with
 rescaled weights and a bias: the same function up to float rounding, without the batch norm's
-forward and backward passes over every activation. On an H100 that raised ResNet-50's forward +
-input gradient from 2,285 to 3,769 evaluations/s (benchmarks/gpu_levers.py, RESULTS.md).
+forward and backward passes over every activation (see docs/performance.md#batch-norm-folding).
 
 Folding needs the model's graph (which layer feeds which), so it runs on torch.fx's symbolic trace.
 Models that cannot be traced (data-dependent control flow, TorchScript) or have nothing to fold

@@ -3,9 +3,8 @@
 ReLU is monotone, so max(relu(a), relu(b), ...) = relu(max(a, b, ...)) exactly, and both orders send
 a window's gradient to the same element: its first largest input where that is positive, nowhere
 (a zero ReLU slope) where it is not. Pooling first, the ReLU's forward and backward run on the pooled
-activations only (a quarter of them behind a 2x2 pool). On the sample CNN that raised forward +
-input gradient from 5,112 to 7,898 evaluations/s on a 2-core CPU (medians of 15 alternating runs)
-with bit-identical scores and gradients (benchmarks/RESULTS.md). conv -> ReLU -> max pool is how VGG-style networks, LeNet-style
+activations only (a quarter of them behind a 2x2 pool), with bit-identical scores and gradients
+(see docs/performance.md#pool-first). conv -> ReLU -> max pool is how VGG-style networks, LeNet-style
 sample models and the ResNet stem are built.
 
 Like backends/rewrites/fold.py this works on torch.fx's symbolic trace: a new graph that shares the user's
