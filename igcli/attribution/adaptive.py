@@ -28,9 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-# The default map tolerance: the estimated relative L2 error of the map that the rule refines until,
-# besides completeness. Chosen on real models (docs/performance.md).
-DEFAULT_MAP_TOLERANCE = 0.07
+from igcli.attribution.kinds import DEFAULT_MAP_TOLERANCE  # noqa: F401 - defined without torch
+
 REFINE_SHARE = 0.34  # of a path's intervals bisected per round: the worst third (measured best of 1/4..1/2)
 INITIAL_INTERVALS = 4
 # What bisecting an interval is expected to leave of its errors, to bisect no more of a path's

@@ -19,8 +19,8 @@ import yaml
 from igcli import __version__
 from igcli.errors import IgcliError, ModelError
 from igcli.data.discover import PathList, read_path_list
-from igcli.backends.base import ScoreKind
-from igcli.attribution.quadrature import Rule
+from igcli.backends.kinds import ScoreKind
+from igcli.attribution.kinds import Rule
 
 EXIT_CODES = ("Exit codes: 0 all inputs explained; 1 some inputs failed (or an output could not be written; or, "
               "with --strict, a record did not converge); "
