@@ -34,16 +34,15 @@ import torch
 
 T = TypeVar("T")
 R = TypeVar("R")
-CHUNKS_IN_FLIGHT: int | None = None  # None: chunks_in_flight() decides
 _thread_state = threading.local()
 
 
-def chunks_in_flight(device: torch.device, runtime: str) -> int:
-    """Chunks explained at once: two on a CPU of several cores where torch runs the model; one on
-    CUDA until two keep --resume's bytes, and one on onnxruntime, whose sessions share one pool of
-    threads (see above)."""
-    if CHUNKS_IN_FLIGHT is not None:
-        return CHUNKS_IN_FLIGHT
+def chunks_in_flight(device: torch.device, runtime: str, asked: int | None = None) -> int:
+    """Chunks explained at once: ``asked``, else two on a CPU of several cores where torch runs the
+    model; one on CUDA until two keep --resume's bytes, and one on onnxruntime, whose sessions share
+    one pool of threads (see above)."""
+    if asked is not None:
+        return asked
     if device.type == "cpu" and runtime == "torch" and torch.get_num_threads() >= 2:
         return 2
     return 1

@@ -21,6 +21,7 @@ from typing import Any
 
 from igcli import __version__
 from igcli.config import PATH_KEYS, Config, resolved
+from igcli.results.records import Failure
 
 KEY_CHARS = 32
 
@@ -146,3 +147,26 @@ def _parse(line: str) -> dict[str, Any] | None:
             and isinstance(record.get("warnings"), list)):
         return None
     return record
+
+
+@dataclass
+class ChunkReuse:
+    """What --resume can take over from ``previous`` for the chunks of the run whose key is ``run``."""
+
+    previous: PreviousRun
+    run: str  # the run key
+
+    def lines(self, chunk: list[Any]) -> list[list[str]] | None:
+        """Every item's previous record lines, or None. A chunk is reused whole or computed whole:
+        batches mix the chunk's inputs, and float results depend (in the last bits) on what else
+        is in a batch, so only whole chunks reproduce an uninterrupted run byte for byte."""
+        if not self.previous.lines:
+            return None
+        found = []
+        for item in chunk:
+            lines = None if isinstance(item, Failure) else self.previous.reusable(
+                item.source, record_key(self.run, item.digest))
+            if lines is None:
+                return None
+            found.append(lines)
+        return found

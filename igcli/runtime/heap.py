@@ -58,7 +58,7 @@ def relaunch_with_malloc_tunables() -> None:
         return
 
 
-def keep_freed_memory() -> bool:
+def set_up_malloc() -> bool:
     """Fix glibc's mmap and trim thresholds (see above) where ``relaunch_with_malloc_tunables``
     could not; False where nothing was changed: not glibc, or malloc's variables (or
     GLIBC_TUNABLES) set them already."""
