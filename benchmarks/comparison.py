@@ -49,9 +49,9 @@ def time_alternately(repeats: int, captum: dict[str, CaptumLoop], configs: dict,
             seconds, maps[name] = loop(scratch / f"captum{index}-{repeat}")
             times[name].append(seconds)
         for index, (variant, config) in enumerate(configs.items()):
-            with applied(threads(variant)):
+            with applied(threads(variant)) as options:
                 start = time.perf_counter()
-                explain_inputs(config, [str(inputs)], scratch / f"igcli{index}-{repeat}")
+                explain_inputs(config, [str(inputs)], scratch / f"igcli{index}-{repeat}", options=options)
                 times[variant].append(time.perf_counter() - start)
     return times, maps
 
@@ -75,8 +75,8 @@ def run_with_maps(config, inputs: Path, out: Path, settings: dict[str, int] | No
     """One more, untimed run that also saves the .npy attributions: maps by input file name, mean
     gradient evaluations per input, and the run's summary. ``settings``: the variant's
     (variants.threads), which decide its chunks and batches too."""
-    with applied(settings or {}):
-        summary = explain_inputs(config, [str(inputs)], out)
+    with applied(settings or {}) as options:
+        summary = explain_inputs(config, [str(inputs)], out, options=options)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     maps = {Path(r["input"]).name: np.load(out / r["outputs"]["attributions"]) for r in rows}
     return maps, statistics.mean(r["gradient_evals"] for r in rows), summary
