@@ -5,7 +5,6 @@ and from Constant nodes alike, at any opset it knows.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 from collections import Counter
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from igcli.digests import file_sha256  # noqa: F401 - named here too (backends.loading)
 from igcli.errors import ModelError, first_line, root_cause
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,6 @@ def read_onnx(path: Path):
         raise ModelError(f"{path}: not an ONNX model igcli can read ({first_line(error)})") from None
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def graph_inputs(model) -> list[TensorSpec]:
