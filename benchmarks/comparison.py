@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from igcli.runtime.heap import MALLOC_TUNABLES, keep_freed_memory, relaunch_with_malloc_tunables
+from igcli.runtime.heap import MALLOC_TUNABLES, set_up_malloc
 from igcli.pipeline.run import explain_inputs
 from variants import applied, threads
 
@@ -28,10 +28,12 @@ def apply_malloc_option(args) -> str:
     """Set malloc as ``--default-malloc`` asks; returns the setting, for the table's header."""
     if args.default_malloc:
         return "glibc's adaptive malloc"
-    relaunch_with_malloc_tunables()  # returns where the environment set malloc already (or after the restart)
+    # Starts this benchmark again under igcli's tunables, as `igcli explain` does; returns where the
+    # environment set malloc already (or after the restart).
+    changed = set_up_malloc("restart")
     if os.environ.get("GLIBC_TUNABLES", "").endswith(MALLOC_TUNABLES):
         return "igcli's malloc tunables"
-    return "igcli's fixed malloc thresholds" if keep_freed_memory() else "malloc as the environment set it"
+    return "igcli's fixed malloc thresholds" if changed else "malloc as the environment set it"
 
 
 CaptumLoop = Callable[[Path], tuple[float, dict[str, np.ndarray]]]  # output folder -> (seconds, maps)

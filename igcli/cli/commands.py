@@ -105,9 +105,13 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
     SIGINT or SIGTERM finish the inputs in flight, write the manifest and exit 130 or 143; a second
     one stops at once. Every file appears whole or not at all, so a killed run can be --resume'd.
     """
-    from igcli.pipeline.run import explain_inputs
     from igcli.runtime.heap import set_up_malloc
     from igcli.runtime.options import RuntimeOptions
+
+    # A program that calls main(obj=RuntimeOptions(...)) sets how the run uses the machine.
+    options = click.get_current_context().find_object(RuntimeOptions) or RuntimeOptions()
+    set_up_malloc(options.malloc)  # before torch: every batch frees what the next allocates (runtime/heap.py)
+    from igcli.pipeline.run import explain_inputs
 
     if files_from is not None:  # one list: its files keep their tree below their common folder
         inputs = inputs + (PathList(read_path_list(files_from)),)
@@ -119,9 +123,6 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
     flags = {"model.path": model_path, "device": device, "method": method, "batch_size": batch_size,
              "steps": _steps_value(steps)}
     config = build_config(config_path, sets, flags)
-    set_up_malloc()  # every batch frees what the next one allocates: see igcli/runtime/heap.py
-    # A program that calls main(obj=RuntimeOptions(...)) sets how the run uses the machine.
-    options = click.get_current_context().find_object(RuntimeOptions) or RuntimeOptions()
     try:
         summary = explain_inputs(config, inputs, out_dir, jsonl, progress=not quiet and sys.stderr.isatty(),
                                  show=sys.stdout if show else None, shard=_shard(shard),

@@ -2,12 +2,14 @@
 
 None leaves a choice to igcli, made from the machine where it is used (the function named beside
 each field). The model's intra-op threads are the config's ``model.threads``: they are recorded in
-the manifest with the rest of the config. malloc is set up per process, by the command line
-(runtime/heap.py), not per run.
+the manifest with the rest of the config. ``malloc`` is for the command line, which sets up its
+process (runtime/heap.py) before any run.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from igcli.runtime.heap import MallocSetUp
 
 
 @dataclass(frozen=True)
@@ -16,3 +18,7 @@ class RuntimeOptions:
     read_ahead: int | None = None  # inputs decoded ahead in a thread (data/prefetch.py: read_ahead)
     writer_threads: int | None = None  # threads writing output files (results/writer.py: writer_threads)
     manifest_every: float = 1.0  # seconds between rewrites of the running manifest.json
+    # How ``igcli explain`` sets up malloc (runtime/heap.py): "restart" only where the process is the
+    # igcli program itself (cli/launch.py), as it starts the command again; a program calling the
+    # commands keeps its process.
+    malloc: MallocSetUp = "mallopt"
