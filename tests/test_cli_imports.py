@@ -65,3 +65,18 @@ def test_the_enums_keep_their_old_homes():
     import torch
 
     assert [p.torch_dtype for p in base.Precision] == [torch.float32, torch.bfloat16, torch.float16]
+
+
+def test_data_imports_nothing_from_the_stages_after_it():
+    """Data flows one way: cli -> pipeline -> data -> attribution -> results. Readers hand Samples on;
+    they import nothing of results/, pipeline/ or cli/."""
+    import ast
+
+    later = ("igcli.results", "igcli.pipeline", "igcli.cli")
+    found = []
+    for path in sorted((REPO / "igcli" / "data").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}: {name}" for name in names if name.startswith(later)]
+    assert found == []
