@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from igcli.runtime.heap import MALLOC_TUNABLES, keep_freed_memory, relaunch_with_malloc_tunables
+from igcli.runtime.heap import MALLOC_TUNABLES, set_up_malloc
 from igcli.pipeline.run import explain_inputs
 from variants import applied, threads
 
@@ -28,10 +28,12 @@ def apply_malloc_option(args) -> str:
     """Set malloc as ``--default-malloc`` asks; returns the setting, for the table's header."""
     if args.default_malloc:
         return "glibc's adaptive malloc"
-    relaunch_with_malloc_tunables()  # returns where the environment set malloc already (or after the restart)
+    # Starts this benchmark again under igcli's tunables, as `igcli explain` does; returns where the
+    # environment set malloc already (or after the restart).
+    changed = set_up_malloc("restart")
     if os.environ.get("GLIBC_TUNABLES", "").endswith(MALLOC_TUNABLES):
         return "igcli's malloc tunables"
-    return "igcli's fixed malloc thresholds" if keep_freed_memory() else "malloc as the environment set it"
+    return "igcli's fixed malloc thresholds" if changed else "malloc as the environment set it"
 
 
 CaptumLoop = Callable[[Path], tuple[float, dict[str, np.ndarray]]]  # output folder -> (seconds, maps)
@@ -49,9 +51,9 @@ def time_alternately(repeats: int, captum: dict[str, CaptumLoop], configs: dict,
             seconds, maps[name] = loop(scratch / f"captum{index}-{repeat}")
             times[name].append(seconds)
         for index, (variant, config) in enumerate(configs.items()):
-            with applied(threads(variant)):
+            with applied(threads(variant)) as options:
                 start = time.perf_counter()
-                explain_inputs(config, [str(inputs)], scratch / f"igcli{index}-{repeat}")
+                explain_inputs(config, [str(inputs)], scratch / f"igcli{index}-{repeat}", options=options)
                 times[variant].append(time.perf_counter() - start)
     return times, maps
 
@@ -75,8 +77,8 @@ def run_with_maps(config, inputs: Path, out: Path, settings: dict[str, int] | No
     """One more, untimed run that also saves the .npy attributions: maps by input file name, mean
     gradient evaluations per input, and the run's summary. ``settings``: the variant's
     (variants.threads), which decide its chunks and batches too."""
-    with applied(settings or {}):
-        summary = explain_inputs(config, [str(inputs)], out)
+    with applied(settings or {}) as options:
+        summary = explain_inputs(config, [str(inputs)], out, options=options)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     maps = {Path(r["input"]).name: np.load(out / r["outputs"]["attributions"]) for r in rows}
     return maps, statistics.mean(r["gradient_evals"] for r in rows), summary

@@ -4,7 +4,7 @@ The bare loop is the floor any IG tool pays: the same backend (the sample CNN, t
 configured points per batch (``batch_size``) on torch's threads, the same total number of path
 points as igcli used, on inputs decoded before the clock starts, and nothing else — no baselines, no
 quadrature, no records, no files. igcli is timed twice on the same images: the engine alone
-(job.explain on decoded samples, its chunks in flight as pipeline/run.py puts them), and end to end
+(job.explain_samples on decoded samples, its chunks in flight as pipeline/run.py puts them), and end to end
 (explain_inputs: discovery, decoding, engine, heatmap PNG, .npy, JSON records, manifest), the model
 loaded before the clock starts in both. Evaluations are counted from igcli's records, so the
 forwards igcli spends on F(x) and F(x') count as overhead.
@@ -40,7 +40,7 @@ from igcli.config import load_config
 from igcli.data.discover import discover_inputs
 from igcli.pipeline.image_job import ImageJob
 from igcli.pipeline.run import explain_inputs
-from igcli.pipeline import run as run_module
+from igcli.pipeline.chunks import chunks
 from igcli.pipeline.overlap import ordered_map, threads_shared
 
 
@@ -74,22 +74,17 @@ def engine_only(job: ImageJob, samples: list) -> tuple[float, int]:
     start = time.perf_counter()
     evaluations = 0
     with threads_shared(job.in_flight, job.device):
-        chunks = run_module._chunks(samples, job.chunk_size, job.in_flight)
-        for _, groups in ordered_map(job.explain, chunks, job.in_flight):
+        cut = chunks(samples, job.chunk_size, job.in_flight)
+        for _, groups in ordered_map(job.explain_samples, cut, job.in_flight):
             evaluations += sum(record.gradient_evals for group in groups for record in group)
     return time.perf_counter() - start, evaluations
 
 
 def end_to_end(config, folder: Path, out: Path, job: ImageJob) -> tuple[float, int]:
-    # The job is built once (model loaded) outside the clock; explain_inputs would load it again.
-    original = run_module.make_job
-    run_module.make_job = lambda _: job
-    try:
-        start = time.perf_counter()
-        explain_inputs(config, [str(folder)], out)
-        seconds = time.perf_counter() - start
-    finally:
-        run_module.make_job = original
+    # The job is built once (model loaded) outside the clock.
+    start = time.perf_counter()
+    explain_inputs(config, [str(folder)], out, job=job)
+    seconds = time.perf_counter() - start
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     return seconds, sum(row["gradient_evals"] for row in rows)
 

@@ -158,9 +158,9 @@ def _sync(device: torch.device) -> None:
 def igcli_run(config, folder: Path, out: Path, settings: dict[str, int]) -> tuple[float, dict, float]:
     """One `explain` run; ``settings`` may fix the writer and read-ahead threads and the chunks in
     flight (keys writers, read_ahead, in_flight), and turn on cuDNN's autotuner (cudnn_benchmark=1)."""
-    with applied(settings):
+    with applied(settings) as options:
         start = time.perf_counter()
-        summary = explain_inputs(config, [str(folder)], out)
+        summary = explain_inputs(config, [str(folder)], out, options=options)
         seconds = time.perf_counter() - start
     if summary.failed:
         raise SystemExit(f"igcli failed on {summary.failed} inputs")

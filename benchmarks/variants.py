@@ -9,9 +9,7 @@ from typing import Iterator
 
 import torch
 
-from igcli.pipeline import overlap
-from igcli.data import prefetch
-from igcli.results import writer
+from igcli.runtime.options import RuntimeOptions
 
 # writers: writer threads; read_ahead: inputs decoded ahead; in_flight: chunks explained at once;
 # cudnn_benchmark=1: cuDNN's autotuner; switch_us: the interpreter's thread switch interval (µs),
@@ -30,17 +28,16 @@ def threads(variant: str) -> dict[str, int]:
 
 
 @contextmanager
-def applied(settings: dict[str, int]) -> Iterator[None]:
-    """Run with ``settings`` (from ``threads``); igcli's own choices outside it and after."""
-    writer.WRITER_THREADS, prefetch.READ_AHEAD = settings.get("writers"), settings.get("read_ahead")
-    overlap.CHUNKS_IN_FLIGHT = settings.get("in_flight")
+def applied(settings: dict[str, int]) -> Iterator[RuntimeOptions]:
+    """Run with ``settings`` (from ``threads``): the RuntimeOptions to pass to explain_inputs (or a
+    job), and the process-wide settings for the block only."""
     torch.backends.cudnn.benchmark = bool(settings.get("cudnn_benchmark"))
     interval = sys.getswitchinterval()
     if "switch_us" in settings:
         sys.setswitchinterval(settings["switch_us"] / 1e6)
     try:
-        yield
+        yield RuntimeOptions(chunks_in_flight=settings.get("in_flight"), read_ahead=settings.get("read_ahead"),
+                             writer_threads=settings.get("writers"))
     finally:
-        writer.WRITER_THREADS = prefetch.READ_AHEAD = overlap.CHUNKS_IN_FLIGHT = None
         torch.backends.cudnn.benchmark = False
         sys.setswitchinterval(interval)

@@ -13,13 +13,11 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from igcli.attribution.adaptive import DEFAULT_MAP_TOLERANCE
-from igcli.attribution.baselines import TEXT_BASELINES, BaselineKind
+from igcli.attribution.kinds import DEFAULT_MAP_TOLERANCE, DEFAULT_RULE, TEXT_BASELINES, BaselineKind, Rule
 from igcli.config_source import ConfigSource, KeyPath, apply_override, parse_override, read_yaml
 from igcli.errors import ConfigError
 from igcli.data.discover import DEFAULT_MAX_BYTES
-from igcli.backends.base import Precision, ScoreKind
-from igcli.attribution.quadrature import DEFAULT_RULE, Rule
+from igcli.backends.kinds import Precision, ScoreKind
 
 
 class Section(BaseModel):

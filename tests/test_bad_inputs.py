@@ -16,7 +16,7 @@ from PIL import Image
 
 from igcli.results import atomic_files
 from igcli.cli.commands import main
-from igcli.results import writer as writer_module
+from igcli.runtime.options import RuntimeOptions
 
 from .conftest import DIGITS_CONFIG, SAMPLE_DATA
 
@@ -24,8 +24,8 @@ IMAGES = sorted((SAMPLE_DATA / "images").glob("*.png"))
 STEPS = ["--steps", "8"]
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+def run(*args, options: RuntimeOptions | None = None):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, obj=options)
 
 
 def by_name(out: Path) -> dict[str, dict]:
@@ -155,13 +155,13 @@ class FullDisk:
 
 @pytest.mark.parametrize("threads", [0, 2])
 def test_a_full_disk_stops_the_run_and_leaves_no_partial_file(tmp_path, monkeypatch, threads):
-    monkeypatch.setattr(writer_module, "WRITER_THREADS", threads)
-    monkeypatch.setattr(writer_module, "MANIFEST_EVERY", 0.0)  # the running manifest may hit the full disk too
+    # The running manifest, rewritten after every chunk, may hit the full disk too.
+    options = RuntimeOptions(writer_threads=threads, manifest_every=0.0)
     disk = FullDisk(budget=60_000)  # room for a few inputs' heatmaps, arrays and records
     monkeypatch.setattr(atomic_files.os, "fdopen", disk.fdopen)
     out = tmp_path / "out"
     result = run("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", out, *STEPS,
-                 "--set", "output.attributions=npy")
+                 "--set", "output.attributions=npy", options=options)
     assert result.exit_code == 1 and "No space left on device" in result.stderr
     assert len(result.stderr.strip().splitlines()[-1]) < 300
     assert not list(out.rglob(".*.tmp"))

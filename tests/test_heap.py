@@ -16,8 +16,8 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc
 PROBE = """
 import resource, sys
 import numpy as np
-from igcli.runtime.heap import keep_freed_memory
-applied = keep_freed_memory() if sys.argv[1] == "fixed" else None
+from igcli.runtime.heap import set_up_malloc
+applied = set_up_malloc("mallopt") if sys.argv[1] == "fixed" else None
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for round in range(12):
     if round == 2:
@@ -67,14 +67,14 @@ def starts(tmp_path, *args: str, **environment: str) -> list[list[str]]:
     for name in ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"):
         if name not in environment:
             env.pop(name, None)
-    subprocess.run([sys.executable, "-m", "igcli", *args], env=env, capture_output=True, check=True)
+    subprocess.run([sys.executable, "-m", "igcli", *args], env=env, capture_output=True)
     return [line.split(" ", 1) for line in log.read_text().splitlines()]
 
 
 def test_explain_starts_itself_again_once_with_the_malloc_tunables(tmp_path):
     from igcli.runtime.heap import MALLOC_TUNABLES
 
-    [(first_pid, first), (second_pid, second)] = starts(tmp_path, "explain", "--help")
+    [(first_pid, first), (second_pid, second)] = starts(tmp_path, "explain")
     assert first_pid == second_pid  # replaced, not a child: signals and $! still reach the run
     assert first == "None" and second == MALLOC_TUNABLES
 
@@ -83,17 +83,30 @@ def test_the_users_tunables_are_kept(tmp_path):
     from igcli.runtime.heap import MALLOC_TUNABLES
 
     other = "glibc.rtld.optional_static_tls=4096"  # not malloc's: ours are added to it
-    assert [t for _, t in starts(tmp_path, "explain", "--help", GLIBC_TUNABLES=other)] == \
+    assert [t for _, t in starts(tmp_path, "explain", GLIBC_TUNABLES=other)] == \
         [other, f"{other}:{MALLOC_TUNABLES}"]
     (tmp_path / "starts.txt").unlink()
     own = "glibc.malloc.trim_threshold=1000000"  # malloc's: left as they are, no restart
-    assert [t for _, t in starts(tmp_path, "explain", "--help", GLIBC_TUNABLES=own)] == [own]
+    assert [t for _, t in starts(tmp_path, "explain", GLIBC_TUNABLES=own)] == [own]
     (tmp_path / "starts.txt").unlink()
-    assert len(starts(tmp_path, "explain", "--help", MALLOC_TRIM_THRESHOLD_="1000000")) == 1
+    assert len(starts(tmp_path, "explain", MALLOC_TRIM_THRESHOLD_="1000000")) == 1
 
 
 def test_only_explain_starts_itself_again(tmp_path):
     assert len(starts(tmp_path, "--version")) == 1
+    (tmp_path / "starts.txt").unlink()
+    assert len(starts(tmp_path, "explain", "--help")) == 1  # answered before the command runs
+
+
+def test_a_program_calling_the_commands_keeps_its_process(tmp_path):
+    from click.testing import CliRunner
+
+    from igcli.cli.commands import main
+    from igcli.runtime.options import RuntimeOptions
+
+    # "none": the process keeps malloc as it is; the command still runs (and here finds no input).
+    result = CliRunner().invoke(main, ["explain"], obj=RuntimeOptions(malloc="none"))
+    assert result.exit_code == 2 and "give at least one input" in result.output
 
 
 # glibc ignores a tunable it does not know, silently: check that the per-thread cache is really off.

@@ -21,6 +21,7 @@ from igcli.backends.batching import BatchSize
 from igcli.pipeline.image_job import ImageJob
 from igcli.results import report as report_module
 from igcli.results import writer as writer_module
+from igcli.runtime.options import RuntimeOptions
 from igcli.attribution.quadrature import Rule
 
 from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA
@@ -37,8 +38,9 @@ def slow_chunk() -> int:
     return ImageJob(load_config(DIGITS_CONFIG, sets)).chunk_size
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+def run(*args, options: RuntimeOptions | None = None):
+    """The command line in this process; ``options``: how the run uses the machine (as a program passes them)."""
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, obj=options)
 
 
 def many_images(folder: Path, copies: int) -> Path:
@@ -186,11 +188,10 @@ def test_the_manifest_is_rewritten_with_running_totals(tmp_path, monkeypatch):
             written.append(json.loads(data))
         real(path, data)
 
-    monkeypatch.setattr(writer_module, "MANIFEST_EVERY", 0.0)
     monkeypatch.setattr(writer_module, "write_bytes_atomic", spy)
     folder = many_images(tmp_path / "images", 1)
     assert run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "out", "--steps", 4,
-               "--batch-size", 6).exit_code == 0
+               "--batch-size", 6, options=RuntimeOptions(manifest_every=0.0)).exit_code == 0
     running = [m for m in written if m["state"] == "running"]
     assert len(running) >= 3 and running[-1]["finished"] is None
     counts = [m["totals"]["records"] for m in running]
@@ -316,9 +317,9 @@ def test_signal_handlers_are_restored_after_a_run(tmp_path):
     assert os.path.exists(tmp_path / "out" / "report.html")
 
 
-def test_writer_threads_write_the_same_tree_in_the_same_order(sample_tree, tmp_path, monkeypatch):
-    monkeypatch.setattr(writer_module, "WRITER_THREADS", 0)
-    assert run("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", tmp_path / "serial", "--steps", 8).exit_code == 0
-    monkeypatch.setattr(writer_module, "WRITER_THREADS", 2)
-    assert run("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", tmp_path / "pool", "--steps", 8).exit_code == 0
+def test_writer_threads_write_the_same_tree_in_the_same_order(sample_tree, tmp_path):
+    assert run("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", tmp_path / "serial", "--steps", 8,
+               options=RuntimeOptions(writer_threads=0)).exit_code == 0
+    assert run("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", tmp_path / "pool", "--steps", 8,
+               options=RuntimeOptions(writer_threads=2)).exit_code == 0
     assert tree(tmp_path / "pool") == tree(tmp_path / "serial")

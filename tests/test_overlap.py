@@ -6,12 +6,12 @@ import threading
 import pytest
 import torch
 
-from igcli.pipeline import overlap
 from igcli.pipeline import run as run_module
 from igcli.config import load_config
 from igcli.pipeline.image_job import ImageJob
 from igcli.backends.memory import FALLBACK_POINTS
 from igcli.pipeline.overlap import chunks_in_flight, ordered_map, own_stream, points_per_chunk, threads_shared
+from igcli.runtime.options import RuntimeOptions
 
 from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA
 from .test_operations import many_images, run, tree
@@ -96,8 +96,7 @@ def test_two_chunks_on_a_cpu_of_several_cores_one_elsewhere_unless_asked(monkeyp
     assert chunks_in_flight(cuda, "torch") == chunks_in_flight(cpu, "onnxruntime") == 1
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert chunks_in_flight(cpu, "torch") == 1
-    monkeypatch.setattr(overlap, "CHUNKS_IN_FLIGHT", 3)
-    assert chunks_in_flight(cpu, "torch") == chunks_in_flight(cuda, "torch") == 3
+    assert chunks_in_flight(cpu, "torch", 3) == chunks_in_flight(cuda, "torch", 3) == 3
 
 
 def test_chunks_in_flight_share_the_batch_on_the_cpu_only():
@@ -180,15 +179,17 @@ def test_each_thread_runs_on_its_own_cuda_stream():
 def test_chunks_in_flight_write_what_the_same_chunks_one_at_a_time_write(tmp_path, monkeypatch):
     folder = many_images(tmp_path / "images", 2)
     small_chunks = ["--steps", 8, "--batch-size", 16]  # 24 inputs in ~12 chunks
-    monkeypatch.setattr(overlap, "CHUNKS_IN_FLIGHT", 2)
+    two = RuntimeOptions(chunks_in_flight=2)
     one_at_a_time = functools.partial(ordered_map, in_flight=1)
     with monkeypatch.context() as patch:
         patch.setattr(run_module, "ordered_map", lambda work, items, in_flight: one_at_a_time(work, items))
-        assert run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "one", *small_chunks).exit_code == 0
-    assert run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "two", *small_chunks).exit_code == 0
+        assert run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "one", *small_chunks,
+                   options=two).exit_code == 0
+    assert run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "two", *small_chunks, options=two).exit_code == 0
     assert tree(tmp_path / "two") == tree(tmp_path / "one")
     # --resume reuses every chunk, in flight as well.
-    result = run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "two", *small_chunks, "--resume")
+    result = run("explain", "-c", DIGITS_CONFIG, folder, "-o", tmp_path / "two", *small_chunks, "--resume",
+                 options=two)
     assert result.exit_code == 0 and "(24 reused)" in result.stderr
     assert tree(tmp_path / "two") == tree(tmp_path / "one")
 
@@ -197,25 +198,24 @@ def test_text_chunks_in_flight_write_what_the_same_chunks_one_at_a_time_write(tm
     # Documents of several lengths, two per chunk: chunks in flight call the model at once with
     # embeddings of different shapes.
     small_chunks = ["--set", "chunk_inputs=2", "--steps", 8]
-    monkeypatch.setattr(overlap, "CHUNKS_IN_FLIGHT", 2)
+    two = RuntimeOptions(chunks_in_flight=2)
     one_at_a_time = functools.partial(ordered_map, in_flight=1)
     with monkeypatch.context() as patch:
         patch.setattr(run_module, "ordered_map", lambda work, items, in_flight: one_at_a_time(work, items))
-        result = run("explain", "-c", QUESTIONS_CONFIG, TEXTS, "-o", tmp_path / "one", *small_chunks)
+        result = run("explain", "-c", QUESTIONS_CONFIG, TEXTS, "-o", tmp_path / "one", *small_chunks, options=two)
         assert result.exit_code == 0 and ", 0 failed" in result.stderr
-    result = run("explain", "-c", QUESTIONS_CONFIG, TEXTS, "-o", tmp_path / "two", *small_chunks)
+    result = run("explain", "-c", QUESTIONS_CONFIG, TEXTS, "-o", tmp_path / "two", *small_chunks, options=two)
     assert result.exit_code == 0 and ", 0 failed" in result.stderr
     assert tree(tmp_path / "two") == tree(tmp_path / "one")
 
 
-def test_a_stop_with_chunks_in_flight_keeps_what_was_written(tmp_path, monkeypatch):
-    monkeypatch.setattr(overlap, "CHUNKS_IN_FLIGHT", 2)
+def test_a_stop_with_chunks_in_flight_keeps_what_was_written(tmp_path):
     folder = many_images(tmp_path / "images", 3)  # the stop must come before the last chunk, which takes a short tail
     for index in range(6):
         (folder / f"{index}_bad.png").write_text("not an image")
     out = tmp_path / "out"
     result = run("explain", "-c", DIGITS_CONFIG, folder, "-o", out, "--max-errors", 2, "--steps", 4,
-                 "--batch-size", 6)  # chunks of 4 inputs
+                 "--batch-size", 6, options=RuntimeOptions(chunks_in_flight=2))  # chunks of 4 inputs
     assert result.exit_code == 1 and "--max-errors 2" in result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from igcli.cli.commands import main
 from igcli.data.discover import InputRef, in_shard
-from igcli.pipeline.run import _chunks, name_hash
+from igcli.pipeline.chunks import chunks as cut_chunks, name_hash
 
 from .conftest import DIGITS_CONFIG, SAMPLE_DATA
 
@@ -58,7 +58,7 @@ def test_shard_membership_is_a_partition(names, count):
 @given(count=st.integers(0, 300), size=st.integers(1, 40))
 def test_chunks_keep_the_order_and_their_bounds_and_a_short_tail_joins_the_chunk_before(count, size):
     items = [SimpleNamespace(relpath=f"{index:05d}.png") for index in range(count)]
-    chunks = list(_chunks(items, size))
+    chunks = list(cut_chunks(items, size))
     assert [item for chunk in chunks for item in chunk] == items
     window = size // 2 if size >= 16 else size  # half a chunk, where that leaves 2 names or more per bound
     cap, every = size + window, max(1, window // 4)
@@ -70,7 +70,7 @@ def test_chunks_keep_the_order_and_their_bounds_and_a_short_tail_joins_the_chunk
         assert len(chunks[-2]) >= size
         assert len(chunks[-1]) >= size or len(chunks[-2]) + len(chunks[-1]) > cap
     for in_flight in (2, 3):  # the last chunk in pieces of at most half a chunk, one per chunk in flight at least
-        split = list(_chunks(items, size, in_flight))
+        split = list(cut_chunks(items, size, in_flight))
         if not chunks:
             assert split == []
             continue
@@ -87,7 +87,7 @@ def test_chunk_bounds_follow_numbered_names_at_every_chunk_size(size):
     bounds after it; with a well-mixed hash that is (1 - 4/window)^window, under 2%. zlib.crc32
     reached 42% at 32-35."""
     items = [SimpleNamespace(relpath=f"{index:05d}.png") for index in range(60 * size)]
-    chunks = list(_chunks(items, size))[:-2]
+    chunks = list(cut_chunks(items, size))[:-2]
     at_the_limit = sum(len(chunk) == size + (size // 2 if size >= 16 else size) for chunk in chunks)
     assert at_the_limit <= 0.08 * len(chunks)
 

@@ -224,7 +224,7 @@ def test_documents_batched_together_each_match_captum_alone(tmp_path):
     assert max(lengths.count(length) for length in lengths) >= 3  # some documents share a batch
     module = job.model.module
     lig = LayerIntegratedGradients(lambda ids, mask: torch.softmax(module(ids, mask), dim=1), module.embed)
-    for sample, (record,) in zip(samples, job.explain(samples)):
+    for sample, (record,) in zip(samples, job.explain_samples(samples)):
         base_ids = text_baseline_ids(sample.ids, torch.tensor(sample.special), job.fill_id)
         theirs = lig.attribute(sample.ids[None], baselines=base_ids[None], target=record.target,
                                additional_forward_args=(sample.mask[None],))[0]
@@ -235,9 +235,9 @@ def test_a_document_the_model_refuses_fails_alone_in_its_batch(tmp_path):
     job = id_aware_job(tmp_path, "hamlet")
     samples = documents(job, tmp_path, ["who was shakespeare ?", "who wrote hamlet ?", "who was einstein ?"])
     assert len({len(sample.ids) for sample in samples}) == 1  # one batch
-    (a,), (b,), (c,) = job.explain(samples)
+    (a,), (b,), (c,) = job.explain_samples(samples)
     assert b.message == f"{tmp_path / '1.txt'}: model failed (poisoned token)"
-    ((a_alone,),), ((c_alone,),) = job.explain([samples[0]]), job.explain([samples[2]])
+    ((a_alone,),), ((c_alone,),) = job.explain_samples([samples[0]]), job.explain_samples([samples[2]])
     assert torch.equal(a.attributions, a_alone.attributions) and torch.equal(c.attributions, c_alone.attributions)
 
 

@@ -29,9 +29,8 @@ from igcli.attribution.group_sums import rows as _rows
 from igcli.attribution.group_sums import sum_rows_by_group as _sum_rows_by_group
 from igcli.attribution.storage import FreshStorage, MapStorage
 
-# The default map tolerance: the estimated relative L2 error of the map that the rule refines until,
-# besides completeness. Chosen on real models (docs/performance.md).
-DEFAULT_MAP_TOLERANCE = 0.07
+from igcli.attribution.kinds import DEFAULT_MAP_TOLERANCE  # noqa: F401 - defined without torch
+
 REFINE_SHARE = 0.34  # of a path's intervals bisected per round: the worst third (measured best of 1/4..1/2)
 INITIAL_INTERVALS = 4
 # What bisecting an interval is expected to leave of its errors, to bisect no more of a path's

@@ -5,7 +5,6 @@ generator seeded per input, so an input's baselines do not depend on which input
 """
 from __future__ import annotations
 
-import enum
 import math
 import zlib
 from dataclasses import dataclass
@@ -13,23 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-
-class BaselineKind(str, enum.Enum):
-    black = "black"  # pixel value 0, then normalised
-    white = "white"  # pixel value 1, then normalised
-    zeros = "zeros"  # 0 in model space, after normalisation
-    constant = "constant"  # pixel value `value`, then normalised
-    uniform = "uniform"  # pixels drawn from U(0, 1)
-    gaussian = "gaussian"  # the input plus N(0, sigma) pixel noise, clipped to [0, 1]
-    blur = "blur"  # the input blurred by a Gaussian of `sigma` pixels
-    file = "file"  # an image (preprocessed like inputs) or a .npy in model space
-    pad = "pad"  # text: every token but the special ones ([CLS], [SEP]) replaced by PAD
-    token = "token"  # text: the same with a chosen token
-    auto = "auto"  # per input, whichever of black, white and its mean colour the model scores lowest for the target
+from igcli.attribution.kinds import TEXT_BASELINES, BaselineKind  # noqa: F401 - defined without torch
 
 
 RANDOM_KINDS = {BaselineKind.uniform, BaselineKind.gaussian}
-TEXT_BASELINES = {BaselineKind.zeros, BaselineKind.pad, BaselineKind.token}  # zeros: the zero embedding
 
 
 def text_baseline_ids(ids: Tensor, special: Tensor, fill_id: int) -> Tensor:

@@ -6,27 +6,14 @@ them by 1/n; its weights sum to (n-1)/n. Ours does not copy that.)
 """
 from __future__ import annotations
 
-import enum
 import functools
 from dataclasses import dataclass
 
 import numpy as np
 
-
-class Rule(str, enum.Enum):
-    """The quadrature rules igcli offers; the CLI and config take these names."""
-
-    riemann_left = "riemann_left"
-    riemann_right = "riemann_right"
-    riemann_middle = "riemann_middle"
-    riemann_trapezoid = "riemann_trapezoid"
-    gausslegendre = "gausslegendre"
-    # Not one table: the engine starts from the trapezoid grid and bisects only the intervals
-    # whose own completeness is off (see attribution/adaptive.py). As a table it is the trapezoid.
-    adaptive = "adaptive"
+from igcli.attribution.kinds import DEFAULT_RULE, Rule  # noqa: F401 - defined without numpy, named here too
 
 
-DEFAULT_RULE = Rule.adaptive  # what `method` defaults to, in the config and in Quadrature
 
 
 @dataclass(frozen=True)

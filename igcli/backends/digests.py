@@ -4,14 +4,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read a MiB at a time."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from igcli.digests import file_sha256
 
 
 def source_sha256(source: Path) -> str:

@@ -17,10 +17,10 @@ import click
 import yaml
 
 from igcli import __version__
-from igcli.errors import IgcliError, ModelError
+from igcli.errors import IgcliError
 from igcli.data.discover import PathList, read_path_list
-from igcli.backends.base import ScoreKind
-from igcli.attribution.quadrature import Rule
+from igcli.backends.kinds import ScoreKind
+from igcli.attribution.kinds import Rule
 
 EXIT_CODES = ("Exit codes: 0 all inputs explained; 1 some inputs failed (or an output could not be written; or, "
               "with --strict, a record did not converge); "
@@ -71,7 +71,7 @@ def main() -> None:
     """Explain model predictions with Integrated Gradients (Sundararajan et al., 2017)."""
 
 
-@main.command(epilog=EXIT_CODES)
+@main.command("explain", epilog=EXIT_CODES)
 @click.argument("inputs", nargs=-1)
 @config_options
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), help="Output folder.")
@@ -96,7 +96,7 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; errors only.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more on stderr.")
 @reporting_errors
-def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, ...], out_dir: Path | None,
+def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, ...], out_dir: Path | None,
             jsonl: str | None, model_path: str | None, device: str | None, steps: str | None,
             method: str | None, batch_size: int | None, files_from, shard: str | None, fail_fast: bool,
             max_errors: int | None, resume: bool, show: bool, strict: bool, quiet: bool, verbose: bool) -> None:
@@ -105,7 +105,12 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
     SIGINT or SIGTERM finish the inputs in flight, write the manifest and exit 130 or 143; a second
     one stops at once. Every file appears whole or not at all, so a killed run can be --resume'd.
     """
-    from igcli.runtime.heap import keep_freed_memory
+    from igcli.runtime.heap import set_up_malloc
+    from igcli.runtime.options import RuntimeOptions
+
+    # A program that calls main(obj=RuntimeOptions(...)) sets how the run uses the machine.
+    options = click.get_current_context().find_object(RuntimeOptions) or RuntimeOptions()
+    set_up_malloc(options.malloc)  # before torch: every batch frees what the next allocates (runtime/heap.py)
     from igcli.pipeline.run import explain_inputs
 
     if files_from is not None:  # one list: its files keep their tree below their common folder
@@ -118,11 +123,10 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
     flags = {"model.path": model_path, "device": device, "method": method, "batch_size": batch_size,
              "steps": _steps_value(steps)}
     config = build_config(config_path, sets, flags)
-    keep_freed_memory()  # every batch frees what the next one allocates: see igcli/runtime/heap.py
     try:
         summary = explain_inputs(config, inputs, out_dir, jsonl, progress=not quiet and sys.stderr.isatty(),
                                  show=sys.stdout if show else None, shard=_shard(shard),
-                                 max_errors=0 if fail_fast else max_errors, resume=resume)
+                                 max_errors=0 if fail_fast else max_errors, resume=resume, options=options)
     except KeyboardInterrupt as error:  # a second signal: the files written so far are whole, the manifest says so
         click.echo("igcli: stopped at once; rerun with --resume to finish", err=True)
         # The manifest is written. Chunks still in flight in other threads would abort the
@@ -217,7 +221,7 @@ def env() -> None:
     """Versions, devices and threads igcli would use."""
     import torch
 
-    from igcli.pipeline.run import versions
+    from igcli.pipeline.summary import versions
 
     for name, version in versions().items():
         click.echo(f"{name}: {version}")

@@ -1,14 +1,10 @@
-"""The ``igcli`` command: set up the process, then hand over to the command line (cli/commands.py)."""
+"""The ``igcli`` program: the command line (cli/commands.py) in a process of its own, which
+``igcli explain`` may start again to set up malloc (runtime/heap.py)."""
 from __future__ import annotations
-
-import sys
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["explain"]:  # the command that runs batches: see runtime/heap.py
-        from igcli.runtime.heap import relaunch_with_malloc_tunables
+    from igcli.cli.commands import main as commands
+    from igcli.runtime.options import RuntimeOptions
 
-        relaunch_with_malloc_tunables()
-    from igcli.cli.commands import main as cli_main
-
-    cli_main()
+    commands(obj=RuntimeOptions(malloc="restart"))

@@ -231,6 +231,7 @@ def in_shard(ref: InputRef, index: int, count: int) -> bool:
     """Whether ``ref`` belongs to shard ``index`` of ``count``: a stable hash of its output name.
 
     Every input lands in exactly one shard, whatever the order or number of inputs, so a shard
-    of a growing folder keeps the inputs it had.
+    of a growing folder keeps the inputs it had. (crc32, not pipeline/chunks.py's name_hash:
+    another hash would move inputs between shards already written.)
     """
     return zlib.crc32(ref.relpath.encode("utf-8")) % count == index

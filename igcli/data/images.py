@@ -13,8 +13,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from igcli.attribution.baselines import Normalization
 from igcli.errors import InputError
 from igcli.names import printable
-from igcli.results.previews import preview
-from igcli.results.records import Sample
+from igcli.data.previews import preview
+from igcli.data.samples import Sample
 from igcli.data.discover import DEFAULT_MAX_BYTES, InputRef, read_input
 
 Size = int | tuple[int, int] | None

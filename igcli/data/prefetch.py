@@ -12,14 +12,13 @@ import threading
 from typing import Iterator, TypeVar
 
 T = TypeVar("T")
-READ_AHEAD: int | None = None  # items decoded ahead; None: read_ahead() decides
 _DONE = object()
 
 
-def read_ahead(chunk_size: int) -> int:
-    """Items to decode ahead of the consumer: two chunks with more than 2 cores, else none."""
-    if READ_AHEAD is not None:
-        return READ_AHEAD
+def read_ahead(chunk_size: int, asked: int | None = None) -> int:
+    """Items to decode ahead of the consumer: ``asked``, else two chunks with more than 2 cores and none on 2."""
+    if asked is not None:
+        return asked
     return 2 * chunk_size if (os.cpu_count() or 1) > 2 else 0
 
 

@@ -7,7 +7,7 @@ from typing import Iterator
 
 from igcli.errors import InputError
 from igcli.names import printable
-from igcli.results.records import Failure, output_stem
+from igcli.data.samples import Failure, output_stem
 from igcli.data.discover import DEFAULT_MAX_BYTES, InputRef, read_input
 
 TEXT_SUFFIXES = (".txt", ".jsonl")

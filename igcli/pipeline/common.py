@@ -1,14 +1,18 @@
-"""What image and text jobs share: targets, labels, and turning Explanations into records."""
+"""What image and text jobs share: the job base class, targets, labels, and turning Explanations into records."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
-
-import torch
+from typing import Any, Hashable, Iterable, Iterator
 
 from igcli.config import Above, Config, Region, TopK
-from igcli.attribution.engine import Explanation, TargetSpec
+from igcli.attribution.engine import Explanation, Quadrature, TargetSpec
+from igcli.backends.batching import BatchSize
+from igcli.runtime.buffers import MapBuffers
+from igcli.backends.loading import resolve_device
+from igcli.pipeline.overlap import chunks_in_flight, points_per_chunk
+from igcli.runtime.options import RuntimeOptions
 from igcli.errors import ConfigError
 from igcli.data.discover import InputRef
 from igcli.backends.base import ScoreKind
@@ -22,23 +26,101 @@ NONE_ABOVE = "no class has F(input) over target.above="  # how a multi-label fal
 BASELINE_WARNING = "F(baseline)="  # how a record's baseline warning begins; the run's totals count them
 
 
-class Job(Protocol):
-    device: torch.device
+class Job:
+    """One input kind's way through a run: the model, its samples, and their records.
+
+    What every kind shares is set up here, in this order: device, model (``_load_model``), labels,
+    target, the kind's own preparation (``_prepare``), quadrature, chunks in flight, batch, chunk
+    size. ``explain_samples`` groups the samples that can share batches (``_group_key``) and turns
+    each group's Explanations into records; pipeline/run.py drives any job the same way.
+    """
+
     runtime: str  # what runs the model: torch | onnxruntime (model.backend auto decides by model)
-    chunk_size: int  # inputs read ahead and explained together
-    in_flight: int  # chunks explained at once (overlap.chunks_in_flight)
+    retry_alone = False  # where the model fails on a group, explain each of its samples alone
+
+    def __init__(self, config: Config, options: RuntimeOptions = RuntimeOptions()):
+        self.options = options
+        self.device = resolve_device(config.device)
+        self.config = config = self._load_model(config)
+        self.labels = read_labels(config.model.labels) if config.model.labels else self._model_labels()
+        self.target = resolve_target(config.target, self.labels)
+        self._prepare()
+        steps = None if config.steps == "auto" else config.steps
+        self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps,
+                                     config.map_tolerance)
+        self.in_flight = chunks_in_flight(self.device, self.runtime, options.chunks_in_flight)
+        # Lowered for the whole run on out-of-memory; shared by the chunks in flight.
+        self.batch = BatchSize(points_per_chunk(self._batch_points(), self.in_flight, self.device))
+        self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
+        # Inputs read ahead and explained together.
+        self.chunk_size = self._inputs_per_chunk() if config.chunk_inputs == "auto" else config.chunk_inputs
+
+    def _load_model(self, config: Config) -> Config:
+        """Load the model; returns the config the job runs (a model source may fill input keys)."""
+        raise NotImplementedError
+
+    def _model_labels(self) -> list[str] | None:
+        """The class names the model brings, where the config names no labels file."""
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """The kind's own set-up between the target and the batches (preprocessing, baselines)."""
+
+    def _batch_points(self) -> int:
+        """Path points per batch before the chunks in flight share them."""
+        raise NotImplementedError
+
+    def _inputs_per_chunk(self) -> int:
+        """The chunk size for ``chunk_inputs: auto``."""
+        raise NotImplementedError
 
     def read(self, refs: Iterable[InputRef]) -> Iterator[AnySample | Failure]:
         """Samples, or the Failure that says why an input could not be read."""
-        ...
+        raise NotImplementedError
 
     def check(self, sample: AnySample) -> None:
         """One forward on the first sample; raises ModelError/ConfigError before any work."""
-        ...
+        raise NotImplementedError
 
-    def explain(self, samples: list[AnySample]) -> list[list[Attribution | Failure]]:
+    def explain_samples(self, samples: list[AnySample]) -> list[list[Attribution | Failure]]:
         """Per sample, its records (several for top-k targets), in order."""
-        ...
+        results: list[list[Attribution | Failure]] = [[] for _ in samples]
+        groups: dict[Hashable, list[int]] = {}
+        for index, sample in enumerate(samples):
+            groups.setdefault(self._group_key(sample), []).append(index)
+        for indices in groups.values():
+            self._explain_group([samples[i] for i in indices], [results[i] for i in indices])
+        return results
+
+    def _group_key(self, sample: AnySample) -> Hashable:
+        """Samples with the same key go through the engine together, their path points sharing batches."""
+        raise NotImplementedError
+
+    def _explain_group(self, group: list[AnySample], results: list[list[Attribution | Failure]]) -> None:
+        """Append each sample's records to its list in ``results``; where the model fails, a Failure
+        for each sample of the group (or, with ``retry_alone``, each sample again alone, so that only
+        the one it fails on is lost)."""
+        clock = time.perf_counter()
+        try:
+            explanations, context = self._explain_together(group)
+        except MODEL_FAILURES as error:
+            if self.retry_alone and len(group) > 1:
+                for sample, result in zip(group, results):
+                    self._explain_group([sample], [result])
+                return
+            for sample, result in zip(group, results):
+                result.append(model_failure(sample, error))
+            return
+        seconds = (time.perf_counter() - clock) / max(1, len(explanations))
+        for e in explanations:
+            results[e.input_index].append(self._record(group[e.input_index], e, seconds, context))
+
+    def _explain_together(self, group: list[AnySample]) -> tuple[list[Explanation], Any]:
+        """The group's Explanations, and what ``_record`` needs of the group besides them."""
+        raise NotImplementedError
+
+    def _record(self, sample: AnySample, e: Explanation, seconds: float, context: Any) -> Attribution | Failure:
+        raise NotImplementedError
 
 
 def read_labels(path: Path) -> list[str]:

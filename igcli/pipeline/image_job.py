@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -10,89 +9,78 @@ import numpy as np
 import torch
 
 from igcli.attribution.adaptive import INITIAL_INTERVALS
-from igcli.runtime.buffers import MapBuffers
 from igcli.attribution.baselines import AUTO_CANDIDATES, BaselineKind, BaselinePlan, Normalization, auto_candidates, make_baselines
 from igcli.config import Config, InputSection, Region, TopK
-from igcli.attribution.engine import Explanation, Quadrature, attribute, resolve_targets
-from igcli.backends.batching import BatchSize, batched_scores
+from igcli.attribution.engine import Explanation, attribute, resolve_targets
+from igcli.backends.batching import batched_scores
 from igcli.errors import ConfigError, InputError, ModelError, root_cause
 from igcli.data.discover import InputRef
 from igcli.data.images import ImagePreprocess, read_image
 from igcli.backends.memory import FALLBACK_POINTS, MAX_POINTS, auto_points
-from igcli.backends.loading import load_model, resolve_device
+from igcli.backends.loading import load_model
 from igcli.backends.sources import SourceDefaults, image_source
-from igcli.pipeline.overlap import chunks_in_flight, points_per_chunk
+from igcli.pipeline.overlap import points_per_chunk
 from igcli.attribution.quadrature import Rule
 from igcli.results.records import Attribution, Failure, Sample
-from igcli.pipeline.common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
+from igcli.pipeline.common import MODEL_FAILURES, Job, check_classes, to_record
 from igcli.pipeline.targets import region_target
 
-# The auto size's cap. A chunk's stored maps and copies grow with it, and so does the peak memory:
-# on the sample job 10,000 inputs peaked at 1.08x the memory of 100 with chunks of 77, 1.09x at 96,
-# 1.13-1.16x at 128 (benchmarks/RESULTS.md).
-MAX_INPUTS_PER_CHUNK = 96
-# The adaptive rule's rounds shrink as paths converge, and each round's last batch is partly
-# padding: a chunk whose first round fills two batches had 4% padding on the sample job against
-# 9% at one batch, and ran 6% faster; three batches (77 inputs) ran the engine 13% faster again
-# once the model itself got faster. Bigger chunks are faster still, at the memory above: config
-# chunk_inputs makes that trade (RESULTS.md). Batches here are each chunk's
-# (overlap.points_per_chunk): with two chunks in flight on 2 cores, 64 points. There four batches
-# (52 inputs a chunk) ran the engine at 0.90-0.92x of a bare loop against 0.87-0.89x at three (39),
-# and, as chunks end within half their size past it (run._chunks), 10,000 inputs peaked at 1.08x the
-# memory of 100; with one chunk in flight (128 points) the cap holds chunks at 96, 1.05x.
+# The auto chunk size (docs/performance.md, "Chunks"): enough inputs that the adaptive rule's first
+# round fills this many batches, which keeps its part-filled last batches few; at most this many
+# inputs, as a chunk's stored maps set the peak memory; and the gradients a chunk keeps (at about
+# this many points a path) within this many bytes.
 ADAPTIVE_FIRST_ROUND_BATCHES = 4
-# The adaptive rule keeps every evaluated point's gradient (times x - x') until its chunk is done:
-# at ~48 points a path (the sample job averages 22), keep a chunk's within this many bytes.
-ADAPTIVE_GRADIENT_BYTES = 1 << 30
+MAX_INPUTS_PER_CHUNK = 96
 ADAPTIVE_POINTS_PER_PATH = 48
+ADAPTIVE_GRADIENT_BYTES = 1 << 30
 
 
-class ImageJob:
-    def __init__(self, config: Config):
+class ImageJob(Job):
+    def _load_model(self, config: Config) -> Config:
         section = config.model
-        self.device = resolve_device(config.device)
-        module, defaults = image_source(section.path, section.timm, section.torchvision)
+        module, self._source_defaults = image_source(section.path, section.timm, section.torchvision)
         # The model source's preprocessing fills the input keys the config does not set.
-        config = config.model_copy(update={"input": with_source_defaults(config.input, defaults)})
-        self.config, inputs = config, config.input
-        bgr = inputs.mode == "BGR"
+        config = config.model_copy(update={"input": with_source_defaults(config.input, self._source_defaults)})
+        inputs = config.input
         self.backend = load_model(section.path, section.factory, section.score, self.device, section.trust_pickle,
                                   backend=section.backend, threads=section.threads, precision=section.precision,
                                   input_shape=inputs.model_shape(), output=section.output, layout=inputs.layout,
-                                  bgr=bgr, channels=1 if inputs.mode == "L" else 3, module=module)
+                                  bgr=inputs.mode == "BGR", channels=1 if inputs.mode == "L" else 3, module=module)
         self.runtime = self.backend.runtime
-        self.labels = read_labels(section.labels) if section.labels else defaults.labels
-        self.target = resolve_target(config.target, self.labels)
-        self.region = region_target(config.target, self.labels, section.score) \
+        return config
+
+    def _model_labels(self) -> list[str] | None:
+        return self._source_defaults.labels
+
+    def _prepare(self) -> None:
+        config, inputs = self.config, self.config.input
+        self.region = region_target(config.target, self.labels, config.model.score) \
             if isinstance(config.target, Region) else None
         self.classes: int | None = None  # the model's output columns, once check() has seen them
         # mean and std come in the model's channel order; igcli's tensors are RGB (see backends/layout.py).
+        bgr = inputs.mode == "BGR"
         order = (lambda values: tuple(reversed(values))) if bgr else tuple
         norm = Normalization(order(inputs.mean), order(inputs.std))
         self.preprocess = ImagePreprocess("RGB" if bgr else inputs.mode, inputs.resize, inputs.crop, norm,
                                           inputs.max_bytes, inputs.resample)
         self.baseline = _baseline_plan(config, self.preprocess)
-        steps = None if config.steps == "auto" else config.steps
-        self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps,
-                                     config.map_tolerance)
-        self.in_flight = chunks_in_flight(self.device, self.runtime)
-        # Lowered for the whole run on out-of-memory; shared by the chunks in flight.
-        self.batch = BatchSize(points_per_chunk(self._batch_points(config.input.model_shape()), self.in_flight,
-                                                self.device))
-        self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
-        self.chunk_size = _inputs_per_chunk(config, self.batch.points)
 
-    def _batch_points(self, shape: tuple[int, ...] | None) -> int:
+    def _batch_points(self, shape: tuple[int, ...] | None = None) -> int:
         """``batch_size``, or for auto the points whose measured activations fit the memory budget
-        (igcli/backends/memory.py) at inputs of ``shape`` (None: not known yet)."""
+        (igcli/backends/memory.py) at inputs of ``shape`` (default: the configured input shape;
+        None: not known yet)."""
         if self.config.batch_size != "auto":
             return self.config.batch_size
+        shape = shape or self.config.input.model_shape()
         if shape is None:
             return MAX_POINTS  # provisional, for the chunk size: check() measures on the first input
         try:
             return auto_points(self.backend, torch.zeros(shape), self.device)
         except MODEL_FAILURES:
             return FALLBACK_POINTS  # the model rejects the shape: check() says so, in its words
+
+    def _inputs_per_chunk(self) -> int:
+        return _inputs_per_chunk(self.config, self.batch.points)
 
     def read(self, refs: Iterable[InputRef]) -> Iterator[Sample | Failure]:
         for ref in refs:  # output names are made unique by the run (outputs.names), across kinds
@@ -123,32 +111,20 @@ class ImageJob:
                               f"{list(sample.x.shape)}; save the baseline in the model's input shape, without a "
                               "batch axis")
 
-    def explain(self, samples: list[Sample]) -> list[list[Attribution | Failure]]:
-        results: list[list[Attribution | Failure]] = [[] for _ in samples]
-        # Images of different sizes (no resize configured) cannot share a batch.
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for index, sample in enumerate(samples):
-            by_shape.setdefault(tuple(sample.x.shape), []).append(index)
-        for indices in by_shape.values():
-            group = [samples[i] for i in indices]
-            clock = time.perf_counter()
-            try:
-                explanations, chosen, regions = self._explain_group(group)
-            except MODEL_FAILURES as error:
-                for i, sample in zip(indices, group):
-                    results[i].append(model_failure(sample, error))
-                continue
-            seconds = (time.perf_counter() - clock) / max(1, len(explanations))
-            for e in explanations:
-                sample = group[e.input_index]
-                record = to_record(sample, e, self.config, self.labels, seconds, classes=self.classes,
-                                   baseline_chosen=chosen[e.input_index])
-                if regions is not None and isinstance(record, Attribution):
-                    record = self.region.annotate(record, regions[e.input_index], self.labels)
-                results[indices[e.input_index]].append(record)
-        return results
+    def _group_key(self, sample: Sample) -> tuple[int, ...]:
+        return tuple(sample.x.shape)  # images of different sizes (no resize configured) cannot share a batch
 
-    def _explain_group(self, group: list[Sample]) -> tuple[list[Explanation], list[str | None], torch.Tensor | None]:
+    def _record(self, sample: Sample, e: Explanation, seconds: float,
+                context: tuple[list[str | None], torch.Tensor | None]) -> Attribution | Failure:
+        chosen, regions = context
+        record = to_record(sample, e, self.config, self.labels, seconds, classes=self.classes,
+                           baseline_chosen=chosen[e.input_index])
+        if regions is not None and isinstance(record, Attribution):
+            record = self.region.annotate(record, regions[e.input_index], self.labels)
+        return record
+
+    def _explain_together(self, group: list[Sample]) -> tuple[list[Explanation],
+                                                              tuple[list[str | None], torch.Tensor | None]]:
         """The group's explanations; per input the baseline ``auto`` chose (None for other kinds);
         and for a region target each input's region [N, H, W] (else None)."""
         inputs = torch.stack([sample.x for sample in group])
@@ -161,7 +137,7 @@ class ImageJob:
         else:
             baselines, chosen = self._baselines(group), [None] * len(group)
         return attribute(backend, inputs, baselines, self.target, self.quadrature, self.batch,
-                       self.map_buffers), chosen, regions
+                         self.map_buffers), (chosen, regions)
 
     def _auto_baselines(self, backend, inputs: torch.Tensor, group: list[Sample]) -> tuple[torch.Tensor, list[str]]:
         """Per input, the candidate of AUTO_CANDIDATES with the lowest F for its (first) target:

@@ -1,26 +1,15 @@
 """Chunks in flight: explain the next chunk while the device still works on the current one.
 
-On a GPU a chunk alternates between host work (building path points, the adaptive rule's
-bookkeeping between rounds, reading results back) and device work, and the device idles through
-the host work: on an H100, ResNet-50 ran at 0.66x of a bare forward + input-gradient loop with
-captum's rule and at 0.30-0.48x with the adaptive one (benchmarks/RESULTS.md). With two chunks in
-flight, each on its own CUDA stream, one chunk's kernels can run through the other's host work:
-on an H100, ResNet-50 went from 39.4 to 48.9 images/s with captum's rule and from 40.8 to 49.4
-with the adaptive one (RESULTS.md, sixth session). It stays off on GPUs all the same: with two
-chunks in flight, tests/test_operations.py's kill -9 / --resume test wrote records that differed
-from an uninterrupted run's on that H100 in five runs out of five, and --resume promises the same
-bytes. The cause is not established (cuBLAS documents that concurrent streams may pick other
-kernels; a GPU run of the suite with one chunk in flight also failed a test it timed out before
-naming).
-
 On a CPU of several cores where torch runs the model, two chunks are in flight, each on half the
 cores (intra-op threads) and half the configured batch, so the points in flight at once, and the
 memory their activations take, stay what ``batch_size`` sets. The model's own throughput is about
-the same either way (a bare forward + gradient loop split so ran at 1.02-1.04x the whole one on
-2 cores); what gains is everything else a run does on the CPU between batches (the adaptive rule's
-bookkeeping, decoding, records and PNGs), which now runs while the other chunk computes: 3,000
-sample images took 12.9-20.5 s against 19.0-22.9 s with one chunk, at the same peak memory, and
-text documents went 1.18x faster (benchmarks/RESULTS.md, seventeenth session).
+the same either way; what gains is everything else a run does on the CPU between batches (the
+adaptive rule's bookkeeping, decoding, records and PNGs), which runs while the other chunk computes.
+
+On a GPU a second chunk's kernels could run through the first one's host work, each chunk on its
+own CUDA stream, and that is faster; it stays off all the same, because two chunks in flight on a
+GPU did not keep --resume's byte-for-byte promise (the kill -9 / --resume test of
+tests/test_operations.py). Figures: docs/performance.md, "Chunks in flight".
 """
 from __future__ import annotations
 
@@ -34,16 +23,15 @@ import torch
 
 T = TypeVar("T")
 R = TypeVar("R")
-CHUNKS_IN_FLIGHT: int | None = None  # None: chunks_in_flight() decides
 _thread_state = threading.local()
 
 
-def chunks_in_flight(device: torch.device, runtime: str) -> int:
-    """Chunks explained at once: two on a CPU of several cores where torch runs the model; one on
-    CUDA until two keep --resume's bytes, and one on onnxruntime, whose sessions share one pool of
-    threads (see above)."""
-    if CHUNKS_IN_FLIGHT is not None:
-        return CHUNKS_IN_FLIGHT
+def chunks_in_flight(device: torch.device, runtime: str, asked: int | None = None) -> int:
+    """Chunks explained at once: ``asked``, else two on a CPU of several cores where torch runs the
+    model; one on CUDA until two keep --resume's bytes, and one on onnxruntime, whose runs share one
+    pool of threads (see above)."""
+    if asked is not None:
+        return asked
     if device.type == "cpu" and runtime == "torch" and torch.get_num_threads() >= 2:
         return 2
     return 1

@@ -21,6 +21,9 @@ from typing import Any
 
 from igcli import __version__
 from igcli.config import PATH_KEYS, Config, resolved
+from igcli.digests import update_from_file
+from igcli.results.jsonl import complete_lines
+from igcli.results.records import Failure
 
 KEY_CHARS = 32
 
@@ -77,9 +80,7 @@ def _content_digest(path: Path) -> str:
     for file in files:
         digest.update(f"\0{file.relative_to(path) if path.is_dir() else ''}\0".encode())
         try:
-            with file.open("rb") as stream:
-                for block in iter(lambda: stream.read(1 << 20), b""):
-                    digest.update(block)
+            update_from_file(digest, file)
         except OSError:
             digest.update(b"<unreadable>")  # loading the model reports it properly
     return digest.hexdigest()
@@ -98,20 +99,24 @@ class PreviousRun:
     def load(cls, out_dir: Path) -> PreviousRun:
         previous = cls(out_dir)
         try:
-            text = (out_dir / "results.jsonl").read_text(encoding="utf-8")
-        except (FileNotFoundError, UnicodeDecodeError):
+            for line in complete_lines(out_dir / "results.jsonl"):
+                previous._add(line)
+        except FileNotFoundError:
             return previous
-        complete = text[: text.rfind("\n") + 1]  # a line without its newline was torn by a kill
-        for line in complete.split("\n"):  # JSON lines end at \n only (not at U+2028)
-            record = _parse(line)
-            if record is None or record.get("error") is not None or not record.get("key"):
-                continue
-            source = resolved_input(record["input"])
-            if previous.keys.get(source) != record["key"]:
-                previous.keys[source], previous.lines[source], previous.files[source] = record["key"], [], []
-            previous.lines[source].append(line)
-            previous.files[source].extend((record.get("outputs") or {}).values())
+        except UnicodeDecodeError:
+            return cls(out_dir)  # not igcli's file: nothing in it is reused
         return previous
+
+    def _add(self, line: str) -> None:
+        """Take in one line of the earlier results.jsonl where it holds a record fit to reuse."""
+        record = _parse(line)
+        if record is None or record.get("error") is not None or not record.get("key"):
+            return
+        source = resolved_input(record["input"])
+        if self.keys.get(source) != record["key"]:
+            self.keys[source], self.lines[source], self.files[source] = record["key"], [], []
+        self.lines[source].append(line)
+        self.files[source].extend((record.get("outputs") or {}).values())
 
     def reusable(self, source: str, key: str) -> list[str] | None:
         """The record lines for ``source`` when made with ``key`` and their files are all there."""
@@ -146,3 +151,26 @@ def _parse(line: str) -> dict[str, Any] | None:
             and isinstance(record.get("warnings"), list)):
         return None
     return record
+
+
+@dataclass
+class ChunkReuse:
+    """What --resume can take over from ``previous`` for the chunks of the run whose key is ``run``."""
+
+    previous: PreviousRun
+    run: str  # the run key
+
+    def lines(self, chunk: list[Any]) -> list[list[str]] | None:
+        """Every item's previous record lines, or None. A chunk is reused whole or computed whole:
+        batches mix the chunk's inputs, and float results depend (in the last bits) on what else
+        is in a batch, so only whole chunks reproduce an uninterrupted run byte for byte."""
+        if not self.previous.lines:
+            return None
+        found = []
+        for item in chunk:
+            lines = None if isinstance(item, Failure) else self.previous.reusable(
+                item.source, record_key(self.run, item.digest))
+            if lines is None:
+                return None
+            found.append(lines)
+        return found

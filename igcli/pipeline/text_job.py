@@ -8,27 +8,23 @@ model needs them beside the embeddings; see models.text_model.DocumentRows).
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import Any, Iterable, Iterator
 
 import torch
 
-from igcli.runtime.buffers import MapBuffers
 from igcli.attribution.baselines import BaselineKind, text_baseline_ids
 from igcli.config import Config
-from igcli.attribution.engine import Explanation, Quadrature, attribute
-from igcli.backends.batching import BatchSize
+from igcli.attribution.engine import Explanation, attribute
 from igcli.errors import ConfigError, ModelError, root_cause
 from igcli.data.discover import InputRef
 from igcli.data.text import TextDocument, read_documents
 from igcli.backends.memory import FALLBACK_POINTS, GPU_POINTS
-from igcli.backends.loading import load_module, resolve_device, use_threads
+from igcli.backends.loading import load_module, use_threads
 from igcli.backends.onnx.text import GraphTextModel, onnx_text_model
 from igcli.backends.text_model import TextModel, huggingface_text_model, tagged, torch_text_model
 from igcli.data.tokenizer import TextTokenizer
-from igcli.pipeline.overlap import chunks_in_flight, points_per_chunk
 from igcli.results.records import Attribution, Failure, TextSample
-from igcli.pipeline.common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
+from igcli.pipeline.common import MODEL_FAILURES, Job, check_classes, to_record
 
 
 # Documents of one length share batches (see TextJob.explain), so a chunk holds enough of them to
@@ -36,26 +32,27 @@ from igcli.pipeline.common import MODEL_FAILURES, check_classes, model_failure, 
 TEXT_INPUTS_PER_CHUNK = 64
 
 
-class TextJob:
-    runtime = "torch"  # text models run on torch, ONNX ones converted (models.onnx_text)
+class TextJob(Job):
+    runtime = "torch"  # text models run on torch, ONNX ones converted (backends/onnx/text.py)
+    retry_alone = True
 
-    def __init__(self, config: Config):
-        self.config = config
-        self.device = resolve_device(config.device)
+    def _load_model(self, config: Config) -> Config:
         self.model = load_text_model(config, self.device)
-        self.labels = read_labels(config.model.labels) if config.model.labels else self.model.labels
-        self.target = resolve_target(config.target, self.labels)
-        steps = None if config.steps == "auto" else config.steps
-        self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps,
-                                     config.map_tolerance)
-        self.in_flight = chunks_in_flight(self.device, self.runtime)
-        # Lowered for the whole run on out-of-memory; shared by the chunks in flight.
-        points = config.batch_size if config.batch_size != "auto" else \
-            GPU_POINTS if self.device.type != "cpu" else FALLBACK_POINTS
-        self.batch = BatchSize(points_per_chunk(points, self.in_flight, self.device))
-        self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
-        self.chunk_size = TEXT_INPUTS_PER_CHUNK if config.chunk_inputs == "auto" else config.chunk_inputs
+        return config
+
+    def _model_labels(self) -> list[str] | None:
+        return self.model.labels
+
+    def _prepare(self) -> None:
         self.fill_id = self._fill_id()
+
+    def _batch_points(self) -> int:
+        if self.config.batch_size != "auto":
+            return self.config.batch_size
+        return GPU_POINTS if self.device.type != "cpu" else FALLBACK_POINTS
+
+    def _inputs_per_chunk(self) -> int:
+        return TEXT_INPUTS_PER_CHUNK
 
     def _fill_id(self) -> int | None:
         section = self.config.baseline
@@ -89,35 +86,13 @@ class TextJob:
                              "and that the model takes token ids (and a mask)") from None
         check_classes(classes, self.labels, self.target, self.config.model.score)
 
-    def explain(self, samples: list[TextSample]) -> list[list[Attribution | Failure]]:
-        results: list[list[Attribution | Failure]] = [[] for _ in samples]
-        by_length: dict[int, list[int]] = {}
-        for index, sample in enumerate(samples):
-            by_length.setdefault(len(sample.ids), []).append(index)
-        for indices in by_length.values():
-            self._explain_group([samples[i] for i in indices], [results[i] for i in indices])
-        return results
+    def _group_key(self, sample: TextSample) -> int:
+        return len(sample.ids)  # documents of one length share batches
 
-    def _explain_group(self, group: list[TextSample], results: list[list[Attribution | Failure]]) -> None:
-        """Documents of one length, their path points batched together; where the model fails on
-        the group, each document again alone, so that only the one it fails on is lost."""
-        clock = time.perf_counter()
-        try:
-            explanations = self._explain_same_length(group)
-        except MODEL_FAILURES as error:
-            if len(group) == 1:
-                results[0].append(model_failure(group[0], error))
-                return
-            for sample, result in zip(group, results):
-                self._explain_group([sample], [result])
-            return
-        seconds = (time.perf_counter() - clock) / len(explanations)
-        for e in explanations:
-            sample = group[e.input_index]
-            results[e.input_index].append(to_record(sample, e, self.config, self.labels, seconds,
-                                                    self._details(sample, e)))
+    def _record(self, sample: TextSample, e: Explanation, seconds: float, context: None) -> Attribution | Failure:
+        return to_record(sample, e, self.config, self.labels, seconds, self._details(sample, e))
 
-    def _explain_same_length(self, group: list[TextSample]) -> list[Explanation]:
+    def _explain_together(self, group: list[TextSample]) -> tuple[list[Explanation], None]:
         ids = torch.stack([sample.ids for sample in group])
         embeddings = torch.stack([self.model.embed(sample.ids) for sample in group])
         if self.fill_id is None:
@@ -129,7 +104,7 @@ class TextJob:
                                self.quadrature, self.batch, self.map_buffers)
         for e in explanations:
             e.attributions = e.attributions[..., :-1].contiguous()  # the tag's attribution is exactly 0
-        return explanations
+        return explanations, None
 
     def _baseline_ids(self, sample: TextSample) -> torch.Tensor:
         return text_baseline_ids(sample.ids, torch.tensor(sample.special, dtype=torch.bool), self.fill_id)
@@ -163,7 +138,7 @@ def _words(sample: TextSample, tokens: list[dict[str, Any]]) -> list[dict[str, A
 
 
 def load_text_model(config: Config, device: torch.device) -> TextModel | GraphTextModel:
-    use_threads(config.model.threads)  # ONNX text models run on torch too (models.onnx_text)
+    use_threads(config.model.threads)  # ONNX text models run on torch too (backends/onnx/text.py)
     model = _load_text_model(config, device)
     model.precision = config.model.precision
     return model

@@ -23,7 +23,8 @@ from typing import Any, BinaryIO, Iterator
 from PIL import Image
 
 from igcli.results.atomic_files import write_atomic
-from igcli.results.previews import file_preview, preview
+from igcli.results.jsonl import complete_lines
+from igcli.data.previews import file_preview, preview
 from igcli.results.text_view import word_spans
 
 # Thumbnail threads, up to 8: rows cost ~4 ms each in Pillow, which releases the GIL (with 2 threads a
@@ -68,16 +69,13 @@ def write_report(out_dir: Path, made: Thumbnails | None = None) -> Path:
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
     """The records of a results.jsonl, streamed; a torn last line (a killed run) is skipped."""
-    with path.open(encoding="utf-8") as stream:
-        for line in stream:
-            if not line.endswith("\n"):
-                return
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                yield record
+    for line in complete_lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            yield record
 
 
 def _status(record: dict[str, Any]) -> str:

@@ -32,19 +32,16 @@ from igcli.results.text_view import render_ansi, render_html
 
 
 log = logging.getLogger("igcli")
-MANIFEST_EVERY = 1.0  # seconds between rewrites of the running manifest
-WRITER_THREADS: int | None = None  # None: writer_threads() decides
 MAX_PENDING = 64  # inputs whose files may be in the writers' hands at once: bounds memory
 # Errors that an output's name causes (too long, bytes the file system refuses), not the disk.
 NAME_ERRORS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
 
 
-def writer_threads() -> int:
-    """Threads that write files beside the compute. On 2 cores torch already uses both, and writer
-    threads slowed the sample job by ~10% (benchmarks/RESULTS.md), so there are none; with more
-    cores, two."""
-    if WRITER_THREADS is not None:
-        return WRITER_THREADS
+def writer_threads(asked: int | None = None) -> int:
+    """Threads that write files beside the compute: ``asked``, else two with more than 2 cores and
+    none on 2, where torch already keeps both busy (docs/performance.md)."""
+    if asked is not None:
+        return asked
     return 2 if (os.cpu_count() or 1) > 2 else 0
 
 
@@ -56,14 +53,15 @@ class RunWriter:
     """All outputs of one run. ``out_dir`` None writes only the JSONL stream."""
 
     def __init__(self, out_dir: Path | None, options: OutputSection, jsonl: str | None = None,
-                 show: TextIO | None = None, threads: int | None = None):
+                 show: TextIO | None = None, threads: int | None = None, manifest_every: float = 1.0):
         self.out_dir, self.options, self.show = out_dir, options, show
         self.streams: list[TextIO] = []
         self._owned: list[TextIO] = []
         self._manifest_written = time.monotonic()
+        self._manifest_every = manifest_every  # seconds between rewrites of the running manifest
         # Encoding and writing files overlap the next chunk's compute (Pillow and file I/O release
         # the GIL); record lines still go out in input order, each after its files are on disk.
-        threads = writer_threads() if threads is None else threads
+        threads = writer_threads(threads)
         self._pool = ThreadPoolExecutor(threads, "igcli-writer") if out_dir is not None and threads else None
         self._pending: deque[Future] = deque()
         # The report's thumbnails, made while the run holds each image: made from the files at
@@ -203,8 +201,8 @@ class RunWriter:
         self.update_manifest(lambda: manifest, force=True)
 
     def update_manifest(self, manifest: Callable[[], dict[str, Any]], force: bool = False) -> None:
-        """Rewrite ``manifest.json`` with running totals, at most once per MANIFEST_EVERY seconds."""
-        if self.out_dir is None or not force and time.monotonic() - self._manifest_written < MANIFEST_EVERY:
+        """Rewrite ``manifest.json`` with running totals, at most once per ``manifest_every`` seconds."""
+        if self.out_dir is None or not force and time.monotonic() - self._manifest_written < self._manifest_every:
             return
         try:
             write_bytes_atomic(self.out_dir / "manifest.json", _dumps(manifest(), indent=2).encode())
