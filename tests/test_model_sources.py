@@ -4,6 +4,7 @@ maps are checked against captum on the model in its own input space."""
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -108,7 +109,9 @@ def test_huggingface_image_folder_preprocesses_labels_and_attributes_like_its_ow
     (record,) = records(out)
     assert record["target"]["index"] == 2 and record["target"]["label"] == "fox"
 
-    processor = AutoImageProcessor.from_pretrained(folder)
+    # The PIL processor the folder names: with torchvision importable, transformers would pick its
+    # torchvision resize, which differs from PIL's by ~1e-3.
+    processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
     model = AutoModelForImageClassification.from_pretrained(folder).double().eval()
     pixels = Image.open(image).convert("RGB")
     x = processor(pixels, return_tensors="pt")["pixel_values"][0]
@@ -419,8 +422,8 @@ def importable(name: str) -> bool:
     return True
 
 
-@pytest.mark.skipif(not importable("timm"), reason="timm does not import here (it needs torchvision, whose PyPI "
-                                                   "wheels are built for CUDA torch, not this CPU torch)")
+@pytest.mark.skipif(not importable("timm"), reason="timm does not import here (it needs torchvision; "
+                                                   ".ci/run installs one that imports beside CPU torch)")
 def test_timm_architecture_by_name_with_a_safetensors_checkpoint(tmp_path):
     import timm
     from safetensors.torch import save_file
@@ -452,12 +455,16 @@ def test_torchvision_architecture_by_name_with_a_checkpoint(tmp_path):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     from igcli.backends.sources import architecture
 
-    built, _ = architecture("torchvision", "resnet18", tmp_path / "resnet18.pth")
+    built, defaults = architecture("torchvision", "resnet18", tmp_path / "resnet18.pth")
     torch.testing.assert_close(built.eval()(x), module(x))
+    # Preprocessing from the default weights' metadata (the weights are never fetched).
+    transform = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    assert defaults.input["mean"] == tuple(transform.mean) and defaults.input["std"] == tuple(transform.std)
+    assert defaults.input["resize"] == transform.resize_size[0] and defaults.input["crop"] == (224, 224)
 
 
-@pytest.mark.skipif(importable("torchvision"), reason="torchvision imports here; its route is tested above")
-def test_torchvision_route_without_an_importable_torchvision_says_what_to_install(tmp_path):
+def test_torchvision_route_without_an_importable_torchvision_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now raises ImportError
     torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "resnet18.pth")
     image = rgb_image(tmp_path / "photos", size=(16, 16))
     out = tmp_path / "out"
