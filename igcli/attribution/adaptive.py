@@ -49,6 +49,9 @@ FLAT_END_SHARE = 1 / 3
 # (benchmarks/RESULTS.md). Pages never written are never resident.
 MAP_BLOCK_BYTES = 32 << 20
 ORDERED_SCATTER_DEVICES = {"cpu"}  # where index_add_ adds rows for a repeated index in index order
+# A chunk whose maps at every path's step budget fit this borrows that much at once: pages never
+# written are never resident, and growing a buffer held its old and new copies at once (2x the maps).
+WHOLE_RESERVE_BYTES = 1 << 30
 WEIGHTED_BLOCK_BYTES = 4 << 20  # weighted copies of stored maps made at a time, on the CPU (_sum_rows_by_group)
 
 # (path, alpha) per point, and rows to write each point's density dF/dx * (x - x') into -> F per point
@@ -412,10 +415,13 @@ class _Refinement:
         return ids
 
     def _capacity(self, needed: int, like: Tensor) -> int:
-        """Rows for the stored maps: twice what is held, in whole MAP_BLOCK_BYTES (a borrowed buffer
-        may hold more)."""
+        """Rows for the stored maps: the most the chunk can hold (else twice what is held), in whole
+        MAP_BLOCK_BYTES (a borrowed buffer may hold more)."""
         row_bytes = max(1, like[0].numel() * like.element_size())
-        blocks = -(-max(needed, 2 * self.nodes) * row_bytes // MAP_BLOCK_BYTES)
+        most = self.count * (self.budget + 1)  # every path at its step budget: all the chunk can ever hold
+        # Within WHOLE_RESERVE_BYTES, borrowed once and never grown: no copy of the maps held.
+        rows = max(needed, most if most * row_bytes <= WHOLE_RESERVE_BYTES else min(2 * self.nodes, most))
+        blocks = -(-rows * row_bytes // MAP_BLOCK_BYTES)
         return max(needed, blocks * MAP_BLOCK_BYTES // row_bytes)
 
     def _update(self, fresh: np.ndarray, scores: Tensor, new_nodes: int, refining: np.ndarray,

@@ -20,6 +20,7 @@ from igcli.backends.memory import FALLBACK_POINTS, MAX_POINTS, auto_points
 from igcli.backends.loading import load_model, resolve_device
 from igcli.backends.sources import SourceDefaults, image_source
 from igcli.pipeline.overlap import chunks_in_flight, points_per_chunk
+from igcli.pipeline.map_budget import image_chunk_limit
 from igcli.attribution.quadrature import Rule
 from igcli.results.records import Attribution, Failure, Sample
 from igcli.pipeline.common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
@@ -79,6 +80,8 @@ class ImageJob:
                                                 self.device))
         self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
         self.chunk_size = _inputs_per_chunk(config, self.batch.points)
+        map_limit = image_chunk_limit(config, self.in_flight, self.device, self.backend.dtype)
+        self.chunk_size = self.chunk_size if map_limit is None else min(self.chunk_size, map_limit)
 
     def _batch_points(self, shape: tuple[int, ...] | None) -> int:
         """``batch_size``, or for auto the points whose measured activations fit the memory budget
