@@ -176,9 +176,11 @@ def validate_config(config_file: Path | None, sets: tuple[str, ...]) -> None:
 @click.option("--input-shape", help="C,H,W without the batch axis, when the model does not fix it.")
 @click.option("--factory", help="package.module:function (or file.py:function) building the model for a state_dict.")
 @click.option("--trust-pickle", is_flag=True, help="Allow a fully pickled module (runs code from the file).")
+@click.option("--output", "output", metavar="NAME|INDEX",
+              help="Which output F is made of, for a model with several (as model.output in explain).")
 @reporting_errors
 def export(model: Path, out_path: Path, score: str, input_shape: str | None, factory: str | None,
-           trust_pickle: bool) -> None:
+           trust_pickle: bool, output: str | None) -> None:
     """Export MODEL (.pt2, TorchScript, state_dict + factory, or plain .onnx) as an ONNX gradient graph.
 
     The graph takes (input, target_weights) and returns (scores, input_grads) for a whole batch; it
@@ -187,7 +189,8 @@ def export(model: Path, out_path: Path, score: str, input_shape: str | None, fac
     from igcli.results.atomic_files import write_bytes_atomic
     from igcli.backends.loading import build_gradient_graph
 
-    graph, check = build_gradient_graph(model, factory, ScoreKind(score), trust_pickle, _shape(input_shape))
+    selector = int(output) if output is not None and output.lstrip("-").isdigit() else output
+    graph, check = build_gradient_graph(model, factory, ScoreKind(score), trust_pickle, _shape(input_shape), selector)
     write_bytes_atomic(out_path, graph.SerializeToString())
     click.echo(f"igcli: wrote {out_path} (score {score}; gradients within {check.error:.1e} of {check.reference} "
                "autograd, relative)", err=True)
