@@ -199,11 +199,23 @@ def export(model: Path, out_path: Path, score: str, input_shape: str | None, fac
 @main.command(epilog=EXIT_CODES)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
+@click.option("--factory", help="package.module:function (or file.py:function) building the model for a state_dict.")
+@click.option("--input-shape", help="C,H,W without the batch axis, for a torch model whose size nothing fixes.")
+@click.option("--trust-pickle", is_flag=True, help="Allow a fully pickled module (runs code from the file).")
 @reporting_errors
-def inspect(model: Path, as_json: bool) -> None:
-    """Describe an ONNX model: inputs, outputs, layout, opsets, producer, ops, gradient support."""
+def inspect(model: Path, as_json: bool, factory: str | None, input_shape: str | None, trust_pickle: bool) -> None:
+    """Describe a model: inputs, outputs, layout; for ONNX also opsets, producer, ops, gradient
+    support; for Hugging Face folders and torch files (TorchScript, .pt2, state_dict + --factory)
+    also the preprocessing and labels they carry."""
     import json
 
+    from igcli.backends.describe_torch import describe_torch_model, is_torch_source
+
+    if factory is not None or is_torch_source(model):
+        report = describe_torch_model(model, factory, trust_pickle, _shape(input_shape))
+        click.echo(json.dumps(report, indent=2) if as_json else yaml.safe_dump(report, sort_keys=False),
+                   nl=not as_json)
+        return
     from igcli.backends.layout import describe_layout
     from igcli.backends.onnx.source import describe, graph_inputs, read_onnx
 
