@@ -20,7 +20,7 @@ from igcli.attribution.engine import BatchSize, Explanation, Quadrature, explain
 from igcli.errors import ConfigError, ModelError, root_cause
 from igcli.data.discover import InputRef
 from igcli.data.text import TextDocument, read_documents
-from igcli.backends.memory import FALLBACK_POINTS, GPU_POINTS
+from igcli.backends.text_memory import text_auto_points
 from igcli.backends.loading import load_module, resolve_device, use_threads
 from igcli.backends.onnx.text import GraphTextModel, onnx_text_model
 from igcli.backends.text_model import TextModel, huggingface_text_model, tagged, torch_text_model
@@ -49,8 +49,7 @@ class TextJob:
                                      config.map_tolerance)
         self.in_flight = chunks_in_flight(self.device, self.runtime)
         # Lowered for the whole run on out-of-memory; shared by the chunks in flight.
-        points = config.batch_size if config.batch_size != "auto" else \
-            GPU_POINTS if self.device.type != "cpu" else FALLBACK_POINTS
+        points = config.batch_size if config.batch_size != "auto" else text_auto_points(self.model, self.device)
         self.batch = BatchSize(points_per_chunk(points, self.in_flight, self.device))
         self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
         self.chunk_size = TEXT_INPUTS_PER_CHUNK if config.chunk_inputs == "auto" else config.chunk_inputs
