@@ -64,6 +64,8 @@ class ImageJob:
         self.target = resolve_target(config.target, self.labels)
         self.region = region_target(config.target, self.labels, section.score) \
             if isinstance(config.target, Region) else None
+        if self.region is not None:
+            self.region.check_backend(self.backend)  # before any file is written
         self.classes: int | None = None  # the model's output columns, once check() has seen them
         # mean and std come in the model's channel order; igcli's tensors are RGB (see backends/layout.py).
         order = (lambda values: tuple(reversed(values))) if bgr else tuple
