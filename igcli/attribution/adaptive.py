@@ -49,7 +49,7 @@ FLAT_END_SHARE = 1 / 3
 # (benchmarks/RESULTS.md). Pages never written are never resident.
 MAP_BLOCK_BYTES = 32 << 20
 ORDERED_SCATTER_DEVICES = {"cpu"}  # where index_add_ adds rows for a repeated index in index order
-# A chunk whose maps at every path's step budget fit this borrows that much at once: pages never
+# A CPU chunk whose maps at every path's step budget fit this borrows that much at once: pages never
 # written are never resident, and growing a buffer held its old and new copies at once (2x the maps).
 WHOLE_RESERVE_BYTES = 1 << 30
 WEIGHTED_BLOCK_BYTES = 4 << 20  # weighted copies of stored maps made at a time, on the CPU (_sum_rows_by_group)
@@ -419,8 +419,10 @@ class _Refinement:
         MAP_BLOCK_BYTES (a borrowed buffer may hold more)."""
         row_bytes = max(1, like[0].numel() * like.element_size())
         most = self.count * (self.budget + 1)  # every path at its step budget: all the chunk can ever hold
-        # Within WHOLE_RESERVE_BYTES, borrowed once and never grown: no copy of the maps held.
-        rows = max(needed, most if most * row_bytes <= WHOLE_RESERVE_BYTES else min(2 * self.nodes, most))
+        # On the CPU within WHOLE_RESERVE_BYTES, borrowed once and never grown: no copy of the maps held
+        # (a GPU commits what it allocates, so there the buffer grows).
+        whole = like.device.type == "cpu" and most * row_bytes <= WHOLE_RESERVE_BYTES
+        rows = max(needed, most if whole else min(2 * self.nodes, most))
         blocks = -(-rows * row_bytes // MAP_BLOCK_BYTES)
         return max(needed, blocks * MAP_BLOCK_BYTES // row_bytes)
 
