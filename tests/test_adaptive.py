@@ -246,6 +246,7 @@ def test_the_stored_maps_growing_in_smaller_blocks_changes_nothing(monkeypatch, 
     capacity = buffers_module.MapBuffers.rows_for
     monkeypatch.setattr(buffers_module.MapBuffers, "rows_for", lambda *a: grown.append(capacity(*a)) or grown[-1])
     monkeypatch.setattr(buffers_module, "MAP_BLOCK_BYTES", block)
+    monkeypatch.setattr(buffers_module, "WHOLE_RESERVE_BYTES", 0)  # grow, rather than reserve the most at once
     small = attribute(backend(small_cnn(), "softmax"), x, base, TargetSpec("top_k", 2), quad, 256,
                     buffers_module.MapBuffers())
     assert len(grown) >= 3 and grown == sorted(grown)  # the first buffer, then growths
@@ -274,6 +275,7 @@ def test_maps_kept_from_call_to_call_change_nothing(monkeypatch):
                         lambda self, *a: borrowed[block].append(borrow(self, *a)) or borrowed[block][-1])
     for block in [32 << 20, 64 * 8 * 40]:  # one buffer for the run, then buffers outgrown within calls
         monkeypatch.setattr(buffers_module, "MAP_BLOCK_BYTES", block)
+        monkeypatch.setattr(buffers_module, "WHOLE_RESERVE_BYTES", (1 << 30) if block == 32 << 20 else 0)
         buffers, borrowed[block] = buffers_module.MapBuffers(), []
         for (model, x), expected in zip(calls, fresh):
             if borrowed[block]:

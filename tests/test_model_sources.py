@@ -4,6 +4,7 @@ maps are checked against captum on the model in its own input space."""
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -108,7 +109,9 @@ def test_huggingface_image_folder_preprocesses_labels_and_attributes_like_its_ow
     (record,) = records(out)
     assert record["target"]["index"] == 2 and record["target"]["label"] == "fox"
 
-    processor = AutoImageProcessor.from_pretrained(folder)
+    # The PIL processor the folder names: with torchvision importable, transformers would pick its
+    # torchvision resize, which differs from PIL's by ~1e-3.
+    processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
     model = AutoModelForImageClassification.from_pretrained(folder).double().eval()
     pixels = Image.open(image).convert("RGB")
     x = processor(pixels, return_tensors="pt")["pixel_values"][0]
@@ -419,8 +422,8 @@ def importable(name: str) -> bool:
     return True
 
 
-@pytest.mark.skipif(not importable("timm"), reason="timm does not import here (it needs torchvision, whose PyPI "
-                                                   "wheels are built for CUDA torch, not this CPU torch)")
+@pytest.mark.skipif(not importable("timm"), reason="timm does not import here (it needs torchvision; "
+                                                   ".ci/run installs one that imports beside CPU torch)")
 def test_timm_architecture_by_name_with_a_safetensors_checkpoint(tmp_path):
     import timm
     from safetensors.torch import save_file
@@ -452,12 +455,16 @@ def test_torchvision_architecture_by_name_with_a_checkpoint(tmp_path):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     from igcli.backends.sources import architecture
 
-    built, _ = architecture("torchvision", "resnet18", tmp_path / "resnet18.pth")
+    built, defaults = architecture("torchvision", "resnet18", tmp_path / "resnet18.pth")
     torch.testing.assert_close(built.eval()(x), module(x))
+    # Preprocessing from the default weights' metadata (the weights are never fetched).
+    transform = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    assert defaults.input["mean"] == tuple(transform.mean) and defaults.input["std"] == tuple(transform.std)
+    assert defaults.input["resize"] == transform.resize_size[0] and defaults.input["crop"] == (224, 224)
 
 
-@pytest.mark.skipif(importable("torchvision"), reason="torchvision imports here; its route is tested above")
-def test_torchvision_route_without_an_importable_torchvision_says_what_to_install(tmp_path):
+def test_torchvision_route_without_an_importable_torchvision_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now raises ImportError
     torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "resnet18.pth")
     image = rgb_image(tmp_path / "photos", size=(16, 16))
     out = tmp_path / "out"
@@ -484,3 +491,64 @@ def test_load_model_refuses_several_outputs_through_the_api_too():
         torch.testing.assert_close(runner.scores(torch.ones(3, 1, 2, 2)), torch.full((3, 4), 2.0))
     with pytest.raises(ConfigError, match="the model has 2 outputs"):  # unseen, and no model.output
         load_model(None, None, "logits", CPU, module=Pair()).scores(torch.ones(3, 1, 2, 2))
+
+
+def test_export_output_picks_one_output_of_a_multi_output_onnx_and_matches_captum(output_models, tmp_path):
+    """`igcli export --output` on a two-head ONNX: refused without it (listing the outputs), and the
+    exported graph's gradients on the chosen head equal captum's IG on that head."""
+    import importlib.util
+
+    import onnxruntime
+
+    spec = importlib.util.spec_from_file_location("heads", output_models)
+    heads = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(heads)
+    path = tmp_path / "heads.onnx"
+    torch.onnx.export(heads.TwoHeads("tuple").eval(), (torch.rand(2, 3, 16, 16),), str(path), dynamo=True,
+                      input_names=["image"], output_names=["boxes", "class_logits"],
+                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+    graph = tmp_path / "grad.onnx"
+    refused = igcli("export", path, "-o", graph, "--score", "logits")
+    assert refused.exit_code == 2 and "0 'boxes'" in refused.stderr and "1 'class_logits'" in refused.stderr
+    assert "--output" in refused.stderr and "model.output" not in refused.stderr and not graph.exists()
+    assert igcli("export", path, "-o", graph, "--score", "logits", "--output", "nope").exit_code == 2
+
+    module = heads.TwoHeads("tuple").double().eval()
+    x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(3))
+    theirs = captum_map(lambda batch: module(batch)[1], x, torch.zeros_like(x), 2)
+    for selector in ("class_logits", "1"):
+        result = igcli("export", path, "-o", graph, "--score", "logits", "--output", selector)
+        assert result.exit_code == 0, result.output
+        # IG by the exported graph: Gauss-Legendre on its gradients of class 2, at captum's nodes.
+        session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        nodes, weights = np.polynomial.legendre.leggauss(STEPS)
+        alphas, weights = (nodes + 1) / 2, weights / 2
+        points = (torch.from_numpy(alphas).float().view(-1, 1, 1, 1) * x).numpy()
+        target = np.zeros((len(points), 5), dtype=np.float32)
+        target[:, 2] = 1
+        scores, grads = session.run(None, {"input": points, "target_weights": target})
+        assert scores.shape == (STEPS, 5)
+        ours = (torch.from_numpy(grads).double() * torch.from_numpy(weights).view(-1, 1, 1, 1)).sum(0) * x.double()
+        assert_close_maps(ours, theirs, 1e-4)
+
+
+def test_export_output_on_a_torch_model_with_a_dict_of_outputs(output_models, tmp_path):
+    import importlib.util
+
+    import onnxruntime
+
+    spec = importlib.util.spec_from_file_location("heads", output_models)
+    heads = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(heads)
+    module = heads.TwoHeads("dict").eval()
+    torch.save(module.state_dict(), tmp_path / "heads.pt")
+    graph = tmp_path / "grad.onnx"
+    factory = ("--factory", f"{output_models}:dict_model", "--input-shape", "3,16,16", "--score", "logits")
+    refused = igcli("export", tmp_path / "heads.pt", "-o", graph, *factory)
+    assert refused.exit_code == 2 and "0 'boxes' [N, 4]; 1 'logits' [N, 5]" in refused.stderr and not graph.exists()
+    result = igcli("export", tmp_path / "heads.pt", "-o", graph, *factory, "--output", "logits")
+    assert result.exit_code == 0, result.output
+    session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    scores, _ = session.run(None, {"input": x, "target_weights": np.eye(5, dtype=np.float32)[[1, 2]]})
+    np.testing.assert_allclose(scores, module(torch.from_numpy(x))["logits"].detach().numpy(), rtol=1e-5, atol=1e-6)

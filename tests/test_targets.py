@@ -211,3 +211,31 @@ def test_target_keys_are_checked_with_a_hint(tmp_path):
         load_config(config)
     config.write_text("model: {path: m.pt2}\ntarget: {class: 1, region: masks/a.png}\n")
     assert load_config(config).target.region == tmp_path / "masks" / "a.png"  # from the config's folder
+
+
+def test_region_target_on_the_onnxruntime_backend_is_one_line_before_anything_is_written(job, tmp_path):
+    """An exported segmenter: model.backend onnxruntime cannot take a region head, and says so (exit 2,
+    no output folder); model.backend torch explains the same .onnx file, against captum."""
+    _, models, images = job
+    net = models["segmenter"]().eval()
+    path = tmp_path / "segmenter.onnx"
+    torch.onnx.export(net, (torch.rand(2, 1, 8, 8),), str(path), dynamo=True, input_names=["image"],
+                      output_names=["masks"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+    common = ("--model", path, images, "--set", "model.score=softmax", "--set", "input.mode=L",
+              "--set", "target={class: 1, region: predicted}", "--set", "method=gausslegendre", "--steps", STEPS)
+    out = tmp_path / "ort"
+    result = igcli("explain", *common, "-o", out, "--set", "model.backend=onnxruntime")
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "target.region needs model.backend: torch" in result.stderr
+    assert not out.exists()
+    out = tmp_path / "torch"
+    result = igcli("explain", *common, "-o", out, "--set", "model.backend=torch",
+                   "--set", "output.attributions=npy")
+    assert result.exit_code == 0, result.output
+    net64 = models["segmenter"]().double().eval()
+    for row in records(out):
+        x = pixels(images / row["relpath"])
+        region = torch.softmax(net64(x.double()), dim=1).argmax(dim=1)[0] == 1
+        reference = captum_ig(region_sum(net, region), x)
+        ours = np.load(out / row["outputs"]["attributions"])
+        assert np.abs(ours.reshape(reference.shape) - reference).max() <= 1e-4 * np.abs(reference).max() + 1e-7

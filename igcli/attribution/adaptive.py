@@ -325,7 +325,8 @@ class _Refinement:
         like = self.deltas
         if self.density is None or self.nodes + count > len(self.density):
             row = max(1, like[0].numel())
-            capacity = self.buffers.rows_for(self.nodes + count, self.nodes, max(1, like[0].numel() * like.element_size()))
+            capacity = self.buffers.rows_for(self.nodes + count, self.nodes, max(1, like[0].numel() * like.element_size()),
+                                             self.count * (self.budget + 1), like.device.type == "cpu")
             storage = self.buffers.borrow(capacity * row, like)
             grown = storage[: len(storage) // row * row].view((-1,) + tuple(like.shape[1:]))  # whole rows
             if self.density is not None:

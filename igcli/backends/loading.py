@@ -331,19 +331,24 @@ def _described(error: BaseException) -> str:
 
 
 def build_gradient_graph(path: Path, factory: str | None, score: ScoreKind, trust_pickle: bool = False,
-                         input_shape: tuple[int, ...] | None = None):
+                         input_shape: tuple[int, ...] | None = None, output: Selector = None):
     """`igcli export`: (the gradient graph of a torch model or a plain ONNX model, its GradientCheck).
 
-    The graph passed the same check as the graphs `explain` builds (onnx/check.check_gradient_graph)."""
+    The graph passed the same check as the graphs `explain` builds (onnx/check.check_gradient_graph).
+    ``output``: which of several outputs F is made of (backends/export_output.py)."""
+    from igcli.backends.export_output import module_output, onnx_output_index
+
     if path is not None and model_kind(path, factory) == "onnx":
         model = read_onnx(path)
         if read_info(model) is not None:
             raise ModelError(f"{path}: already an igcli gradient graph")
         spec = check_differentiable_input(model, path)
         input_shape, fixed_batch = resolve_input_shape(spec, input_shape, path)
+        model = only_output(model, onnx_output_index(model, output))
         return checked_graph(model, score, tuple(input_shape), file_sha256(path), fixed_batch, path)
     module = load_module(path, factory, trust_pickle)
     input_shape = input_shape or _example_shape(module)
     if input_shape is None:
         raise ModelError(f"{path}: give --input-shape C,H,W (the model's input without the batch axis)")
+    module = module_output(module, tuple(input_shape), output)
     return checked_graph(module, score, tuple(input_shape), file_sha256(path), None, path)

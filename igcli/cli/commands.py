@@ -180,9 +180,11 @@ def validate_config(config_file: Path | None, sets: tuple[str, ...]) -> None:
 @click.option("--input-shape", help="C,H,W without the batch axis, when the model does not fix it.")
 @click.option("--factory", help="package.module:function (or file.py:function) building the model for a state_dict.")
 @click.option("--trust-pickle", is_flag=True, help="Allow a fully pickled module (runs code from the file).")
+@click.option("--output", "output", metavar="NAME|INDEX",
+              help="Which output F is made of, for a model with several (as model.output in explain).")
 @reporting_errors
 def export(model: Path, out_path: Path, score: str, input_shape: str | None, factory: str | None,
-           trust_pickle: bool) -> None:
+           trust_pickle: bool, output: str | None) -> None:
     """Export MODEL (.pt2, TorchScript, state_dict + factory, or plain .onnx) as an ONNX gradient graph.
 
     The graph takes (input, target_weights) and returns (scores, input_grads) for a whole batch; it
@@ -191,7 +193,8 @@ def export(model: Path, out_path: Path, score: str, input_shape: str | None, fac
     from igcli.results.atomic_files import write_bytes_atomic
     from igcli.backends.loading import build_gradient_graph
 
-    graph, check = build_gradient_graph(model, factory, ScoreKind(score), trust_pickle, _shape(input_shape))
+    selector = int(output) if output is not None and output.lstrip("-").isdigit() else output
+    graph, check = build_gradient_graph(model, factory, ScoreKind(score), trust_pickle, _shape(input_shape), selector)
     write_bytes_atomic(out_path, graph.SerializeToString())
     click.echo(f"igcli: wrote {out_path} (score {score}; gradients within {check.error:.1e} of {check.reference} "
                "autograd, relative)", err=True)
@@ -200,11 +203,23 @@ def export(model: Path, out_path: Path, score: str, input_shape: str | None, fac
 @main.command(epilog=EXIT_CODES)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
+@click.option("--factory", help="package.module:function (or file.py:function) building the model for a state_dict.")
+@click.option("--input-shape", help="C,H,W without the batch axis, for a torch model whose size nothing fixes.")
+@click.option("--trust-pickle", is_flag=True, help="Allow a fully pickled module (runs code from the file).")
 @reporting_errors
-def inspect(model: Path, as_json: bool) -> None:
-    """Describe an ONNX model: inputs, outputs, layout, opsets, producer, ops, gradient support."""
+def inspect(model: Path, as_json: bool, factory: str | None, input_shape: str | None, trust_pickle: bool) -> None:
+    """Describe a model: inputs, outputs, layout; for ONNX also opsets, producer, ops, gradient
+    support; for Hugging Face folders and torch files (TorchScript, .pt2, state_dict + --factory)
+    also the preprocessing and labels they carry."""
     import json
 
+    from igcli.backends.describe_torch import describe_torch_model, is_torch_source
+
+    if factory is not None or is_torch_source(model):
+        report = describe_torch_model(model, factory, trust_pickle, _shape(input_shape))
+        click.echo(json.dumps(report, indent=2) if as_json else yaml.safe_dump(report, sort_keys=False),
+                   nl=not as_json)
+        return
     from igcli.backends.layout import describe_layout
     from igcli.backends.onnx.describe import describe
     from igcli.backends.onnx.format import graph_inputs, read_onnx

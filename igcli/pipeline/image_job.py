@@ -20,6 +20,8 @@ from igcli.backends.memory import FALLBACK_POINTS, MAX_POINTS, auto_points
 from igcli.backends.loading import load_model
 from igcli.backends.sources import SourceDefaults, image_source
 from igcli.pipeline.overlap import points_per_chunk
+from igcli.pipeline.map_budget import image_chunk_limit
+from igcli.runtime.options import RuntimeOptions
 from igcli.attribution.quadrature import Rule
 from igcli.results.records import Attribution, Failure, Sample
 from igcli.pipeline.common import MODEL_FAILURES, Job, check_classes, to_record
@@ -56,6 +58,8 @@ class ImageJob(Job):
         config, inputs = self.config, self.config.input
         self.region = region_target(config.target, self.labels, config.model.score) \
             if isinstance(config.target, Region) else None
+        if self.region is not None:
+            self.region.check_backend(self.backend)  # before any file is written
         self.classes: int | None = None  # the model's output columns, once check() has seen them
         # mean and std come in the model's channel order; igcli's tensors are RGB (see backends/layout.py).
         bgr = inputs.mode == "BGR"
@@ -81,6 +85,12 @@ class ImageJob(Job):
 
     def _inputs_per_chunk(self) -> int:
         return _inputs_per_chunk(self.config, self.batch.points)
+
+    def __init__(self, config: Config, options: RuntimeOptions = RuntimeOptions()):
+        super().__init__(config, options)
+        # Whatever chunk_inputs says, the chunks in flight hold their maps at max_steps within budget.
+        map_limit = image_chunk_limit(self.config, self.in_flight, self.device, self.backend.dtype)
+        self.chunk_size = self.chunk_size if map_limit is None else min(self.chunk_size, map_limit)
 
     def read(self, refs: Iterable[InputRef]) -> Iterator[Sample | Failure]:
         for ref in refs:  # output names are made unique by the run (outputs.names), across kinds

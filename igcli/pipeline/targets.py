@@ -35,9 +35,7 @@ class RegionTarget:
     def check(self, backend: Backend, x: Tensor) -> None:
         """One forward on ``x`` [1, ...]: the model must output [1, classes, H, W] holding the class,
         at the mask's size."""
-        if not hasattr(backend, "with_head"):
-            raise ConfigError("target.region needs the torch backend; set model.backend: torch "
-                              "(plain ONNX files run there too)")
+        self.check_backend(backend)
         try:
             outputs = backend.with_head(raw_outputs).scores(x)
             check_segmentation_output(outputs, self.class_index)
@@ -46,6 +44,15 @@ class RegionTarget:
         if self.mask is not None and tuple(self.mask.shape) != tuple(outputs.shape[2:]):
             raise ConfigError(f"{self.source}: the mask is {list(self.mask.shape)} pixels but the model's output is "
                               f"{list(outputs.shape[2:])}; save the mask at the output's size")
+
+    @staticmethod
+    def check_backend(backend: Backend) -> None:
+        """Before anything runs: a region sum needs a backend that takes a score head (torch); an
+        onnxruntime gradient graph differentiates the one score it was built with."""
+        if not hasattr(backend, "with_head"):
+            raise ConfigError("target.region needs model.backend: torch (an onnxruntime gradient graph "
+                              "differentiates one fixed score, not a class summed over a region); set "
+                              "model.backend: torch, which runs plain .onnx files too")
 
     def regions(self, backend: Backend, inputs: Tensor, batch_size: int) -> Tensor:
         """Each input's region [N, H, W] bool, fixed before any integration."""

@@ -18,7 +18,7 @@ from igcli.attribution.engine import Explanation, attribute
 from igcli.errors import ConfigError, ModelError, root_cause
 from igcli.data.discover import InputRef
 from igcli.data.text import TextDocument, read_documents
-from igcli.backends.memory import FALLBACK_POINTS, GPU_POINTS
+from igcli.backends.text_memory import text_auto_points
 from igcli.backends.loading import load_module, use_threads
 from igcli.backends.onnx.text import GraphTextModel, onnx_text_model
 from igcli.backends.text_model import TextModel, huggingface_text_model, tagged, torch_text_model
@@ -49,7 +49,7 @@ class TextJob(Job):
     def _batch_points(self) -> int:
         if self.config.batch_size != "auto":
             return self.config.batch_size
-        return GPU_POINTS if self.device.type != "cpu" else FALLBACK_POINTS
+        return text_auto_points(self.model, self.device)
 
     def _inputs_per_chunk(self) -> int:
         return TEXT_INPUTS_PER_CHUNK

@@ -13,6 +13,9 @@ from torch import Tensor
 # whatever its dynamic threshold (which stops at 32 MiB), so a buffer outgrown and dropped goes
 # back to the system instead of fragmenting the heap. Pages never written are never resident.
 MAP_BLOCK_BYTES = 32 << 20
+# A CPU chunk whose maps at every path's step budget fit this borrows that much at once: pages never
+# written are never resident, and growing a buffer held its old and new copies at once (2x the maps).
+WHOLE_RESERVE_BYTES = 1 << 30
 
 
 class MapBuffers:
@@ -27,10 +30,13 @@ class MapBuffers:
         self._free: list[Tensor] = []
         self._lock = threading.Lock()
 
-    def rows_for(self, needed: int, held: int, row_bytes: int) -> int:
-        """Rows for the stored maps: twice what is held, in whole MAP_BLOCK_BYTES (a borrowed buffer
-        may hold more)."""
-        blocks = -(-max(needed, 2 * held) * row_bytes // MAP_BLOCK_BYTES)
+    def rows_for(self, needed: int, held: int, row_bytes: int, most: int, on_cpu: bool) -> int:
+        """Rows for the stored maps: the most the chunk can hold where that fits WHOLE_RESERVE_BYTES on
+        the CPU (a GPU commits what it allocates, so there the buffer grows), else twice what is held,
+        capped at the most; in whole MAP_BLOCK_BYTES (a borrowed buffer may hold more)."""
+        whole = on_cpu and most * row_bytes <= WHOLE_RESERVE_BYTES
+        rows = max(needed, most if whole else min(2 * held, most))
+        blocks = -(-rows * row_bytes // MAP_BLOCK_BYTES)
         return max(needed, blocks * MAP_BLOCK_BYTES // row_bytes)
 
     def borrow(self, elements: int, like: Tensor) -> Tensor:
