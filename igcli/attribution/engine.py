@@ -150,9 +150,11 @@ def explain(
     quadrature: Quadrature,
     batch_size: int | BatchSize = 256,
     map_buffers: MapBuffers | None = None,
+    targets: list[list[int]] | None = None,
 ) -> list[Explanation]:
     """Explain ``inputs`` [N, ...] against ``baselines`` [N, K, ...] (K baselines per input).
     ``map_buffers``: where the adaptive rule keeps its maps from one call to the next (a run's calls share one).
+    ``targets``: the classes per input, where the caller has resolved them (else from F(inputs) and ``target``).
 
     Returns one Explanation per (input, target), in input order, then target rank order.
     """
@@ -166,7 +168,7 @@ def explain(
     # One pass for both ends: on a GPU a second small forward costs as much as a large one.
     f_ends = batched_scores(backend, torch.cat([inputs, ends]), batch.points)
     f_inputs, f_baselines = f_ends[: len(inputs)], f_ends[len(inputs):].expand(len(flat_baselines), -1)
-    targets = resolve_targets(f_inputs, target)
+    targets = resolve_targets(f_inputs, target) if targets is None else targets
     paths, groups = _make_paths(targets, baselines.shape[1], f_inputs, f_baselines, target.ranked,
                                 backend.score_kind)
     path_integral = _PathIntegral(backend, inputs, flat_baselines, paths, f_inputs.shape[1], batch, common_start,
