@@ -7,9 +7,9 @@ does not move, so it gets no attribution and needs no gradient.
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 import math
+import threading
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +45,10 @@ class LayerBackend:
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)
         self.layer = find_layer(self.module, name)
+        # One hook for good, reading what to do from a thread-local: chunks in flight on other
+        # threads run the same module at once.
+        self._local = threading.local()
+        self.layer.register_forward_hook(self._on_output)
         self.dtype = _floating_dtype(self.module)
         self.score_kind = ScoreKind(score_kind)
         self.input_shape = tuple(input_shape)
@@ -52,11 +56,22 @@ class LayerBackend:
         self.layer_shape = tuple(self.activations(probe).shape[1:])
         self.layer_size = math.prod(self.layer_shape)
 
+    def _on_output(self, _module, _inputs, output):
+        # A forward hook's return value replaces the layer's output; None leaves it.
+        replace, seen = getattr(self._local, "replace", None), getattr(self._local, "seen", None)
+        if seen is not None:
+            seen.append(output)
+        return replace
+
     def activations(self, x: Tensor) -> Tensor:
         """The layer's output on inputs ``x`` [B, C, H, W]."""
-        seen: list[Tensor] = []
-        with torch.no_grad(), self._hook(lambda output: seen.append(output)):
-            self.module(x)
+        self._local.seen = []
+        try:
+            with torch.no_grad():
+                self.module(x)
+            seen = self._local.seen
+        finally:
+            self._local.seen = None
         if not seen or not isinstance(seen[0], Tensor):
             raise ConfigError("layer: the module ran no tensor output on this input; name a layer the forward calls")
         return seen[0]
@@ -69,19 +84,13 @@ class LayerBackend:
         h, x = rows[:, : self.layer_size], rows[:, self.layer_size:]
         return h.reshape((-1,) + self.layer_shape), x.reshape((-1,) + self.input_shape)
 
-    @contextlib.contextmanager
-    def _hook(self, on_output):
-        # A forward hook's return value replaces the layer's output.
-        handle = self.layer.register_forward_hook(lambda _module, _inputs, output: on_output(output))
-        try:
-            yield
-        finally:
-            handle.remove()
-
     def _forward(self, rows: Tensor) -> Tensor:
         h, x = self.split(rows)
-        with self._hook(lambda output: h):
+        self._local.replace = h
+        try:
             outputs = select_output(self.module(x), batch=len(x))
+        finally:
+            self._local.replace = None
         if outputs.dim() == 1:
             outputs = outputs.unsqueeze(1)
         return apply_score(self.score_kind, outputs)

@@ -24,6 +24,7 @@ from igcli.attribution.quadrature import Rule
 from igcli.results.records import Attribution, Failure, Sample
 from igcli.pipeline.common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
 from igcli.pipeline.targets import region_target
+from igcli.pipeline.methods import Methods
 
 # The auto size's cap. A chunk's stored maps and copies grow with it, and so does the peak memory:
 # on the sample job 10,000 inputs peaked at 1.08x the memory of 100 with chunks of 77, 1.09x at 96,
@@ -70,6 +71,7 @@ class ImageJob:
         self.preprocess = ImagePreprocess("RGB" if bgr else inputs.mode, inputs.resize, inputs.crop, norm,
                                           inputs.max_bytes, inputs.resample)
         self.baseline = _baseline_plan(config, self.preprocess)
+        self.methods = Methods.of(config, norm, module, self.device)  # None: plain IG
         steps = None if config.steps == "auto" else config.steps
         self.quadrature = Quadrature(config.method, steps, config.tolerance, config.min_steps, config.max_steps,
                                      config.map_tolerance)
@@ -131,24 +133,27 @@ class ImageJob:
             group = [samples[i] for i in indices]
             clock = time.perf_counter()
             try:
-                explanations, chosen, regions = self._explain_group(group)
+                explanations, chosen, regions, extras = self._explain_group(group)
             except MODEL_FAILURES as error:
                 for i, sample in zip(indices, group):
                     results[i].append(model_failure(sample, error))
                 continue
             seconds = (time.perf_counter() - clock) / max(1, len(explanations))
-            for e in explanations:
+            for position, e in enumerate(explanations):
                 sample = group[e.input_index]
                 record = to_record(sample, e, self.config, self.labels, seconds, classes=self.classes,
                                    baseline_chosen=chosen[e.input_index])
                 if regions is not None and isinstance(record, Attribution):
                     record = self.region.annotate(record, regions[e.input_index], self.labels)
+                if extras is not None and isinstance(record, Attribution):
+                    record = self.methods.annotate(record, extras[position])
                 results[indices[e.input_index]].append(record)
         return results
 
-    def _explain_group(self, group: list[Sample]) -> tuple[list[Explanation], list[str | None], torch.Tensor | None]:
+    def _explain_group(self, group: list[Sample]):
         """The group's explanations; per input the baseline ``auto`` chose (None for other kinds);
-        and for a region target each input's region [N, H, W] (else None)."""
+        for a region target each input's region [N, H, W] (else None); and for a path method or
+        smoothing what each explanation's record adds (else None)."""
         inputs = torch.stack([sample.x for sample in group])
         backend, regions = self.backend, None
         if self.region is not None:
@@ -158,8 +163,12 @@ class ImageJob:
             baselines, chosen = self._auto_baselines(backend, inputs, group)
         else:
             baselines, chosen = self._baselines(group), [None] * len(group)
+        if self.methods is not None:
+            explanations, extras = self.methods.explain(backend, inputs, baselines, group, self.target,
+                                                        self.quadrature, self.batch, self.map_buffers)
+            return explanations, chosen, regions, extras
         return explain(backend, inputs, baselines, self.target, self.quadrature, self.batch,
-                       self.map_buffers), chosen, regions
+                       self.map_buffers), chosen, regions, None
 
     def _auto_baselines(self, backend, inputs: torch.Tensor, group: list[Sample]) -> tuple[torch.Tensor, list[str]]:
         """Per input, the candidate of AUTO_CANDIDATES with the lowest F for its (first) target:
