@@ -189,7 +189,7 @@ class Config(Section):
     device: str = "auto"
     output: OutputSection = OutputSection()
     # Path methods and smoothing (docs/methods.md); at their defaults the run is plain IG.
-    path: Literal["straight", "blur"] = "straight"
+    path: Literal["straight", "blur", "guided"] = "straight"
     smoothgrad: SmoothGradSection | None = None
     layer: str | None = None  # torch models: IG at this module's output (a name from named_modules)
 
@@ -231,6 +231,8 @@ class Config(Section):
             raise ValueError(f"{chosen[0]} applies to image inputs with a class target; remove it")
         if len(chosen) > 1:
             raise ValueError(f"set one of {' and '.join(chosen)}: they do not combine yet")
+        if self.path == "guided" and self.baseline.samples > 1:
+            raise ValueError("path guided takes one baseline per input; set baseline.samples: 1")
         return self
 
     @field_validator("steps", "chunk_inputs", "batch_size")

@@ -127,7 +127,7 @@ def explain_path(backend: Backend, path: Path, inputs: Tensor, target: TargetSpe
     f_start = f_starts[index, classes].double()
     integral = _Integral(backend, path, index, classes, inputs[:1], f_inputs.shape[1], batch)
     results = integral.run(quadrature, f_input, f_start, map_buffers)
-    return _explanations(groups, results, f_input, f_start, quadrature, f_inputs.shape[1])
+    return path_explanations(groups, results, f_input, f_start, quadrature, f_inputs.shape[1])
 
 
 class _Integral:
@@ -200,7 +200,7 @@ class _Integral:
             level, m = refinement.new, refinement.steps
 
 
-def _explanations(groups, results: PathResults, f_input: Tensor, f_start: Tensor, quad: Quadrature,
+def path_explanations(groups, results: PathResults, f_input: Tensor, f_start: Tensor, quad: Quadrature,
                   classes: int) -> list[Explanation]:
     """One Explanation per path, judged as the engine judges a straight one."""
     attributions = results.attributions.detach().cpu()

@@ -13,6 +13,7 @@ from igcli.attribution.adaptive import MapBuffers
 from igcli.attribution.baselines import Normalization
 from igcli.attribution.engine import BatchSize, Explanation, Quadrature, TargetSpec
 from igcli.attribution.layer import explain_layer, layer_map_to_input
+from igcli.attribution.guided import GuidedOptions, explain_guided
 from igcli.attribution.paths import DEFAULT_MAX_SIGMA, BlurPath, explain_path
 from igcli.attribution.smooth import add_noise, explain_smoothed
 from igcli.backends.base import Backend
@@ -75,6 +76,11 @@ class Methods:
             start = {"kind": "blurred", "max_sigma": DEFAULT_MAX_SIGMA}
             return explanations, [{"baseline": start, "path": {"kind": "blur", "max_sigma": DEFAULT_MAX_SIGMA}}
                                   for _ in explanations]
+        if config.path == "guided":
+            options = GuidedOptions()
+            explanations = explain_guided(backend, inputs, baselines[:, 0], target, quadrature, batch, options)
+            path = {"kind": "guided", "fraction": options.fraction, "max_dist": options.max_dist}
+            return explanations, [{"path": path} for _ in explanations]
         smoothing = config.smoothgrad
         sigma = tuple(smoothing.sigma / s for s in self.normalization.std)  # pixel units -> the model's
         # Each input's noise from its own generator: it does not depend on the other inputs of its chunk.
