@@ -131,17 +131,18 @@ def explain_guided(backend: Backend, inputs: Tensor, baselines: Tensor, target: 
             out.append(backend.scores_and_grads(part, selector)[1][:count].flatten(1).double())
         return torch.cat(out)
 
-    results = _integrate(gradients, ends, f_input - f_start, quadrature, options,
+    noise = 64 * torch.finfo(backend.dtype).eps * (f_input.abs() + f_start.abs())  # as the engine's
+    results = _integrate(gradients, ends, f_input - f_start, noise, quadrature, options,
                          trapezoid=quadrature.rule is not Rule.riemann_left)
     results.attributions = results.attributions.to(backend.dtype).view((-1,) + tuple(shape))
     return path_explanations(groups, results, f_input, f_start, quadrature, f_inputs.shape[1])
 
 
-def _integrate(gradients: Gradients, ends: tuple[Tensor, Tensor], change: Tensor, quad: Quadrature,
+def _integrate(gradients: Gradients, ends: tuple[Tensor, Tensor], change: Tensor, noise: Tensor, quad: Quadrature,
                options: GuidedOptions, trapezoid: bool) -> PathResults:
+    """Each path at ``quad.steps``, or (None) at doubling steps until completeness holds."""
     inputs, baselines = ends
     count = len(inputs)
-    noise = 64 * torch.finfo(torch.float32).eps * change.abs()
     steps = torch.zeros(count, dtype=torch.long)
     evals = torch.zeros(count, dtype=torch.long)
     attributions = torch.zeros_like(inputs)

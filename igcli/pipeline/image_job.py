@@ -223,6 +223,7 @@ def _inputs_per_chunk(config: Config, batch_points: int) -> int:
     if config.chunk_inputs != "auto":
         return config.chunk_inputs
     paths_per_input = config.baseline.samples * (config.target.top_k if isinstance(config.target, TopK) else 1)
+    paths_per_input *= config.smoothgrad.samples if config.smoothgrad is not None else 1  # a path per noisy copy
     limit = MAX_INPUTS_PER_CHUNK
     if config.method is Rule.adaptive:
         first_level = (INITIAL_INTERVALS if config.steps == "auto" else min(config.steps, INITIAL_INTERVALS)) + 1
