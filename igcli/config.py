@@ -186,6 +186,14 @@ class OutputSection(Section):
     top_tokens: int = Field(5, ge=0, description="text: the highest-scoring tokens listed in each record")
 
 
+class SmoothGradSection(Section):
+    """IG averaged over noisy copies of each input (docs/methods.md)."""
+
+    samples: int = Field(ge=1)
+    sigma: float = Field(gt=0)  # the noise's std in pixel units ([0, 1], before input.mean/std)
+    seed: int = 0
+
+
 class Config(Section):
     model: ModelSection
     input: InputSection = InputSection()
@@ -221,6 +229,10 @@ class Config(Section):
                                                       "(docs/performance.md)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     output: OutputSection = OutputSection()
+    # Path methods and smoothing (docs/methods.md); at their defaults the run is plain IG.
+    path: Literal["straight", "blur", "guided"] = "straight"
+    smoothgrad: SmoothGradSection | None = None
+    layer: str | None = None  # torch models: IG at this module's output (a name from named_modules)
 
     @model_validator(mode="before")
     @classmethod
@@ -248,6 +260,22 @@ class Config(Section):
             raise ValueError("target.region applies to image inputs (segmentation models) only")
         return self
 
+    @field_validator("layer", mode="before")
+    @classmethod
+    def _layer_name(cls, name: Any) -> Any:
+        return str(name) if isinstance(name, int) and not isinstance(name, bool) else name  # nn.Sequential's "3"
+
+    @model_validator(mode="after")
+    def _methods_fit(self) -> "Config":
+        chosen = [key for key in METHOD_KEYS if getattr(self, key) != Config.model_fields[key].default]
+        if chosen and (self.input.kind != "image" or isinstance(self.target, Region)):
+            raise ValueError(f"{chosen[0]} applies to image inputs with a class target; remove it")
+        if len(chosen) > 1:
+            raise ValueError(f"set one of {' and '.join(chosen)}: they do not combine yet")
+        if self.path == "guided" and self.baseline.samples > 1:
+            raise ValueError("path guided takes one baseline per input; set baseline.samples: 1")
+        return self
+
     @field_validator("steps", "chunk_inputs", "batch_size")
     @classmethod
     def _positive_or_auto(cls, value: int | str, info: ValidationInfo) -> int | str:
@@ -263,6 +291,8 @@ class Config(Section):
             raise ValueError("device must be auto, cpu, cuda or cuda:N")
         return device
 
+
+METHOD_KEYS = ("path", "smoothgrad", "layer")  # absent from resolved() at their defaults: run keys stay as they were
 
 PATH_KEYS: tuple[KeyPath, ...] = (("model", "path"), ("model", "labels"), ("model", "tokenizer"),
                                   ("baseline", "path"))
@@ -355,4 +385,5 @@ def _nearest_key(loc: KeyPath) -> str | None:
 
 def resolved(config: Config) -> dict[str, Any]:
     """The config as plain JSON-ready data, for manifests and `validate-config`."""
-    return config.model_dump(mode="json")
+    unset = {key for key in METHOD_KEYS if getattr(config, key) == Config.model_fields[key].default}
+    return config.model_dump(mode="json", exclude=unset)

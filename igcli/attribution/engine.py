@@ -127,11 +127,13 @@ def attribute(
     quadrature: Quadrature,
     batch_size: int | Batching = 256,
     map_buffers: MapStorage | None = None,
+    targets: list[list[int]] | None = None,
 ) -> list[Explanation]:
     """Explain ``inputs`` [N, ...] against ``baselines`` [N, K, ...] (K baselines per input).
     ``batch_size``: points per backend call, or the Batching policy that cuts them
     (backends/batching.BatchSize pads to a few shapes and halves on out-of-memory).
     ``map_buffers``: where the adaptive rule keeps its maps from one call to the next (a run's calls share one).
+    ``targets``: the classes per input, where the caller has resolved them (else from F(inputs) and ``target``).
 
     Returns one Explanation per (input, target), in input order, then target rank order.
     """
@@ -145,7 +147,7 @@ def attribute(
     # One pass for both ends: on a GPU a second small forward costs as much as a large one.
     f_ends = batch.scores(backend, torch.cat([inputs, ends]))
     f_inputs, f_baselines = f_ends[: len(inputs)], f_ends[len(inputs):].expand(len(flat_baselines), -1)
-    targets = resolve_targets(f_inputs, target)
+    targets = resolve_targets(f_inputs, target) if targets is None else targets
     paths, groups = _make_paths(targets, baselines.shape[1], f_inputs, f_baselines, target.ranked,
                                 backend.score_kind)
     path_integral = _PathIntegral(backend, inputs, flat_baselines, paths, f_inputs.shape[1], batch, common_start,

@@ -26,6 +26,7 @@ from igcli.attribution.quadrature import Rule
 from igcli.results.records import Attribution, Failure, Sample
 from igcli.pipeline.common import MODEL_FAILURES, Job, check_classes, to_record
 from igcli.pipeline.targets import region_target
+from igcli.pipeline.methods import Methods
 
 # The auto chunk size (docs/performance.md, "Chunks"): enough inputs that the adaptive rule's first
 # round fills this many batches, which keeps its part-filled last batches few; at most this many
@@ -41,6 +42,7 @@ class ImageJob(Job):
     def _load_model(self, config: Config) -> Config:
         section = config.model
         module, self._source_defaults = image_source(section.path, section.timm, section.torchvision)
+        self._source_module = module  # a timm/torchvision model built by name (layer IG hooks into it)
         # The model source's preprocessing fills the input keys the config does not set.
         config = config.model_copy(update={"input": with_source_defaults(config.input, self._source_defaults)})
         inputs = config.input
@@ -68,6 +70,7 @@ class ImageJob(Job):
         self.preprocess = ImagePreprocess("RGB" if bgr else inputs.mode, inputs.resize, inputs.crop, norm,
                                           inputs.max_bytes, inputs.resample)
         self.baseline = _baseline_plan(config, self.preprocess)
+        self.methods = Methods.of(config, norm, self._source_module, self.device)  # None: plain IG
 
     def _batch_points(self, shape: tuple[int, ...] | None = None) -> int:
         """``batch_size``, or for auto the points whose measured activations fit the memory budget
@@ -125,18 +128,20 @@ class ImageJob(Job):
         return tuple(sample.x.shape)  # images of different sizes (no resize configured) cannot share a batch
 
     def _record(self, sample: Sample, e: Explanation, seconds: float,
-                context: tuple[list[str | None], torch.Tensor | None]) -> Attribution | Failure:
-        chosen, regions = context
+                context: tuple[list[str | None], torch.Tensor | None, dict[int, dict] | None]) -> Attribution | Failure:
+        chosen, regions, extras = context
         record = to_record(sample, e, self.config, self.labels, seconds, classes=self.classes,
                            baseline_chosen=chosen[e.input_index])
         if regions is not None and isinstance(record, Attribution):
             record = self.region.annotate(record, regions[e.input_index], self.labels)
+        if extras is not None and isinstance(record, Attribution):
+            record = self.methods.annotate(record, extras[id(e)])
         return record
 
-    def _explain_together(self, group: list[Sample]) -> tuple[list[Explanation],
-                                                              tuple[list[str | None], torch.Tensor | None]]:
+    def _explain_together(self, group: list[Sample]):
         """The group's explanations; per input the baseline ``auto`` chose (None for other kinds);
-        and for a region target each input's region [N, H, W] (else None)."""
+        for a region target each input's region [N, H, W] (else None); and for a path method or
+        smoothing what each explanation's record adds (else None)."""
         inputs = torch.stack([sample.x for sample in group])
         backend, regions = self.backend, None
         if self.region is not None:
@@ -146,8 +151,12 @@ class ImageJob(Job):
             baselines, chosen = self._auto_baselines(backend, inputs, group)
         else:
             baselines, chosen = self._baselines(group), [None] * len(group)
+        if self.methods is not None:
+            explanations, extras = self.methods.explain(backend, inputs, baselines, group, self.target,
+                                                        self.quadrature, self.batch, self.map_buffers)
+            return explanations, (chosen, regions, {id(e): extra for e, extra in zip(explanations, extras)})
         return attribute(backend, inputs, baselines, self.target, self.quadrature, self.batch,
-                         self.map_buffers), (chosen, regions)
+                         self.map_buffers), (chosen, regions, None)
 
     def _auto_baselines(self, backend, inputs: torch.Tensor, group: list[Sample]) -> tuple[torch.Tensor, list[str]]:
         """Per input, the candidate of AUTO_CANDIDATES with the lowest F for its (first) target:
@@ -202,6 +211,7 @@ def _inputs_per_chunk(config: Config, batch_points: int) -> int:
     if config.chunk_inputs != "auto":
         return config.chunk_inputs
     paths_per_input = config.baseline.samples * (config.target.top_k if isinstance(config.target, TopK) else 1)
+    paths_per_input *= config.smoothgrad.samples if config.smoothgrad is not None else 1  # a path per noisy copy
     limit = MAX_INPUTS_PER_CHUNK
     if config.method is Rule.adaptive:
         first_level = (INITIAL_INTERVALS if config.steps == "auto" else min(config.steps, INITIAL_INTERVALS)) + 1

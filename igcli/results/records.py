@@ -41,6 +41,7 @@ class Attribution:
     within_noise: bool = False  # |F(x) - F(x')| at float noise: completeness judged against that noise
     key: str | None = None  # run key + input bytes; --resume reuses the record while it matches
     region: Tensor | None = None  # a region target's pixels [H, W] bool, outlined on the heatmap
+    display: Tensor | None = None  # what the heatmap draws where not the attributions (a layer map, upsampled)
 
     @property
     def name(self) -> str:

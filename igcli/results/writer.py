@@ -146,7 +146,8 @@ class RunWriter:
             write_bytes_atomic(self.out_dir / relative, page.encode("utf-8"))
             written["html"] = relative
         elif heatmap.style != "none":
-            values = signed_map(attributions, heatmap.sign, heatmap.clip_percentile)
+            shown = attributions if attribution.display is None else attribution.display.numpy()
+            values = signed_map(shown, heatmap.sign, heatmap.clip_percentile)
             images = {
                 "heatmap": render_overlay(attribution.sample.pixels.numpy(), values, heatmap.opacity)
                 if heatmap.style in ("overlay", "both") else render_bare(values),
