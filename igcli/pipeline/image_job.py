@@ -24,6 +24,7 @@ from igcli.attribution.quadrature import Rule
 from igcli.results.records import Attribution, Failure, Sample
 from igcli.pipeline.common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
 from igcli.pipeline.targets import region_target
+from igcli.pipeline.metrics_hook import RecordMetrics, blurred_fill, path_explainer
 
 # The auto size's cap. A chunk's stored maps and copies grow with it, and so does the peak memory:
 # on the sample job 10,000 inputs peaked at 1.08x the memory of 100 with chunks of 77, 1.09x at 96,
@@ -79,6 +80,7 @@ class ImageJob:
                                                 self.device))
         self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
         self.chunk_size = _inputs_per_chunk(config, self.batch.points)
+        self.metrics = RecordMetrics(config, self.batch) if config.metrics else None
 
     def _batch_points(self, shape: tuple[int, ...] | None) -> int:
         """``batch_size``, or for auto the points whose measured activations fit the memory budget
@@ -144,7 +146,29 @@ class ImageJob:
                 if regions is not None and isinstance(record, Attribution):
                     record = self.region.annotate(record, regions[e.input_index], self.labels)
                 results[indices[e.input_index]].append(record)
+            if self.metrics is not None:
+                self._add_metrics(group, [(e.input_index, results[indices[e.input_index]][-1]) for e in explanations])
         return results
+
+    def _add_metrics(self, group: list[Sample], records: list) -> None:
+        """Each record's ``metrics`` (pipeline/metrics_hook.py); the fill: blurred inputs or their baselines."""
+        inputs = torch.stack([sample.x for sample in group])
+        options = self.config.faithfulness
+        baselines = self._metric_baselines(group, records)
+        if options.fill == "blur":
+            fill = blurred_fill(torch.stack([s.pixels for s in group]), self.preprocess.normalization, options.blur_sigma)
+        else:
+            fill = baselines[:, 0]
+        explainer = path_explainer(self.backend, baselines, self.quadrature, self.batch)
+        self.metrics.annotate(self.backend, inputs, fill.to(inputs.dtype), records, "pixel", explainer)
+
+    def _metric_baselines(self, group: list[Sample], records: list) -> torch.Tensor:
+        if self.baseline.kind is not BaselineKind.auto:
+            return self._baselines(group)
+        chosen = {index: record.baseline.get("chosen") for index, record in records if isinstance(record, Attribution)}
+        norm = self.preprocess.normalization
+        return torch.stack([auto_candidates(s.pixels, norm)[AUTO_CANDIDATES.index(chosen.get(i, "black"))][None]
+                            for i, s in enumerate(group)])
 
     def _explain_group(self, group: list[Sample]) -> tuple[list[Explanation], list[str | None], torch.Tensor | None]:
         """The group's explanations; per input the baseline ``auto`` chose (None for other kinds);

@@ -26,6 +26,7 @@ from igcli.backends.onnx.text import GraphTextModel, onnx_text_model
 from igcli.backends.text_model import TextModel, huggingface_text_model, tagged, torch_text_model
 from igcli.data.tokenizer import TextTokenizer
 from igcli.pipeline.overlap import chunks_in_flight, points_per_chunk
+from igcli.pipeline.metrics_hook import RecordMetrics
 from igcli.results.records import Attribution, Failure, TextSample
 from igcli.pipeline.common import MODEL_FAILURES, check_classes, model_failure, read_labels, resolve_target, to_record
 
@@ -55,6 +56,7 @@ class TextJob:
         self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
         self.chunk_size = TEXT_INPUTS_PER_CHUNK if config.chunk_inputs == "auto" else config.chunk_inputs
         self.fill_id = self._fill_id()
+        self.metrics = RecordMetrics(config, self.batch) if config.metrics else None
 
     def _fill_id(self) -> int | None:
         section = self.config.baseline
@@ -115,6 +117,17 @@ class TextJob:
             sample = group[e.input_index]
             results[e.input_index].append(to_record(sample, e, self.config, self.labels, seconds,
                                                     self._details(sample, e)))
+            if self.metrics is not None:
+                self._add_metrics(sample, results[e.input_index][-1])
+
+    def _add_metrics(self, sample: TextSample, record: Attribution | Failure) -> None:
+        """The record's ``metrics`` over tokens (pipeline/metrics_hook.py): tokens move to or from the baseline."""
+        with torch.no_grad():
+            embeddings = self.model.embed(sample.ids)[None]
+            fill = torch.zeros_like(embeddings) if self.fill_id is None else \
+                self.model.embed(self._baseline_ids(sample))[None]
+        backend = self.model.backend_for(sample.ids, sample.mask)
+        self.metrics.annotate(backend, embeddings.detach(), fill.detach(), [(0, record)], "token")
 
     def _explain_same_length(self, group: list[TextSample]) -> list[Explanation]:
         ids = torch.stack([sample.ids for sample in group])
