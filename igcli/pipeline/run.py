@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 from contextlib import closing, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import chain, islice
 from pathlib import Path
@@ -31,6 +31,7 @@ from igcli.pipeline.common import BASELINE_WARNING, AnySample, Job
 from igcli.pipeline.lock import OutputLock
 from igcli.results.naming import OutputNames
 from igcli.results.writer import RunWriter
+from igcli.results.distributions import MetricTotals
 from igcli.pipeline.overlap import ordered_map, own_stream, threads_shared
 from igcli.results.records import Attribution, Failure
 from igcli.pipeline.resume import PreviousRun, record_key, run_key
@@ -56,6 +57,7 @@ class RunSummary:
     compute_seconds: float = 0.0  # wall time from the first input explained to the last: the records' seconds sum to it
     stopped: str | None = None  # why the run ended before its last input
     signal: int | None = None  # the signal that stopped it (exit code 128 + signal)
+    metrics: MetricTotals = field(default_factory=MetricTotals)  # the records' metrics, when configured
 
     def add(self, record: dict[str, Any]) -> None:
         """Count one written record; an input's first record counts the input."""
@@ -72,6 +74,7 @@ class RunSummary:
         self.baseline_warnings += any(w.startswith(BASELINE_WARNING) for w in record["warnings"])
         if record["completeness"]["rel_error"] is not None:
             self.max_rel_error = max(self.max_rel_error, record["completeness"]["rel_error"])
+        self.metrics.add(record.get("metrics"))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,7 +85,7 @@ class RunSummary:
             "baseline_warnings": self.baseline_warnings, "seconds": round(self.seconds, 3),
             "compute_seconds": round(self.compute_seconds, 3),
             "stopped": self.stopped,
-        }
+        } | self.metrics.to_json()
 
 
 def explain_inputs(
