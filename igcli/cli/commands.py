@@ -279,3 +279,9 @@ def _summary_line(summary: Any) -> str:
             f"{totals['not_converged']} not converged ({totals['at_max_steps']} at max_steps); steps mean {totals['mean_steps'] or 0:.1f} "
             f"max {totals['max_steps'] or 0}; max relative completeness error {totals['max_rel_error']:.2e}; "
             f"{totals['seconds']:.1f} s")
+
+
+from igcli.cli.nightly import diff, summary  # noqa: E402  (they use reporting_errors above)
+
+main.add_command(diff)
+main.add_command(summary)
