@@ -214,3 +214,15 @@ def test_diff_usage_errors_exit_2_in_one_line(runs, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
     into_run = run("diff", runs / "old", runs / "new", "-o", runs / "new")
     assert into_run.exit_code == 2 and "one of the runs" in into_run.stderr
+
+
+def test_max_sensitivity_in_a_run_grows_with_the_radius(tmp_path):
+    """The run's own rule re-explains each perturbed input: a vanishing radius leaves the map as it was."""
+    found = {}
+    for radius in (1e-6, 0.3):
+        folder = tmp_path / str(radius)
+        assert run("explain", "-c", DIGITS_CONFIG, *IMAGES[:2], "-o", folder, "-q", "--method", "gausslegendre",
+                   "--steps", 16, "--set", "metrics=[sensitivity]", "--set", "faithfulness.samples=2",
+                   "--set", f"faithfulness.radius={radius}").exit_code == 0
+        found[radius] = [record["metrics"]["sensitivity"] for record in records(folder)]
+    assert max(found[1e-6]) < 1e-3 and min(found[0.3]) > 10 * max(found[1e-6])
