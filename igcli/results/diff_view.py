@@ -18,7 +18,8 @@ MAX_PICTURES = 200  # rows with pictures, the most drifted first
 
 def write_diff(rows: list[dict[str, Any]], old: Run, new: Run, out_dir: Path, breaches: list[str]) -> None:
     """Write ``out_dir``/diff.jsonl, diff.html and the pictures it shows (pictures/N.old.png, N.new.png)."""
-    lines = "".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows)
+    # ASCII escapes: a row stays one line for every reader, whatever characters its input's name holds.
+    lines = "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows)
     write_bytes_atomic(out_dir / "diff.jsonl", lines.encode("utf-8"))
     table = [_row(number, row, old, new, out_dir) for number, row in enumerate(rows, start=1)]
     verdict = "".join(f"<li>{html.escape(line)}</li>" for line in breaches) or "<li>within every threshold</li>"
