@@ -226,3 +226,13 @@ def test_max_sensitivity_in_a_run_grows_with_the_radius(tmp_path):
                    "--set", f"faithfulness.radius={radius}").exit_code == 0
         found[radius] = [record["metrics"]["sensitivity"] for record in records(folder)]
     assert max(found[1e-6]) < 1e-3 and min(found[0.3]) > 10 * max(found[1e-6])
+
+
+def test_a_records_perturbations_do_not_depend_on_its_chunk(runs, tmp_path):
+    """Infidelity's noise is seeded by the input's name and target: chunks of 2 give the run's numbers."""
+    folder = tmp_path / "chunks"
+    assert run("explain", "-c", DIGITS_CONFIG, runs / "images", "-o", folder, "-q", "--batch-size", 16, "--set",
+               "chunk_inputs=2", "--set", METRICS, "--set", "faithfulness.samples=4").exit_code == 0
+    for ours, theirs in zip(records(folder), records(runs / "old")):
+        assert ours["relpath"] == theirs["relpath"]
+        assert ours["metrics"]["infidelity"] == pytest.approx(theirs["metrics"]["infidelity"], rel=1e-3, abs=1e-9)

@@ -3,6 +3,7 @@ inputs and the backend: the same device, batched like the run's path points."""
 from __future__ import annotations
 
 import logging
+import zlib
 from typing import Callable
 
 import torch
@@ -58,16 +59,29 @@ class RecordMetrics:
                                                      options.steps, self.batch.points)
             values |= {"deletion": deletion} if "deletion" in self.names else {}
             values |= {"insertion": insertion} if "insertion" in self.names else {}
+        # Each record's perturbations follow from its input's name and target, whatever chunk it falls in.
+        seeds = [options.seed * 1_000_003 + zlib.crc32(f"{r.sample.relpath}:{r.target}".encode()) for _, r in chosen]
+        # Perturbed copies of about a batch of inputs at a time: all of a chunk's at once may not fit.
+        step = max(1, self.batch.points // options.samples)
         if "infidelity" in self.names:
-            noise = torch.stack([gaussian_perturbations(shape, options.samples, options.noise, options.seed + i)
-                                 for i in range(len(chosen))])
-            values["infidelity"] = infidelity(backend, x, maps, targets, noise, self.batch.points)
+            parts = []
+            for first in range(0, len(chosen), step):
+                part = slice(first, first + step)
+                noise = torch.stack([gaussian_perturbations(shape, options.samples, options.noise, seeds[i])
+                                     for i in range(first, min(first + step, len(chosen)))])
+                parts.append(infidelity(backend, x[part], maps[part], targets[part], noise, self.batch.points))
+            values["infidelity"] = torch.cat(parts)
         if "sensitivity" in self.names and explain_fn is not None:
-            noise = torch.stack([uniform_perturbations(shape, options.samples, options.radius, options.seed + i)
-                                 for i in range(len(chosen))])
-            of_input = index.repeat_interleave(options.samples)
-            values["sensitivity"] = max_sensitivity(
-                lambda rows: explain_fn(rows, of_input, targets.repeat_interleave(options.samples)), x, maps, noise)
+            parts = []
+            for first in range(0, len(chosen), step):
+                part = slice(first, first + step)
+                noise = torch.stack([uniform_perturbations(shape, options.samples, options.radius, seeds[i])
+                                     for i in range(first, min(first + step, len(chosen)))])
+                of_input = index[part].repeat_interleave(options.samples)
+                rows_targets = targets[part].repeat_interleave(options.samples)
+                parts.append(max_sensitivity(lambda rows: explain_fn(rows, of_input, rows_targets), x[part], maps[part],
+                                             noise))
+            values["sensitivity"] = torch.cat(parts)
         return values
 
 
