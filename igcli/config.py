@@ -194,6 +194,21 @@ class SmoothGradSection(Section):
     seed: int = 0
 
 
+MetricName = Literal["deletion", "insertion", "infidelity", "sensitivity"]
+
+
+class FaithfulnessSection(Section):
+    """Settings of the ``metrics`` (docs/nightly.md)."""
+
+    steps: int = Field(20, ge=1)  # deletion/insertion: points on the curve past the first
+    fill: Literal["blur", "baseline"] = "blur"  # images: what replaces a pixel; text always uses the baseline
+    blur_sigma: float = Field(5.0, gt=0)  # fill blur: the Gaussian's sigma in pixels
+    samples: int = Field(10, ge=1)  # infidelity and sensitivity: perturbations per record
+    noise: float = Field(0.1, gt=0)  # infidelity: the perturbations' std, in model-input units
+    radius: float = Field(0.02, gt=0)  # sensitivity: the perturbations' L-infinity radius (captum's default)
+    seed: int = 0
+
+
 class Config(Section):
     model: ModelSection
     input: InputSection = InputSection()
@@ -233,6 +248,8 @@ class Config(Section):
     path: Literal["straight", "blur", "guided"] = "straight"
     smoothgrad: SmoothGradSection | None = None
     layer: str | None = None  # torch models: IG at this module's output (a name from named_modules)
+    metrics: tuple[MetricName, ...] = ()  # faithfulness metrics per record; off by default (docs/nightly.md)
+    faithfulness: FaithfulnessSection = FaithfulnessSection()
 
     @model_validator(mode="before")
     @classmethod
@@ -258,6 +275,14 @@ class Config(Section):
     def _region_needs_images(self) -> "Config":
         if isinstance(self.target, Region) and self.input.kind != "image":
             raise ValueError("target.region applies to image inputs (segmentation models) only")
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_fit_target(self) -> "Config":
+        if self.metrics and isinstance(self.target, Region):
+            raise ValueError("metrics apply to class targets, not to target.region; set metrics: []")
+        if "sensitivity" in self.metrics and self.input.kind == "text":
+            raise ValueError("metrics: sensitivity applies to image inputs; use deletion, insertion, infidelity")
         return self
 
     @field_validator("layer", mode="before")
@@ -386,4 +411,6 @@ def _nearest_key(loc: KeyPath) -> str | None:
 def resolved(config: Config) -> dict[str, Any]:
     """The config as plain JSON-ready data, for manifests and `validate-config`."""
     unset = {key for key in METHOD_KEYS if getattr(config, key) == Config.model_fields[key].default}
+    if not config.metrics:  # metrics off: manifests and run keys (--resume) stay as they were without them
+        unset |= {"metrics", "faithfulness"}
     return config.model_dump(mode="json", exclude=unset)

@@ -67,3 +67,7 @@ def meaningful_line(error: BaseException) -> str:
         if errors:
             return errors[-1]
     return lines[0]
+
+
+# What a model's forward or backward raises on inputs it cannot take: one input's (or group's) failure, not the run's.
+MODEL_FAILURES = (RuntimeError, ValueError, AssertionError, TypeError, IndexError)

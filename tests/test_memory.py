@@ -3,10 +3,8 @@ memory of a whole run at the defaults."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from torch import nn

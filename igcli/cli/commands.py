@@ -6,7 +6,6 @@ Exit codes: 0 all inputs explained; 1 some inputs failed (the others are written
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -17,7 +16,8 @@ import click
 import yaml
 
 from igcli import __version__
-from igcli.errors import IgcliError
+from igcli.cli.nightly import diff, summary
+from igcli.cli.reporting import reporting_errors
 from igcli.data.discover import PathList, read_path_list
 from igcli.backends.kinds import ScoreKind
 from igcli.attribution.kinds import Rule
@@ -25,27 +25,6 @@ from igcli.attribution.kinds import Rule
 EXIT_CODES = ("Exit codes: 0 all inputs explained; 1 some inputs failed (or an output could not be written; or, "
               "with --strict, a record did not converge); "
               "2 usage or config error; 3 model error; 130/143 stopped by SIGINT/SIGTERM.")
-
-
-class CliError(click.ClickException):
-    """An IgcliError shown as one line, with its exit code."""
-
-    def __init__(self, error: IgcliError):
-        super().__init__(str(error))
-        self.exit_code = error.exit_code
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"igcli: error: {self.format_message()}", err=True)
-
-
-def reporting_errors(command: Callable) -> Callable:
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except IgcliError as error:
-            raise CliError(error) from None
-    return wrapper
 
 
 def config_options(command: Callable) -> Callable:
@@ -299,3 +278,7 @@ def _summary_line(summary: Any) -> str:
             f"{totals['not_converged']} not converged ({totals['at_max_steps']} at max_steps); steps mean {totals['mean_steps'] or 0:.1f} "
             f"max {totals['max_steps'] or 0}; max relative completeness error {totals['max_rel_error']:.2e}; "
             f"{totals['seconds']:.1f} s")
+
+
+main.add_command(diff)
+main.add_command(summary)

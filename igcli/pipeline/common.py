@@ -13,13 +13,13 @@ from igcli.runtime.buffers import MapBuffers
 from igcli.backends.loading import resolve_device
 from igcli.pipeline.overlap import chunks_in_flight, points_per_chunk
 from igcli.runtime.options import RuntimeOptions
-from igcli.errors import ConfigError
+from igcli.errors import MODEL_FAILURES, ConfigError  # noqa: F401 - MODEL_FAILURES named here too
+from igcli.pipeline.metrics_hook import RecordMetrics
 from igcli.data.discover import InputRef
 from igcli.backends.base import ScoreKind
 from igcli.results.records import Attribution, Failure, Sample, TextSample
 
 # What a model's forward or backward raises on inputs it cannot take (exported programs assert).
-MODEL_FAILURES = (RuntimeError, ValueError, AssertionError, TypeError, IndexError)
 
 AnySample = Sample | TextSample
 NONE_ABOVE = "no class has F(input) over target.above="  # how a multi-label fallback's warning begins
@@ -52,6 +52,7 @@ class Job:
         # Lowered for the whole run on out-of-memory; shared by the chunks in flight.
         self.batch = BatchSize(points_per_chunk(self._batch_points(), self.in_flight, self.device))
         self.map_buffers = MapBuffers()  # the adaptive rule's stored maps, kept from chunk to chunk
+        self.metrics = RecordMetrics(config, self.batch) if config.metrics else None
         # Inputs read ahead and explained together.
         self.chunk_size = self._inputs_per_chunk() if config.chunk_inputs == "auto" else config.chunk_inputs
 
@@ -112,14 +113,23 @@ class Job:
                 result.append(model_failure(sample, error))
             return
         seconds = (time.perf_counter() - clock) / max(1, len(explanations))
+        made = []
         for e in explanations:
-            results[e.input_index].append(self._record(group[e.input_index], e, seconds, context))
+            record = self._record(group[e.input_index], e, seconds, context)
+            results[e.input_index].append(record)
+            made.append((e.input_index, record))
+        if self.metrics is not None:
+            self._add_metrics(group, made)
 
     def _explain_together(self, group: list[AnySample]) -> tuple[list[Explanation], Any]:
         """The group's Explanations, and what ``_record`` needs of the group besides them."""
         raise NotImplementedError
 
     def _record(self, sample: AnySample, e: Explanation, seconds: float, context: Any) -> Attribution | Failure:
+        raise NotImplementedError
+
+    def _add_metrics(self, group: list[AnySample], records: list[tuple[int, Attribution | Failure]]) -> None:
+        """The ``metrics`` of the group's records (pipeline/metrics_hook.py); records: (input index, record)."""
         raise NotImplementedError
 
 

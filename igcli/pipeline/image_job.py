@@ -27,6 +27,7 @@ from igcli.results.records import Attribution, Failure, Sample
 from igcli.pipeline.common import MODEL_FAILURES, Job, check_classes, to_record
 from igcli.pipeline.targets import region_target
 from igcli.pipeline.methods import Methods
+from igcli.pipeline.metrics_hook import blurred_fill, path_explainer
 
 # The auto chunk size (docs/performance.md, "Chunks"): enough inputs that the adaptive rule's first
 # round fills this many batches, which keeps its part-filled last batches few; at most this many
@@ -137,6 +138,26 @@ class ImageJob(Job):
         if extras is not None and isinstance(record, Attribution):
             record = self.methods.annotate(record, extras[id(e)])
         return record
+
+    def _add_metrics(self, group: list[Sample], records: list) -> None:
+        """Each record's ``metrics`` (pipeline/metrics_hook.py); the fill: blurred inputs or their baselines."""
+        inputs = torch.stack([sample.x for sample in group])
+        options = self.config.faithfulness
+        baselines = self._metric_baselines(group, records)
+        if options.fill == "blur":
+            fill = blurred_fill(torch.stack([s.pixels for s in group]), self.preprocess.normalization, options.blur_sigma)
+        else:
+            fill = baselines[:, 0]
+        explainer = path_explainer(self.backend, baselines, self.quadrature, self.batch)
+        self.metrics.annotate(self.backend, inputs, fill.to(inputs.dtype), records, "pixel", explainer)
+
+    def _metric_baselines(self, group: list[Sample], records: list) -> torch.Tensor:
+        if self.baseline.kind is not BaselineKind.auto:
+            return self._baselines(group)
+        chosen = {index: record.baseline.get("chosen") for index, record in records if isinstance(record, Attribution)}
+        norm = self.preprocess.normalization
+        return torch.stack([auto_candidates(s.pixels, norm)[AUTO_CANDIDATES.index(chosen.get(i, "black"))][None]
+                            for i, s in enumerate(group)])
 
     def _explain_together(self, group: list[Sample]):
         """The group's explanations; per input the baseline ``auto`` chose (None for other kinds);

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -12,6 +12,7 @@ import torch
 from igcli import __version__
 from igcli.config import Config, resolved
 from igcli.pipeline.common import BASELINE_WARNING, Job
+from igcli.results.distributions import MetricTotals
 
 
 @dataclass
@@ -32,6 +33,7 @@ class RunSummary:
     compute_seconds: float = 0.0  # wall time from the first input explained to the last: the records' seconds sum to it
     stopped: str | None = None  # why the run ended before its last input
     signal: int | None = None  # the signal that stopped it (exit code 128 + signal)
+    metrics: MetricTotals = field(default_factory=MetricTotals)  # the records' metrics, when configured
 
     def add(self, record: dict[str, Any]) -> None:
         """Count one written record; an input's first record counts the input."""
@@ -48,6 +50,7 @@ class RunSummary:
         self.baseline_warnings += any(w.startswith(BASELINE_WARNING) for w in record["warnings"])
         if record["completeness"]["rel_error"] is not None:
             self.max_rel_error = max(self.max_rel_error, record["completeness"]["rel_error"])
+        self.metrics.add(record.get("metrics"))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,7 +61,7 @@ class RunSummary:
             "baseline_warnings": self.baseline_warnings, "seconds": round(self.seconds, 3),
             "compute_seconds": round(self.compute_seconds, 3),
             "stopped": self.stopped,
-        }
+        } | self.metrics.to_json()
 
 
 def manifest(config: Config, job: Job, summary: RunSummary, started: datetime, state: str) -> dict[str, Any]:

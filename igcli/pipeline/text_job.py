@@ -92,6 +92,19 @@ class TextJob(Job):
     def _record(self, sample: TextSample, e: Explanation, seconds: float, context: None) -> Attribution | Failure:
         return to_record(sample, e, self.config, self.labels, seconds, self._details(sample, e))
 
+    def _add_metrics(self, group: list[TextSample], records: list[tuple[int, Attribution | Failure]]) -> None:
+        """Each record's ``metrics`` over tokens (pipeline/metrics_hook.py): tokens move to or from the baseline."""
+        for index, record in records:
+            self._add_document_metrics(group[index], record)
+
+    def _add_document_metrics(self, sample: TextSample, record: Attribution | Failure) -> None:
+        with torch.no_grad():
+            embeddings = self.model.embed(sample.ids)[None]
+            fill = torch.zeros_like(embeddings) if self.fill_id is None else \
+                self.model.embed(self._baseline_ids(sample))[None]
+        backend = self.model.backend_for(sample.ids, sample.mask)
+        self.metrics.annotate(backend, embeddings.detach(), fill.detach(), [(0, record)], "token")
+
     def _explain_together(self, group: list[TextSample]) -> tuple[list[Explanation], None]:
         ids = torch.stack([sample.ids for sample in group])
         embeddings = torch.stack([self.model.embed(sample.ids) for sample in group])

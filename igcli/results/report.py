@@ -26,6 +26,7 @@ from igcli.results.atomic_files import write_atomic
 from igcli.results.jsonl import complete_lines
 from igcli.data.previews import file_preview, preview
 from igcli.results.text_view import word_spans
+from igcli.results.summary_view import summary_section
 
 # Thumbnail threads, up to 8: rows cost ~4 ms each in Pillow, which releases the GIL (with 2 threads a
 # 192-image run on the 16-core H100 machine spent 0.8 s here, an eighth of its run).
@@ -61,7 +62,9 @@ def write_report(out_dir: Path, made: Thumbnails | None = None) -> Path:
                 for (_, record), text in zip(batch, pool.map(row, batch)):
                     counts[_status(record)] += 1
                     stream.write(text.encode())
-        stream.write(_tail(counts, sum(counts.values()) > MAX_THUMBNAILS).encode())
+        tail = _tail(counts, sum(counts.values()) > MAX_THUMBNAILS)
+        # summary.json's section (results/summary_view.py) goes between the table and the script.
+        stream.write(tail.replace("\n<script>", "\n" + summary_section(out_dir) + "<script>", 1).encode())
 
     write_atomic(target, write)
     return target

@@ -28,6 +28,7 @@ from igcli.results.records import Attribution, Failure, TextSample
 from igcli.results.heatmap import outline_region, render_bare, render_overlay, signed_map
 from igcli.results.png import png_bytes
 from igcli.results.report import Thumbnails, write_report
+from igcli.results.summary import SummaryBuilder
 from igcli.results.text_view import render_ansi, render_html
 
 
@@ -67,6 +68,7 @@ class RunWriter:
         # The report's thumbnails, made while the run holds each image: made from the files at
         # the end they cost a decode of every input and heatmap (~0.6 ms a row on the sample job).
         self._thumbnails = Thumbnails()
+        self._summary = SummaryBuilder(out_dir) if out_dir is not None else None
         if out_dir is not None:
             _check_writable(out_dir)
             self._open_stream(out_dir / "results.jsonl")
@@ -92,11 +94,18 @@ class RunWriter:
         else:
             self._pending.append(_done(self._write_files_and_lines(results)))
         self._flush(keep=MAX_PENDING)
-        return [result.to_json() for result in results]
+        records = [result.to_json() for result in results]
+        if self._summary is not None:
+            for result, record in zip(results, records):
+                self._summary.add(record, result.attributions.numpy() if isinstance(result, Attribution) else None)
+        return records
 
     def write_lines(self, lines: list[str]) -> list[dict[str, Any]]:
         """Pass on the record lines of an earlier run (--resume), byte for byte, in their turn."""
         records = [json.loads(line) for line in lines]
+        if self._summary is not None:
+            for record in records:
+                self._summary.add(record)
         self._pending.append(_done((lines, records)))
         self._flush(keep=MAX_PENDING)
         return records
@@ -232,6 +241,7 @@ class RunWriter:
             return
         try:
             write_bytes_atomic(self.out_dir / "manifest.json", _dumps(manifest, indent=2).encode())
+            self._summary.write()
             write_report(self.out_dir, self._thumbnails)
         except OSError as error:
             log.error("%s: cannot write manifest.json or report.html (%s)", self.out_dir, error.strerror or error)
