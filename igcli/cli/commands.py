@@ -77,7 +77,11 @@ def main() -> None:
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--jsonl", metavar="PATH", help="Also stream records as JSON lines to PATH ('-' = stdout).")
 @click.option("--model", "model_path", help="Model file; overrides model.path.")
-@click.option("--device", help="auto | cpu | cuda | cuda:N; overrides device.")
+@click.option("--device", help="auto | cpu | cuda | cuda:N; overrides device. cuda:all or a list (cuda:0,cuda:2): "
+                               "one worker process per device.")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help="Explain chunks in N worker processes (each its own device and share of the cores); this "
+                   "process writes every output. docs/scaling.md.")
 @click.option("--steps", help="Integer m, or 'auto'; overrides steps.")
 @click.option("--method", type=click.Choice([r.value for r in Rule]), help="Quadrature rule; overrides method.")
 @click.option("--batch-size", type=int, help="Path points per forward/backward (on a CPU, shared by the chunks in flight); overrides batch_size.")
@@ -99,7 +103,8 @@ def main() -> None:
 def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, ...], out_dir: Path | None,
             jsonl: str | None, model_path: str | None, device: str | None, steps: str | None,
             method: str | None, batch_size: int | None, files_from, shard: str | None, fail_fast: bool,
-            max_errors: int | None, resume: bool, show: bool, strict: bool, quiet: bool, verbose: bool) -> None:
+            max_errors: int | None, resume: bool, show: bool, strict: bool, quiet: bool, verbose: bool,
+            workers: int | None = None) -> None:
     """Explain INPUTS (image or text files, folders, globs): heatmaps or coloured text, and JSON records.
 
     SIGINT or SIGTERM finish the inputs in flight, write the manifest and exit 130 or 143; a second
@@ -107,6 +112,7 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
     """
     from igcli.runtime.heap import keep_freed_memory
     from igcli.pipeline.run import explain_inputs
+    from igcli.pipeline.workers import parse_devices, worker_plan
 
     if files_from is not None:  # one list: its files keep their tree below their common folder
         inputs = inputs + (PathList(read_path_list(files_from)),)
@@ -115,14 +121,16 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
     if show and jsonl == "-":
         raise click.UsageError("--show and --jsonl - both write to stdout; choose one")
     _setup_logging(quiet, verbose)
-    flags = {"model.path": model_path, "device": device, "method": method, "batch_size": batch_size,
-             "steps": _steps_value(steps)}
+    devices = parse_devices(device) if device is not None else None
+    flags = {"model.path": model_path, "device": devices[0] if devices else device, "method": method,
+             "batch_size": batch_size, "steps": _steps_value(steps)}
     config = build_config(config_path, sets, flags)
+    plan = worker_plan(workers, devices, config.device)
     keep_freed_memory()  # every batch frees what the next one allocates: see igcli/runtime/heap.py
     try:
         summary = explain_inputs(config, inputs, out_dir, jsonl, progress=not quiet and sys.stderr.isatty(),
                                  show=sys.stdout if show else None, shard=_shard(shard),
-                                 max_errors=0 if fail_fast else max_errors, resume=resume)
+                                 max_errors=0 if fail_fast else max_errors, resume=resume, workers=plan)
     except KeyboardInterrupt as error:  # a second signal: the files written so far are whole, the manifest says so
         click.echo("igcli: stopped at once; rerun with --resume to finish", err=True)
         # The manifest is written. Chunks still in flight in other threads would abort the

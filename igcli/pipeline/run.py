@@ -88,6 +88,7 @@ class RunSummary:
 def explain_inputs(
     config: Config, specs: Sequence[str], out_dir: Path | None, jsonl: str | None = None, progress: bool = False,
     show=None, shard: tuple[int, int] | None = None, max_errors: int | None = None, resume: bool = False,
+    workers=None,
 ) -> RunSummary:
     """Explain every input found from ``specs`` and write the outputs; returns the totals.
 
@@ -95,6 +96,7 @@ def explain_inputs(
     more inputs than that have failed (0: at the first), keeping everything written so far;
     ``resume`` reuses the records already in ``out_dir`` whose key still matches (see pipeline/resume.py).
     SIGINT/SIGTERM finish the inputs in flight, write the manifest and set ``signal``.
+    ``workers`` (a pipeline/workers.py WorkerPlan, or None: this process) explains the chunks.
     """
     if out_dir is None and jsonl is None:
         raise UsageError("nowhere to write: give -o OUT_DIR and/or --jsonl PATH (or - for stdout)")
@@ -103,7 +105,8 @@ def explain_inputs(
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     job = make_job(config)
     refs = _input_refs(config, specs, shard, out_dir)
-    with OutputLock(out_dir) if out_dir is not None else nullcontext():
+    with OutputLock(out_dir) if out_dir is not None else nullcontext(), \
+            workers.start(config, job) if workers is not None else nullcontext() as pool:
         # Read before the writer truncates results.jsonl.
         previous = PreviousRun.load(out_dir) if resume else PreviousRun()
         if resume and out_dir.is_dir() and (removed := remove_leftovers(out_dir)):
@@ -111,7 +114,7 @@ def explain_inputs(
         writer = RunWriter(out_dir, config.output, jsonl, show)
         summary = RunSummary()
         status = functools.partial(manifest, config, job, summary, started)
-        _run(job, config, refs, previous, writer, summary, status, progress, max_errors, clock)
+        _run(job, config, refs, previous, writer, summary, status, progress, max_errors, clock, pool)
     if summary.baseline_warnings:
         log.warning("%d record(s) have a baseline that is not uninformative; see their 'warnings'",
                     summary.baseline_warnings)
@@ -119,7 +122,7 @@ def explain_inputs(
 
 
 def _run(job: Job, config: Config, refs: Iterator[InputRef], previous: PreviousRun, writer: RunWriter,
-         summary: RunSummary, status, progress: bool, max_errors: int | None, clock: float) -> None:
+         summary: RunSummary, status, progress: bool, max_errors: int | None, clock: float, pool=None) -> None:
     """Explain and write every input, then the manifest and report, whatever stops the run."""
     state = "failed"
     try:
@@ -127,7 +130,7 @@ def _run(job: Job, config: Config, refs: Iterator[InputRef], previous: PreviousR
         names = OutputNames(config.output, isinstance(config.target, TopK))
         with _stop_on_signals() as stop:
             _explain_chunks(job, refs, names, _Reuse(previous, run_key(config)), writer, summary, status, progress,
-                            stop, max_errors)
+                            stop, max_errors, pool)
             writer.drain()
         state = "interrupted" if summary.signal else "stopped" if summary.stopped else "complete"
     except StopNow as error:
@@ -167,14 +170,16 @@ def _input_refs(config: Config, specs: Sequence[str], shard: tuple[int, int] | N
 
 
 def _explain_chunks(job: Job, refs: Iterator[InputRef], names: OutputNames, reuse: _Reuse, writer: RunWriter,
-                    summary: RunSummary, status, progress: bool, stop: _StopRequest, max_errors: int | None) -> None:
+                    summary: RunSummary, status, progress: bool, stop: _StopRequest, max_errors: int | None,
+                    pool=None) -> None:
     in_flight = job.in_flight
     with tqdm(desc="explain", unit="input", disable=not progress) as bar, threads_shared(in_flight, job.device):
         samples = _named(prefetched(job.read(refs), read_ahead(job.chunk_size)), names, max_errors)
         chunks = _checking_first(_chunks(samples, job.chunk_size, in_flight), job)
         work = functools.partial(_chunk_outcome, job, reuse, in_flight > 1)
         mark = time.perf_counter()
-        with closing(ordered_map(work, chunks, in_flight)) as outcomes:
+        outcomes = pool.outcomes(chunks, reuse) if pool is not None else ordered_map(work, chunks, in_flight)
+        with closing(outcomes):
             for chunk, (reused, groups) in outcomes:
                 now = time.perf_counter()
                 if groups is not None:
