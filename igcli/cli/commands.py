@@ -74,7 +74,7 @@ def main() -> None:
 @main.command(epilog=EXIT_CODES)
 @click.argument("inputs", nargs=-1)
 @config_options
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), help="Output folder.")
+@click.option("-o", "--out", "out_dir", help="Output folder (or a file:// URL of one).")
 @click.option("--jsonl", metavar="PATH", help="Also stream records as JSON lines to PATH ('-' = stdout).")
 @click.option("--model", "model_path", help="Model file; overrides model.path.")
 @click.option("--device", help="auto | cpu | cuda | cuda:N; overrides device. cuda:all or a list (cuda:0,cuda:2): "
@@ -100,7 +100,7 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; errors only.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more on stderr.")
 @reporting_errors
-def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, ...], out_dir: Path | None,
+def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, ...], out_dir: str | None,
             jsonl: str | None, model_path: str | None, device: str | None, steps: str | None,
             method: str | None, batch_size: int | None, files_from, shard: str | None, fail_fast: bool,
             max_errors: int | None, resume: bool, show: bool, strict: bool, quiet: bool, verbose: bool,
@@ -121,6 +121,10 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
     if show and jsonl == "-":
         raise click.UsageError("--show and --jsonl - both write to stdout; choose one")
     _setup_logging(quiet, verbose)
+    if out_dir is not None:
+        from igcli.data.urls import output_folder
+
+        out_dir = output_folder(out_dir)
     devices = parse_devices(device) if device is not None else None
     flags = {"model.path": model_path, "device": devices[0] if devices else device, "method": method,
              "batch_size": batch_size, "steps": _steps_value(steps)}

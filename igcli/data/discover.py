@@ -54,6 +54,8 @@ def read_input(ref: InputRef, kind: str, max_bytes: int = DEFAULT_MAX_BYTES) -> 
     Opened without blocking and checked to be a regular file first, so a FIFO or a device (or a
     link to /dev/zero) fails at once; files over ``max_bytes`` are refused unread.
     """
+    if hasattr(ref, "url"):  # read through fsspec (data/urls.py)
+        return ref.read(kind, max_bytes)
     try:
         handle = os.open(ref.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
@@ -117,7 +119,7 @@ def discover_inputs(specs: Iterable[str], extensions: Iterable[str], exclude: Pa
     skip = _OutputFolders(exclude)
     seen: set[str] = set()
     for ref in _expand(specs, suffixes, skip):
-        resolved = os.path.realpath(ref.path)
+        resolved = getattr(ref, "url", None) or os.path.realpath(ref.path)
         if resolved in seen:
             log.info("%s: reached twice; explained once", ref.source)
             continue
@@ -133,6 +135,12 @@ def _expand(specs: Iterable[str], suffixes: set[str], skip: _OutputFolders) -> I
         if spec == "-":  # newline-separated paths on stdin, for pipelines
             yield from _path_list(PathList(read_path_list(sys.stdin)), suffixes, skip)
             continue
+        if "://" in spec:
+            from igcli.data.urls import is_url, url_inputs
+
+            if is_url(spec):
+                yield from url_inputs(spec, suffixes)
+                continue
         path = Path(spec)
         # os.path's tests, not Path's: a name too long for the file system is False, not an OSError.
         if GLOB_CHARS & set(spec) and not os.path.exists(spec):
