@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from igcli.cli.commands import main
 
-from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA
+from .conftest import DIGITS_CONFIG, SAMPLE_DATA
 
 FAST = ["--device", "cpu", "--steps", "8", "-q"]
 

@@ -82,6 +82,9 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(min=1), metavar="N",
               help="Explain chunks in N worker processes (each its own device and share of the cores); this "
                    "process writes every output. docs/scaling.md.")
+@click.option("--ray", "ray_address", metavar="auto|ADDRESS",
+              help="Explain chunks on Ray actors (pip install 'igcli[ray]'): auto joins this machine's cluster or "
+                   "starts a local one; or ray://head:10001. --workers sets the actors.")
 @click.option("--steps", help="Integer m, or 'auto'; overrides steps.")
 @click.option("--method", type=click.Choice([r.value for r in Rule]), help="Quadrature rule; overrides method.")
 @click.option("--batch-size", type=int, help="Path points per forward/backward (on a CPU, shared by the chunks in flight); overrides batch_size.")
@@ -104,7 +107,7 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
             jsonl: str | None, model_path: str | None, device: str | None, steps: str | None,
             method: str | None, batch_size: int | None, files_from, shard: str | None, fail_fast: bool,
             max_errors: int | None, resume: bool, show: bool, strict: bool, quiet: bool, verbose: bool,
-            workers: int | None = None) -> None:
+            workers: int | None = None, ray_address: str | None = None) -> None:
     """Explain INPUTS (image or text files, folders, globs): heatmaps or coloured text, and JSON records.
 
     SIGINT or SIGTERM finish the inputs in flight, write the manifest and exit 130 or 143; a second
@@ -112,6 +115,7 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
     """
     from igcli.runtime.heap import keep_freed_memory
     from igcli.pipeline.run import explain_inputs
+    from igcli.pipeline.ray_runner import driver_device, ray_plan
     from igcli.pipeline.workers import parse_devices, worker_plan
 
     if files_from is not None:  # one list: its files keep their tree below their common folder
@@ -125,11 +129,12 @@ def explain(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, 
         from igcli.data.urls import output_folder
 
         out_dir = output_folder(out_dir)
-    devices = parse_devices(device) if device is not None else None
-    flags = {"model.path": model_path, "device": devices[0] if devices else device, "method": method,
+    devices = parse_devices(device) if device is not None and ray_address is None else None
+    asked = devices[0] if devices else device
+    flags = {"model.path": model_path, "device": driver_device(ray_address, asked), "method": method,
              "batch_size": batch_size, "steps": _steps_value(steps)}
     config = build_config(config_path, sets, flags)
-    plan = worker_plan(workers, devices, config.device)
+    plan = ray_plan(ray_address, workers, asked or config.device) or worker_plan(workers, devices, config.device)
     keep_freed_memory()  # every batch frees what the next one allocates: see igcli/runtime/heap.py
     try:
         summary = explain_inputs(config, inputs, out_dir, jsonl, progress=not quiet and sys.stderr.isatty(),

@@ -27,7 +27,6 @@ from igcli.results.records import Attribution, Failure
 
 log = logging.getLogger("igcli")
 WORKER_ERROR = "WorkerError"  # the error type of a record whose chunk killed its worker twice
-START_SECONDS = 600.0  # a worker that is not ready by then (model load) is taken for stuck
 _NOT_YET = "not yet"  # a worker's message that is not its chunk's answer
 LOG_FORMAT = "igcli: %(levelname)s: %(message)s"  # as the parent's handler (cli/commands.py)
 
@@ -100,11 +99,92 @@ class _Task:
     worker: int | None = None  # the slot that last ran it
 
 
-class LocalWorkers:
+class ChunkDispatcher:
+    """Hands chunks to workers as they become free and gives the outcomes back in the chunks'
+    order; a worker's death costs its chunk one retry. Subclasses say how a worker is started,
+    sent a chunk, waited for and replaced (local processes here, Ray actors in ray_runner.py)."""
+
+    def __init__(self, count: int, job: Any):
+        self.count, self.job = count, job
+
+    def outcomes(self, chunks: Iterable[list], reuse: Any) -> Iterator[tuple[list, tuple[Any, Any]]]:
+        """``(chunk, (reused lines, None))`` or ``(chunk, (None, records))`` in the chunks' order,
+        as run.ordered_map gives them; chunks that --resume reuses never leave the parent."""
+        source = enumerate(chunks)
+        waiting: list[_Task] = []  # chunks read, not yet handed out (retries first)
+        done: dict[int, tuple[list, tuple[Any, Any]]] = {}
+        running: dict[int, _Task] = {}  # slot -> its task
+        next_out, exhausted, window = 0, False, 2 * self.count
+        while True:
+            while not exhausted and len(waiting) + len(running) + len(done) < window:
+                item = next(source, None)
+                if item is None:
+                    exhausted = True
+                    break
+                index, chunk = item
+                reused = reuse.lines(chunk)
+                if reused is not None:
+                    done[index] = (chunk, (reused, None))
+                else:
+                    waiting.append(_Task(index, chunk))
+            self._hand_out(waiting, running, reuse.run)
+            while next_out in done:
+                yield done.pop(next_out)
+                next_out += 1
+            if exhausted and not waiting and not running:
+                return
+            if running:
+                for slot, answer in self._answers(running):
+                    self._file(slot, answer, running, waiting, done)
+
+    def _hand_out(self, waiting: list[_Task], running: dict[int, _Task], run_key: str) -> None:
+        """Give each free worker the first waiting task, a retry to a worker other than its last."""
+        for slot in range(self.count):
+            if slot in running or not waiting:
+                continue
+            task = next((t for t in waiting if t.worker != slot or self.count == 1), waiting[0])
+            waiting.remove(task)
+            task.worker = slot
+            self._send(slot, pickle.dumps((task.chunk, self.job.batch.points, run_key),
+                                          protocol=pickle.HIGHEST_PROTOCOL))
+            running[slot] = task
+
+    def _file(self, slot: int, answer: tuple[str, Any], running: dict[int, _Task], waiting: list[_Task],
+              done: dict) -> None:
+        """File a worker's answer: ("records", bytes), ("error", exception) or ("died", how)."""
+        task = running.pop(slot)
+        kind, payload = answer
+        if kind == "error":
+            raise payload
+        if kind == "records":
+            done[task.index] = (task.chunk, (None, _with_samples(pickle.loads(payload), task.chunk)))
+            return
+        self._replace(slot)
+        task.tries += 1
+        if task.tries <= 1:
+            log.warning("worker %d died (%s) explaining a chunk of %d input(s) from %s; retrying it on "
+                        "another worker", slot, payload, len(task.chunk), task.chunk[0].source)
+            waiting.insert(0, task)
+        else:
+            done[task.index] = (task.chunk, (None, _crash_failures(task.chunk, payload)))
+
+    def _send(self, slot: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def _answers(self, running: dict[int, _Task]) -> Iterator[tuple[int, tuple[str, Any]]]:
+        """Block until at least one running worker answers or dies; yield those that did."""
+        raise NotImplementedError
+
+    def _replace(self, slot: int) -> None:
+        raise NotImplementedError
+
+
+class LocalWorkers(ChunkDispatcher):
     """Worker processes for one run; a context manager whose exit ends them all."""
 
     def __init__(self, plan: WorkerPlan, config: Config, job: Any):
-        self.plan, self.config, self.job = plan, config, job
+        super().__init__(plan.count, job)
+        self.plan, self.config = plan, config
         self._context = multiprocessing.get_context("spawn")
         self._slots: list[_Slot | None] = [None] * plan.count
 
@@ -128,78 +208,28 @@ class LocalWorkers:
         child.close()
         return _Slot(slot, process, parent)
 
-    def outcomes(self, chunks: Iterable[list], reuse: Any) -> Iterator[tuple[list, tuple[Any, Any]]]:
-        """``(chunk, (reused lines, None))`` or ``(chunk, (None, records))`` in the chunks' order,
-        as run.ordered_map gives them; chunks that --resume reuses never leave the parent."""
-        source = enumerate(chunks)
-        waiting: list[_Task] = []  # chunks read, not yet handed out (retries first)
-        done: dict[int, tuple[list, tuple[Any, Any]]] = {}
-        running: dict[int, _Task] = {}  # slot -> its task
-        next_out, exhausted, window = 0, False, 2 * self.plan.count
-        while True:
-            while not exhausted and len(waiting) + len(running) + len(done) < window:
-                item = next(source, None)
-                if item is None:
-                    exhausted = True
-                    break
-                index, chunk = item
-                reused = reuse.lines(chunk)
-                if reused is not None:
-                    done[index] = (chunk, (reused, None))
-                else:
-                    waiting.append(_Task(index, chunk))
-            self._hand_out(waiting, running, reuse.run)
-            while next_out in done:
-                yield done.pop(next_out)
-                next_out += 1
-            if exhausted and not waiting and not running:
-                return
-            if running:
-                self._collect(running, waiting, done)
+    def _send(self, slot: int, payload: bytes) -> None:
+        self._slots[slot].send(payload)
 
-    def _hand_out(self, waiting: list[_Task], running: dict[int, _Task], run_key: str) -> None:
-        """Give each free worker the first waiting task, a retry to a worker other than its last."""
-        for slot in range(self.plan.count):
-            if slot in running or not waiting:
-                continue
-            task = next((t for t in waiting if t.worker != slot or self.plan.count == 1), waiting[0])
-            waiting.remove(task)
-            task.worker = slot
-            self._slots[slot].send(task, self.job.batch.points, run_key)
-            running[slot] = task
-
-    def _collect(self, running: dict[int, _Task], waiting: list[_Task], done: dict) -> None:
-        """Wait for a worker to answer or die, and file what it did."""
+    def _answers(self, running: dict[int, _Task]) -> Iterator[tuple[int, tuple[str, Any]]]:
         by_handle = {}
         for slot in running:
             by_handle[self._slots[slot].conn] = slot
             by_handle[self._slots[slot].process.sentinel] = slot
+        answered = set()
         for handle in wait(list(by_handle)):
             slot = by_handle[handle]
-            if slot not in running:
+            if slot in answered:
                 continue
-            task = running[slot]
             answer = self._slots[slot].receive()
             if answer == _NOT_YET:
                 continue
-            if answer is None:  # the worker died: replace it, and retry its chunk once
-                del running[slot]
-                how = self._slots[slot].death()
-                self._slots[slot].end()
-                self._slots[slot] = self._spawn(slot)
-                task.tries += 1
-                if task.tries <= 1:
-                    log.warning("worker %d died (%s) explaining a chunk of %d input(s) from %s; retrying it on "
-                                "another worker", slot, how, len(task.chunk), task.chunk[0].source)
-                    waiting.insert(0, task)
-                else:
-                    done[task.index] = (task.chunk, (None, _crash_failures(task.chunk, how)))
-                continue
-            del running[slot]
-            kind, payload = answer
-            if kind == "error":
-                raise payload
-            done[task.index] = (task.chunk, (None, _with_samples(pickle.loads(payload), task.chunk)))
+            answered.add(slot)
+            yield slot, answer if answer is not None else ("died", self._slots[slot].death())
+
+    def _replace(self, slot: int) -> None:
+        self._slots[slot].end()
+        self._slots[slot] = self._spawn(slot)
 
 
 class _Slot:
@@ -209,9 +239,9 @@ class _Slot:
         self.slot, self.process, self.conn = slot, process, conn
         self.ready = False
 
-    def send(self, task: _Task, points: int, run_key: str) -> None:
+    def send(self, payload: bytes) -> None:
         try:
-            self.conn.send_bytes(pickle.dumps((task.chunk, points, run_key), protocol=pickle.HIGHEST_PROTOCOL))
+            self.conn.send_bytes(payload)
         except (BrokenPipeError, ConnectionResetError):
             pass  # it died: wait() sees its sentinel and the chunk is retried
 
@@ -264,20 +294,15 @@ def _worker_main(conn: Connection, config: Config, device: str, threads: int, le
     # The parent decides when the run stops (pipeline/run.py); a terminal's Ctrl-C reaches the group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _log_as_parent(level)
     try:
-        job = _make_worker_job(config, device, threads)
+        explainer = ChunkExplainer(config, device, threads, level)
         conn.send_bytes(pickle.dumps(("ready", os.getpid())))
-        checked = False
         while True:
             try:
-                chunk, points, run_key = pickle.loads(conn.recv_bytes())
+                payload = conn.recv_bytes()
             except (EOFError, OSError):
                 return  # the parent closed the pipe or died
-            job.batch.points = points
-            if not checked:
-                checked = _check_first(job, chunk)
-            conn.send_bytes(pickle.dumps(("records", _explain(job, chunk, run_key)), protocol=pickle.HIGHEST_PROTOCOL))
+            conn.send_bytes(pickle.dumps(("records", explainer(payload)), protocol=pickle.HIGHEST_PROTOCOL))
     except IgcliError as error:
         _send_error(conn, error)
     except Exception as error:  # noqa: BLE001 - raised in the parent, with this process's traceback
@@ -285,35 +310,41 @@ def _worker_main(conn: Connection, config: Config, device: str, threads: int, le
                                        + traceback.format_exc()))
 
 
-def _make_worker_job(config: Config, device: str, threads: int) -> Any:
-    from igcli.pipeline.jobs import make_job
+class ChunkExplainer:
+    """A worker's job: built once on its device, then called with each chunk (pickled as
+    ChunkDispatcher sends it); returns the chunk's records, pickled without their samples."""
 
-    torch.set_num_threads(threads)
-    job = make_job(config.model_copy(update={"device": device}))
-    torch.set_num_threads(threads)  # model.threads set the process's count while loading
-    return job
+    def __init__(self, config: Config, device: str, threads: int, level: int):
+        from igcli.pipeline.jobs import make_job
 
+        _log_as_parent(level)
+        torch.set_num_threads(threads)
+        self.job = make_job(config.model_copy(update={"device": device}))
+        torch.set_num_threads(threads)  # model.threads set the process's count while loading
+        self.checked = False
 
-def _check_first(job: Any, chunk: list) -> bool:
-    """The job's check on the chunk's first sample: it learns what explain needs (the model's classes)."""
-    first = next((item for item in chunk if not isinstance(item, Failure)), None)
-    if first is None:
-        return False
-    points = job.batch.points
-    job.check(first)
-    job.batch.points = points  # the parent's batch, measured once for the run
-    return True
+    def __call__(self, payload: bytes) -> bytes:
+        from igcli.pipeline.run import _explain_chunk
 
+        chunk, points, run_key = pickle.loads(payload)
+        self.job.batch.points = points
+        if not self.checked:
+            self.checked = self._check_first(chunk)
+            self.job.batch.points = points  # the parent's batch, measured once for the run
+        groups = _explain_chunk(chunk, self.job, run_key)
+        for group in groups:
+            for record in group:
+                if isinstance(record, Attribution):
+                    record.sample = None  # the parent holds it (_with_samples)
+        return pickle.dumps(groups, protocol=pickle.HIGHEST_PROTOCOL)
 
-def _explain(job: Any, chunk: list, run_key: str) -> bytes:
-    from igcli.pipeline.run import _explain_chunk
-
-    groups = _explain_chunk(chunk, job, run_key)
-    for group in groups:
-        for record in group:
-            if isinstance(record, Attribution):
-                record.sample = None  # the parent holds it (_with_samples)
-    return pickle.dumps(groups, protocol=pickle.HIGHEST_PROTOCOL)
+    def _check_first(self, chunk: list) -> bool:
+        """The job's check on the chunk's first sample: it learns what explain needs (the model's classes)."""
+        first = next((item for item in chunk if not isinstance(item, Failure)), None)
+        if first is None:
+            return False
+        self.job.check(first)
+        return True
 
 
 def _send_error(conn: Connection, error: BaseException) -> None:
