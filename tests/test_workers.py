@@ -113,6 +113,8 @@ class CrashesOnGrey(type(digits())):
 
 
 def build_model():
+    if os.environ.get("FAIL_IN_WORKERS") and multiprocessing.parent_process() is not None:
+        raise RuntimeError("no weights for this worker")
     return CrashesOnGrey(*digits())
 '''
 
@@ -144,6 +146,19 @@ def test_a_worker_crash_is_retried_once_on_another_then_fails_its_chunk_alone(sa
     kept = {r["relpath"]: _untimed(r) for r in reference}
     assert all(_untimed(r) == kept[r["relpath"]] for r in records if r["error"] is None)
     assert json.loads((always / "manifest.json").read_text())["totals"]["failed"] == len(failed)
+
+
+def test_a_worker_that_cannot_load_the_model_stops_the_run_with_exit_3(sample_tree, tmp_path, monkeypatch):
+    factory = tmp_path / "crashing.py"
+    factory.write_text(CRASHING_FACTORY.format(models=str(SAMPLE_DATA / "models")))
+    monkeypatch.setenv("FAIL_IN_WORKERS", "1")
+    result = CliRunner().invoke(main, ["explain", "-c", str(DIGITS_CONFIG), str(sample_tree), "-o",
+                                       str(tmp_path / "out"), *SMALL_CHUNKS, "-q", "--workers", "2",
+                                       "--set", f"model.factory={factory}:build_model"])
+    assert result.exit_code == 3, result.output
+    assert "no weights for this worker" in result.output and result.output.count("\n") == 1
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["state"] == "failed" and manifest["totals"]["records"] == 0
 
 
 def test_sigterm_stops_workers_and_parent_as_one_process_does(tmp_path):

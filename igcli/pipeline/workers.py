@@ -316,8 +316,10 @@ class ChunkExplainer:
 
     def __init__(self, config: Config, device: str, threads: int, level: int):
         from igcli.pipeline.jobs import make_job
+        from igcli.runtime.heap import keep_freed_memory
 
         _log_as_parent(level)
+        keep_freed_memory()  # as the parent's command line does (runtime/heap.py)
         torch.set_num_threads(threads)
         self.job = make_job(config.model_copy(update={"device": device}))
         torch.set_num_threads(threads)  # model.threads set the process's count while loading
