@@ -229,6 +229,7 @@ def test_device_lists_and_worker_counts_make_the_plan(monkeypatch):
     assert worker_plan(None, None, "cpu") is None and worker_plan(1, None, "cpu") is None
     plan = worker_plan(4, None, "cpu")
     assert plan.devices == ("cpu",) * 4 and plan.threads == 4
+    assert worker_plan(None, ["cuda:0"], "cuda:0") is None  # cuda:all on one GPU: in-process
     plan = worker_plan(None, ["cuda:0", "cuda:2"], "cuda:0")
     assert plan.devices == ("cuda:0", "cuda:2") and plan.threads == 8
     plan = worker_plan(3, ["cuda:0", "cuda:2"], "cuda:0")  # workers go round the devices

@@ -79,7 +79,7 @@ class WorkerPlan:
 
 
 def worker_plan(workers: int | None, devices: list[str] | None, config_device: str) -> WorkerPlan | None:
-    """The plan for ``--workers`` and a ``--device`` list (parse_devices); None: one process.
+    """The plan for ``--workers`` and a ``--device`` list (parse_devices); None: this process.
     Workers go round the devices; with no list they all use ``config_device``. The cores torch
     uses are split among them."""
     if devices is None:
@@ -88,6 +88,8 @@ def worker_plan(workers: int | None, devices: list[str] | None, config_device: s
         devices = [config_device]
     count = workers or len(devices)
     placed = tuple(devices[index % len(devices)] for index in range(count))
+    if placed == (config_device,):
+        return None  # one worker on the run's own device (cuda:all on a one-GPU node): run in-process
     return WorkerPlan(placed, max(1, torch.get_num_threads() // count))
 
 
