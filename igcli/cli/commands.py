@@ -53,10 +53,17 @@ def main() -> None:
 @main.command("explain", epilog=EXIT_CODES)
 @click.argument("inputs", nargs=-1)
 @config_options
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), help="Output folder.")
+@click.option("-o", "--out", "out_dir", help="Output folder (or a file:// URL of one).")
 @click.option("--jsonl", metavar="PATH", help="Also stream records as JSON lines to PATH ('-' = stdout).")
 @click.option("--model", "model_path", help="Model file; overrides model.path.")
-@click.option("--device", help="auto | cpu | cuda | cuda:N; overrides device.")
+@click.option("--device", help="auto | cpu | cuda | cuda:N; overrides device. cuda:all or a list (cuda:0,cuda:2): "
+                               "one worker process per device.")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help="Explain chunks in N worker processes (each its own device and share of the cores); this "
+                   "process writes every output. docs/scaling.md.")
+@click.option("--ray", "ray_address", metavar="auto|ADDRESS",
+              help="Explain chunks on Ray actors (pip install 'igcli[ray]'): auto joins this machine's cluster or "
+                   "starts a local one; or ray://head:10001. --workers sets the actors.")
 @click.option("--steps", help="Integer m, or 'auto'; overrides steps.")
 @click.option("--method", type=click.Choice([r.value for r in Rule]), help="Quadrature rule; overrides method.")
 @click.option("--batch-size", type=int, help="Path points per forward/backward (on a CPU, shared by the chunks in flight); overrides batch_size.")
@@ -75,10 +82,11 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; errors only.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more on stderr.")
 @reporting_errors
-def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, ...], out_dir: Path | None,
+def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tuple[str, ...], out_dir: str | None,
             jsonl: str | None, model_path: str | None, device: str | None, steps: str | None,
             method: str | None, batch_size: int | None, files_from, shard: str | None, fail_fast: bool,
-            max_errors: int | None, resume: bool, show: bool, strict: bool, quiet: bool, verbose: bool) -> None:
+            max_errors: int | None, resume: bool, show: bool, strict: bool, quiet: bool, verbose: bool,
+            workers: int | None = None, ray_address: str | None = None) -> None:
     """Explain INPUTS (image or text files, folders, globs): heatmaps or coloured text, and JSON records.
 
     SIGINT or SIGTERM finish the inputs in flight, write the manifest and exit 130 or 143; a second
@@ -91,6 +99,8 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
     options = click.get_current_context().find_object(RuntimeOptions) or RuntimeOptions()
     set_up_malloc(options.malloc)  # before torch: every batch frees what the next allocates (runtime/heap.py)
     from igcli.pipeline.run import explain_inputs
+    from igcli.pipeline.ray_runner import driver_device, ray_plan
+    from igcli.pipeline.workers import parse_devices, worker_plan
 
     if files_from is not None:  # one list: its files keep their tree below their common folder
         inputs = inputs + (PathList(read_path_list(files_from)),)
@@ -99,13 +109,21 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
     if show and jsonl == "-":
         raise click.UsageError("--show and --jsonl - both write to stdout; choose one")
     _setup_logging(quiet, verbose)
-    flags = {"model.path": model_path, "device": device, "method": method, "batch_size": batch_size,
-             "steps": _steps_value(steps)}
+    if out_dir is not None:
+        from igcli.data.urls import output_folder
+
+        out_dir = output_folder(out_dir)
+    devices = parse_devices(device) if device is not None and ray_address is None else None
+    asked = devices[0] if devices else device
+    flags = {"model.path": model_path, "device": driver_device(ray_address, asked), "method": method,
+             "batch_size": batch_size, "steps": _steps_value(steps)}
     config = build_config(config_path, sets, flags)
+    plan = ray_plan(ray_address, workers, asked or config.device) or worker_plan(workers, devices, config.device)
     try:
         summary = explain_inputs(config, inputs, out_dir, jsonl, progress=not quiet and sys.stderr.isatty(),
                                  show=sys.stdout if show else None, shard=_shard(shard),
-                                 max_errors=0 if fail_fast else max_errors, resume=resume, options=options)
+                                 max_errors=0 if fail_fast else max_errors, resume=resume, options=options,
+                                 workers=plan)
     except KeyboardInterrupt as error:  # a second signal: the files written so far are whole, the manifest says so
         click.echo("igcli: stopped at once; rerun with --resume to finish", err=True)
         # The manifest is written. Chunks still in flight in other threads would abort the

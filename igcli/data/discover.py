@@ -13,31 +13,18 @@ import os
 import stat
 import sys
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
 from igcli.errors import InputError
-from igcli.names import printable, safe_relpath
+from igcli.data.refs import GLOB_CHARS, InputRef  # noqa: F401 - named here too
+from igcli.data.urls import is_url, url_inputs
+from igcli.names import safe_relpath
 
 log = logging.getLogger("igcli")
-GLOB_CHARS = set("*?[")
 # What marks a folder as an igcli output folder (an -o of this run or another): never ingested.
 OUTPUT_MARKERS = (".igcli.lock", "manifest.json")
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # config input.max_bytes: the most igcli reads of one input file
-
-
-@dataclass(frozen=True)
-class InputRef:
-    """An input path and its name below the root it was found in (mirrored by outputs)."""
-
-    path: Path
-    relpath: str
-
-    @property
-    def source(self) -> str:
-        """The path as records and messages show it: undecodable bytes as ``\\xNN``."""
-        return printable(str(self.path))
 
 
 class PathList(tuple):
@@ -54,6 +41,8 @@ def read_input(ref: InputRef, kind: str, max_bytes: int = DEFAULT_MAX_BYTES) -> 
     Opened without blocking and checked to be a regular file first, so a FIFO or a device (or a
     link to /dev/zero) fails at once; files over ``max_bytes`` are refused unread.
     """
+    if hasattr(ref, "url"):  # read through fsspec (data/urls.py)
+        return ref.read(kind, max_bytes)
     try:
         handle = os.open(ref.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
@@ -117,7 +106,7 @@ def discover_inputs(specs: Iterable[str], extensions: Iterable[str], exclude: Pa
     skip = _OutputFolders(exclude)
     seen: set[str] = set()
     for ref in _expand(specs, suffixes, skip):
-        resolved = os.path.realpath(ref.path)
+        resolved = getattr(ref, "url", None) or os.path.realpath(ref.path)
         if resolved in seen:
             log.info("%s: reached twice; explained once", ref.source)
             continue
@@ -133,6 +122,10 @@ def _expand(specs: Iterable[str], suffixes: set[str], skip: _OutputFolders) -> I
         if spec == "-":  # newline-separated paths on stdin, for pipelines
             yield from _path_list(PathList(read_path_list(sys.stdin)), suffixes, skip)
             continue
+        if "://" in spec:
+            if is_url(spec):
+                yield from url_inputs(spec, suffixes)
+                continue
         path = Path(spec)
         # os.path's tests, not Path's: a name too long for the file system is False, not an OSError.
         if GLOB_CHARS & set(spec) and not os.path.exists(spec):

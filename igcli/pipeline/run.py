@@ -38,6 +38,7 @@ def explain_inputs(
     config: Config, specs: Sequence[str], out_dir: Path | None, jsonl: str | None = None, progress: bool = False,
     show=None, shard: tuple[int, int] | None = None, max_errors: int | None = None, resume: bool = False,
     options: RuntimeOptions = RuntimeOptions(), job: Job | None = None,
+    workers=None,
 ) -> RunSummary:
     """Explain every input found from ``specs`` and write the outputs; returns the totals.
 
@@ -47,6 +48,7 @@ def explain_inputs(
     ``options`` say how the run uses the machine; ``job`` is one made already for ``config`` (else
     the model is loaded here). SIGINT/SIGTERM finish the inputs in flight, write the manifest and set
     ``signal``.
+    ``workers`` (a pipeline/workers.py WorkerPlan, or None: this process) explains the chunks.
     """
     if out_dir is None and jsonl is None:
         raise UsageError("nowhere to write: give -o OUT_DIR and/or --jsonl PATH (or - for stdout)")
@@ -55,7 +57,8 @@ def explain_inputs(
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     job = job or make_job(config, options)
     refs = _input_refs(config, specs, shard, out_dir)
-    with OutputLock(out_dir) if out_dir is not None else nullcontext():
+    with OutputLock(out_dir) if out_dir is not None else nullcontext(), \
+            workers.start(config, job) if workers is not None else nullcontext() as pool:
         # Read before the writer truncates results.jsonl.
         previous = PreviousRun.load(out_dir) if resume else PreviousRun()
         if resume and out_dir.is_dir() and (removed := remove_leftovers(out_dir)):
@@ -64,7 +67,7 @@ def explain_inputs(
         summary = RunSummary()
         status = functools.partial(manifest, config, job, summary, started)
         _run(job, config, refs, ChunkReuse(previous, run_key(config)), writer, summary, status, progress,
-             max_errors, clock, options)
+             max_errors, clock, options, pool)
     if summary.baseline_warnings:
         log.warning("%d record(s) have a baseline that is not uninformative; see their 'warnings'",
                     summary.baseline_warnings)
@@ -73,14 +76,15 @@ def explain_inputs(
 
 def _run(job: Job, config: Config, refs: Iterator[InputRef], reuse: ChunkReuse, writer: RunWriter,
          summary: RunSummary, status: Callable[[str], dict], progress: bool, max_errors: int | None, clock: float,
-         options: RuntimeOptions) -> None:
+         options: RuntimeOptions, pool=None) -> None:
     """Explain and write every input, then the manifest and report, whatever stops the run."""
     state = "failed"
     try:
         writer.start(status("running"))
         names = OutputNames(config.output, isinstance(config.target, TopK))
         with stop_on_signals() as stop:
-            _explain_chunks(job, refs, names, reuse, writer, summary, status, progress, stop, max_errors, options)
+            _explain_chunks(job, refs, names, reuse, writer, summary, status, progress, stop, max_errors, options,
+                            pool)
             writer.drain()
         state = "interrupted" if summary.signal else "stopped" if summary.stopped else "complete"
     except StopNow as error:
@@ -121,7 +125,7 @@ def _input_refs(config: Config, specs: Sequence[str], shard: tuple[int, int] | N
 
 def _explain_chunks(job: Job, refs: Iterator[InputRef], names: OutputNames, reuse: ChunkReuse, writer: RunWriter,
                     summary: RunSummary, status: Callable[[str], dict], progress: bool, stop: StopRequest,
-                    max_errors: int | None, options: RuntimeOptions) -> None:
+                    max_errors: int | None, options: RuntimeOptions, pool=None) -> None:
     in_flight = job.in_flight
     with tqdm(desc="explain", unit="input", disable=not progress) as bar, threads_shared(in_flight, job.device):
         depth = read_ahead(job.chunk_size, options.read_ahead)
@@ -129,7 +133,8 @@ def _explain_chunks(job: Job, refs: Iterator[InputRef], names: OutputNames, reus
         cut = _checking_first(chunks(samples, job.chunk_size, in_flight), job)
         work = functools.partial(_chunk_outcome, job, reuse, in_flight > 1)
         mark = time.perf_counter()
-        with closing(ordered_map(work, cut, in_flight)) as outcomes:
+        outcomes = pool.outcomes(cut, reuse) if pool is not None else ordered_map(work, cut, in_flight)
+        with closing(outcomes):
             for chunk, (reused, groups) in outcomes:
                 now = time.perf_counter()
                 if groups is not None:

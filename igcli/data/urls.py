@@ -1,0 +1,124 @@
+"""Inputs named by URL (``file://``, ``memory://``, ``s3://``, ``gs://``...), through fsspec.
+
+A URL names a file, a folder (every file below it with an input extension, sorted by name) or a
+glob. Records keep the URL as the input's ``source``, and the path below the URL's folder as its
+``relpath``, so outputs mirror the remote tree as they mirror a local one. A filesystem whose
+package is not installed (s3fs, gcsfs) is one line naming the package. docs/scaling.md.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+
+from igcli.data.refs import GLOB_CHARS, InputRef
+from igcli.names import safe_relpath
+from igcli.errors import InputError, UsageError
+
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+def is_url(spec: str) -> bool:
+    """``scheme://...``; a Windows drive (``C:\\``) or a plain path is not."""
+    return isinstance(spec, str) and _SCHEME.match(spec) is not None and len(_SCHEME.match(spec).group(1)) > 1
+
+
+def url_filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem of ``url`` and the path in it; UsageError where fsspec has no
+    implementation for the scheme or its package is missing."""
+    try:
+        import fsspec
+        from fsspec.core import url_to_fs
+    except ImportError:
+        raise UsageError(f"{url}: URLs need fsspec; pip install fsspec") from None
+    scheme = _SCHEME.match(url).group(1)
+    try:
+        return url_to_fs(url)
+    except ImportError as error:
+        raise UsageError(f"{url}: the {scheme}:// filesystem needs a package that is not installed ({error}); "
+                         f"pip install it (s3fs for s3://, gcsfs for gs://)") from None
+    except ValueError:
+        known = ", ".join(sorted(fsspec.available_protocols())[:12])
+        raise UsageError(f"{url}: fsspec knows no '{scheme}' filesystem (known: {known}, ...)") from None
+
+
+@dataclass(frozen=True)
+class UrlRef(InputRef):
+    """An input read through fsspec; ``path`` is its path in the filesystem (for its suffix)."""
+
+    url: str = ""
+
+    @property
+    def source(self) -> str:
+        return self.url
+
+    def read(self, kind: str, max_bytes: int) -> bytes:
+        """The input's bytes; any failure is one InputError line naming the URL."""
+        fs, path = url_filesystem(self.url)
+        try:
+            info = fs.info(path)
+            if info.get("type") == "directory":
+                raise InputError(f"{self.url}: is a folder, not {kind}")
+            size = info.get("size")
+            if size is not None and size > max_bytes:
+                raise InputError(f"{self.url}: {size:,} bytes, over input.max_bytes ({max_bytes:,}); "
+                                 "raise it with --set input.max_bytes=N if the file is right")
+            with fs.open(path, "rb") as stream:
+                data = stream.read(max_bytes + 1)
+        except FileNotFoundError:
+            raise InputError(f"{self.url}: file not found") from None
+        except (OSError, ValueError) as error:
+            raise InputError(f"{self.url}: cannot read ({error})") from None
+        if len(data) > max_bytes:
+            raise InputError(f"{self.url}: over input.max_bytes ({max_bytes:,}); raise it with --set input.max_bytes=N")
+        return data
+
+
+def url_inputs(spec: str, suffixes: set[str]) -> Iterator[UrlRef]:
+    """The inputs a URL names: a file (kept whatever its extension, as a named local file is), a
+    folder's files with one of ``suffixes`` sorted by path, or a glob's matches."""
+    fs, path = url_filesystem(spec)
+    scheme = spec[: spec.index("://") + 3]
+    if GLOB_CHARS & set(path):
+        root = _static_prefix(path)
+        found = sorted(p for p in fs.glob(path) if fs.isfile(p))
+    elif fs.isdir(path):
+        root = path.rstrip("/")
+        found = sorted(fs.find(path))
+    else:
+        yield _ref(fs, scheme, path, PurePosixPath(path).name)
+        return
+    for name in found:
+        if PurePosixPath(name).suffix.lower() in suffixes:
+            yield _ref(fs, scheme, name, name[len(root):].lstrip("/") if name.startswith(root) else
+                       PurePosixPath(name).name)
+
+
+def _ref(fs: Any, scheme: str, path: str, relpath: str) -> UrlRef:
+    url = fs.unstrip_protocol(path) if hasattr(fs, "unstrip_protocol") else scheme + path
+    return UrlRef(PurePosixPath(path), safe_relpath(relpath), url)
+
+
+def _static_prefix(pattern: str) -> str:
+    """The folder part of a glob before its first wildcard."""
+    head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    return head.rsplit("/", 1)[0] if "/" in head else ""
+
+
+def output_folder(text: str) -> Path:
+    """``-o``: a local folder, or a ``file://`` URL of one. Other filesystems are refused in one
+    line: outputs are written with renames and an exclusive lock file, which object stores lack
+    (docs/scaling.md says how to run there)."""
+    if not is_url(text):
+        return Path(text)
+    fs, path = url_filesystem(text)
+    if "file" not in _protocols(fs):
+        raise UsageError(f"-o {text}: outputs go to a local (or mounted) folder; write there and copy the "
+                         "folder to the store when the run is complete (docs/scaling.md)")
+    return Path(path)
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
