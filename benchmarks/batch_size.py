@@ -18,9 +18,9 @@ import statistics
 import time
 
 import torch
-
 from comparison import add_malloc_option, apply_malloc_option
 from end_to_end import CONFIG
+
 from igcli.config import load_config
 from igcli.pipeline.image_job import ImageJob
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-
-from igcli.runtime.heap import MALLOC_TUNABLES, set_up_malloc
-from igcli.pipeline.run import explain_inputs
 from variants import applied, threads
+
+from igcli.pipeline.run import explain_inputs
+from igcli.runtime.heap import MALLOC_TUNABLES, set_up_malloc
 
 
 def add_malloc_option(parser) -> None:

@@ -31,17 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from captum.attr import IntegratedGradients
+from comparison import add_malloc_option, apply_malloc_option, mean_errors, print_table, run_with_maps, time_alternately
+from variants import overrides, threads
 
-from igcli.config import load_config
 from igcli.attribution.engine import Quadrature, TargetSpec, attribute
+from igcli.attribution.quadrature import Rule
+from igcli.backends.loading import load_module
+from igcli.config import load_config
 from igcli.data.discover import discover_inputs
 from igcli.pipeline.image_job import ImageJob
-from igcli.backends.loading import load_module
 from igcli.results.heatmap import render_overlay, signed_map
-from igcli.attribution.quadrature import Rule
-from comparison import (add_malloc_option, apply_malloc_option, mean_errors, print_table, run_with_maps,
-                        time_alternately)
-from variants import overrides, threads
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "digits.yaml"

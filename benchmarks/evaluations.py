@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from igcli.config import load_config
-from igcli.pipeline.image_job import ImageJob
-from igcli.backends.loading import load_module
 from comparison import mean_errors, run_with_maps
 from end_to_end import CONFIG, REPO, captum_loop, reference_maps
 from variants import overrides, threads
+
+from igcli.backends.loading import load_module
+from igcli.config import load_config
+from igcli.pipeline.image_job import ImageJob
 
 
 def write_held_out(folder: Path, count: int) -> None:

@@ -26,11 +26,11 @@ import statistics
 import time
 
 import torch
+from resnet import resnet50
 from torch import nn
 
 from igcli.backends.base import Precision, ScoreKind
 from igcli.backends.torch_backend import TorchBackend
-from resnet import resnet50
 
 
 def timed_rate(backend: TorchBackend, batches: list[torch.Tensor], weights: torch.Tensor, repeats: int) -> float:

@@ -119,9 +119,16 @@ def _mobilenetv3() -> nn.Module:
 
 
 def torch_models() -> dict[str, nn.Module]:
-    from transformers import (ConvNextConfig, ConvNextForImageClassification, EfficientNetConfig,
-                              EfficientNetForImageClassification, ResNetConfig, ResNetForImageClassification,
-                              ViTConfig, ViTForImageClassification)
+    from transformers import (
+        ConvNextConfig,
+        ConvNextForImageClassification,
+        EfficientNetConfig,
+        EfficientNetForImageClassification,
+        ResNetConfig,
+        ResNetForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+    )
 
     torch.manual_seed(0)
     models = {
@@ -176,11 +183,11 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def evaluate(name: str, producer: str, path: Path, shape: tuple[int, ...], score: str) -> dict:
     """One corpus row: each route run, and the IG parity figures."""
-    from igcli.backends.onnx.check import _onnx_references
     from igcli.backends.loading import build_gradient_graph, load_model
+    from igcli.backends.onnx.check import _onnx_references
     from igcli.backends.onnx.grad import opset_of
-    from igcli.errors import root_cause
     from igcli.backends.torch_backend import TorchBackend
+    from igcli.errors import root_cause
 
     model = onnx.load(str(path))
     row = {"model": name, "producer": producer, "opset": opset_of(model)}

@@ -4,11 +4,18 @@ Runs in its own environment, not igcli's: pip install tensorflow-cpu tf2onnx sci
     python benchmarks/onnx_corpus_keras.py tests/data/onnx
 (Keras' exact GELU becomes an Erfc node in tf2onnx, which is no ONNX operator; the tanh form is used.)
 """
-import sys, numpy as np, os
+import os
+import sys
+
+import numpy as np
+
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
-import tensorflow as tf, tf2onnx, keras
+import keras
+import tensorflow as tf
+import tf2onnx
 from keras import layers
+
 tf.random.set_seed(0); np.random.seed(0)
 
 def hard_swish(x):
@@ -64,10 +71,11 @@ for name, build, opset, nchw in (("keras_cnn_nhwc_opset9", cnn, 9, False), ("ker
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset, output_path=f"{out}/{name}.onnx", **kwargs)
     print(name, "ok", os.path.getsize(f"{out}/{name}.onnx"))
 
-from sklearn.neural_network import MLPClassifier
-from sklearn.datasets import load_digits
-from skl2onnx import to_onnx
 import onnx
+from skl2onnx import to_onnx
+from sklearn.datasets import load_digits
+from sklearn.neural_network import MLPClassifier
+
 X, y = load_digits(return_X_y=True)
 X = (X / 16.0).astype(np.float32)
 mlp = MLPClassifier(hidden_layer_sizes=(32, 16), activation="tanh", max_iter=300, random_state=0).fit(X, y)

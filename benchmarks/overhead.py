@@ -32,16 +32,16 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-
 from comparison import add_malloc_option, apply_malloc_option
 from end_to_end import CONFIG, make_inputs
 from variants import overrides
+
 from igcli.config import load_config
 from igcli.data.discover import discover_inputs
-from igcli.pipeline.image_job import ImageJob
-from igcli.pipeline.run import explain_inputs
 from igcli.pipeline.chunks import chunks
+from igcli.pipeline.image_job import ImageJob
 from igcli.pipeline.overlap import ordered_map, threads_shared
+from igcli.pipeline.run import explain_inputs
 
 
 def bare_loop(job: ImageJob, samples: list, evaluations: int, batch: int) -> float:

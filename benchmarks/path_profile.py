@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from igcli.config import load_config
-from igcli.attribution.engine import TargetSpec, attribute, start_offset
-from igcli.data.discover import discover_inputs
-from igcli.pipeline.image_job import ImageJob
 from end_to_end import CONFIG
 from evaluations import write_held_out
+
+from igcli.attribution.engine import TargetSpec, attribute, start_offset
+from igcli.config import load_config
+from igcli.data.discover import discover_inputs
+from igcli.pipeline.image_job import ImageJob
 
 GRID = 1024
 

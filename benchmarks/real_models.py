@@ -33,21 +33,21 @@ from typing import Callable
 import numpy as np
 import torch
 from captum.attr import IntegratedGradients, LayerIntegratedGradients
+from end_to_end import CONFIG, REPO
+from evaluations import write_held_out
 from PIL import Image, ImageDraw, ImageFont
+from text_end_to_end import encoded, sample_texts
 from torch import nn
 
-from igcli.config import load_config
 from igcli.attribution.engine import Quadrature, TargetSpec, attribute
-from igcli.data.discover import discover_inputs
-from igcli.pipeline.image_job import ImageJob
-from igcli.pipeline.text_job import TextJob
+from igcli.attribution.quadrature import Rule
 from igcli.backends.base import ScoreKind
 from igcli.backends.loading import load_model, load_module
 from igcli.backends.torch_backend import TorchBackend
-from igcli.attribution.quadrature import Rule
-from end_to_end import CONFIG, REPO
-from evaluations import write_held_out
-from text_end_to_end import encoded, sample_texts
+from igcli.config import load_config
+from igcli.data.discover import discover_inputs
+from igcli.pipeline.image_job import ImageJob
+from igcli.pipeline.text_job import TextJob
 
 REFERENCE = Quadrature(Rule.gausslegendre, 1024)
 CAPTUM_STEPS = 50

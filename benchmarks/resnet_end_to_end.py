@@ -30,20 +30,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from captum.attr import IntegratedGradients
-from PIL import Image, ImageDraw
-
 from comparison import add_malloc_option, apply_malloc_option
 from end_to_end import REPO, accuracy
+from PIL import Image, ImageDraw
+from resnet import calibrate
 from variants import applied, overrides, threads
-from igcli.config import load_config
+
 from igcli.attribution.engine import Quadrature, TargetSpec, attribute
+from igcli.attribution.quadrature import Rule
+from igcli.backends.loading import load_module
+from igcli.config import load_config
 from igcli.data.discover import discover_inputs
 from igcli.pipeline.image_job import ImageJob
-from igcli.backends.loading import load_module
-from igcli.results.heatmap import render_overlay, signed_map
-from igcli.attribution.quadrature import Rule
 from igcli.pipeline.run import explain_inputs
-from resnet import calibrate
+from igcli.results.heatmap import render_overlay, signed_map
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

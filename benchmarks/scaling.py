@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from captum.attr import IntegratedGradients
 
 from igcli.backends.loading import load_module

@@ -39,18 +39,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
-
-from igcli.attribution import adaptive
-from igcli.config import load_config
-from igcli.attribution.engine import TargetSpec, attribute
-from igcli.data.discover import discover_inputs
-from igcli.pipeline.image_job import ImageJob
-from igcli.backends.loading import load_module
 from comparison import input_errors
 from end_to_end import CONFIG, captum_loop, reference_maps
 from evaluations import write_held_out
+from scipy.optimize import minimize
 from variants import overrides
+
+from igcli.attribution import adaptive
+from igcli.attribution.engine import TargetSpec, attribute
+from igcli.backends.loading import load_module
+from igcli.config import load_config
+from igcli.data.discover import discover_inputs
+from igcli.pipeline.image_job import ImageJob
 
 GOAL_EVALUATIONS = 20  # goal 2: 0.4x captum's 50
 

@@ -30,15 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from captum.attr import LayerIntegratedGradients
+from comparison import add_malloc_option, apply_malloc_option, mean_errors, print_table, run_with_maps, time_alternately
+from variants import overrides, threads
 
 from igcli.attribution.baselines import text_baseline_ids
-from igcli.config import load_config
 from igcli.attribution.engine import Quadrature, TargetSpec, attribute
-from igcli.pipeline.text_job import TextJob, load_text_model
 from igcli.attribution.quadrature import Rule
-from comparison import (add_malloc_option, apply_malloc_option, mean_errors, print_table, run_with_maps,
-                        time_alternately)
-from variants import overrides, threads
+from igcli.config import load_config
+from igcli.pipeline.text_job import TextJob, load_text_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "questions.yaml"

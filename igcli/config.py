@@ -14,10 +14,10 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from igcli.attribution.kinds import DEFAULT_MAP_TOLERANCE, DEFAULT_RULE, TEXT_BASELINES, BaselineKind, Rule
-from igcli.config_source import ConfigSource, KeyPath, apply_override, parse_override, read_yaml
-from igcli.errors import ConfigError
-from igcli.data.discover import DEFAULT_MAX_BYTES
 from igcli.backends.kinds import Precision, ScoreKind
+from igcli.config_source import ConfigSource, KeyPath, apply_override, parse_override, read_yaml
+from igcli.data.discover import DEFAULT_MAX_BYTES
+from igcli.errors import ConfigError
 
 
 class Section(BaseModel):
@@ -189,9 +189,9 @@ class OutputSection(Section):
 class SmoothGradSection(Section):
     """IG averaged over noisy copies of each input (docs/methods.md)."""
 
-    samples: int = Field(ge=1)
-    sigma: float = Field(gt=0)  # the noise's std in pixel units ([0, 1], before input.mean/std)
-    seed: int = 0
+    samples: int = Field(ge=1, description="noisy copies of each input; their IG maps are averaged")
+    sigma: float = Field(gt=0, description="the noise's std in pixel units ([0, 1], before input.mean/std)")
+    seed: int = Field(0, description="seeds the noise, with each input's name (the same maps in any chunk)")
 
 
 MetricName = Literal["deletion", "insertion", "infidelity", "sensitivity"]
@@ -200,13 +200,15 @@ MetricName = Literal["deletion", "insertion", "infidelity", "sensitivity"]
 class FaithfulnessSection(Section):
     """Settings of the ``metrics`` (docs/nightly.md)."""
 
-    steps: int = Field(20, ge=1)  # deletion/insertion: points on the curve past the first
-    fill: Literal["blur", "baseline"] = "blur"  # images: what replaces a pixel; text always uses the baseline
-    blur_sigma: float = Field(5.0, gt=0)  # fill blur: the Gaussian's sigma in pixels
-    samples: int = Field(10, ge=1)  # infidelity and sensitivity: perturbations per record
-    noise: float = Field(0.1, gt=0)  # infidelity: the perturbations' std, in model-input units
-    radius: float = Field(0.02, gt=0)  # sensitivity: the perturbations' L-infinity radius (captum's default)
-    seed: int = 0
+    steps: int = Field(20, ge=1, description="deletion/insertion: points on the curve past the first")
+    fill: Literal["blur", "baseline"] = Field("blur", description="images: what replaces a pixel; text always "
+                                              "uses the baseline")
+    blur_sigma: float = Field(5.0, gt=0, description="fill blur: the Gaussian's sigma in pixels")
+    samples: int = Field(10, ge=1, description="infidelity and sensitivity: perturbations per record")
+    noise: float = Field(0.1, gt=0, description="infidelity: the perturbations' std, in model-input units")
+    radius: float = Field(0.02, gt=0, description="sensitivity: the perturbations' L-infinity radius (captum's "
+                          "default)")
+    seed: int = Field(0, description="seeds the perturbations, with each input's name and target")
 
 
 class Config(Section):
@@ -245,10 +247,15 @@ class Config(Section):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     output: OutputSection = OutputSection()
     # Path methods and smoothing (docs/methods.md); at their defaults the run is plain IG.
-    path: Literal["straight", "blur", "guided"] = "straight"
-    smoothgrad: SmoothGradSection | None = None
-    layer: str | None = None  # torch models: IG at this module's output (a name from named_modules)
-    metrics: tuple[MetricName, ...] = ()  # faithfulness metrics per record; off by default (docs/nightly.md)
+    path: Literal["straight", "blur", "guided"] = Field("straight", description="the path from baseline to input: "
+                                                        "straight (IG), blur (Blur IG), guided (Guided IG); "
+                                                        "docs/methods.md")
+    smoothgrad: SmoothGradSection | None = Field(None, description="{samples, sigma, seed}: IG averaged over "
+                                                 "noisy copies of each input (SmoothGrad-IG)")
+    layer: str | None = Field(None, description="torch models: IG at this module's output (a name from "
+                              "named_modules); the heatmap sums channels, upsampled")
+    metrics: tuple[MetricName, ...] = Field((), description="faithfulness metrics per record: deletion, "
+                                            "insertion, infidelity, sensitivity (docs/nightly.md)")
     faithfulness: FaithfulnessSection = FaithfulnessSection()
 
     @model_validator(mode="before")

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from igcli.attribution.engine import Quadrature, TargetSpec, attribute
+from igcli.attribution.quadrature import Rule
 from igcli.backends.base import ScoreKind
 from igcli.backends.torch_backend import TorchBackend
-from igcli.attribution.quadrature import Rule
 
 
 def smooth_mlp(seed: int = 0, features: int = 6, classes: int = 3, dtype=torch.float64) -> nn.Module:

@@ -5,9 +5,9 @@ from torch import nn
 
 from igcli.attribution import adaptive as adaptive_module
 from igcli.attribution import group_sums
-from igcli.runtime import buffers as buffers_module
 from igcli.attribution.engine import Quadrature, TargetSpec, attribute, start_offset
 from igcli.attribution.quadrature import Rule
+from igcli.runtime import buffers as buffers_module
 
 from .nets import backend, integrated_gradients, small_cnn, smooth_mlp
 

@@ -5,15 +5,14 @@ import pytest
 import torch
 
 from igcli.attribution.engine import Quadrature, TargetSpec, attribute
-from igcli.backends import batching
-from igcli.backends.batching import BatchSize, padded_size
-from igcli.errors import ModelError
-from igcli.data.prefetch import prefetched
-from igcli.backends import torch_backend
+from igcli.attribution.quadrature import Rule
+from igcli.backends import batching, torch_backend
 from igcli.backends.base import Precision
+from igcli.backends.batching import BatchSize, padded_size
 from igcli.backends.loading import load_model
 from igcli.backends.torch_backend import TorchBackend
-from igcli.attribution.quadrature import Rule
+from igcli.data.prefetch import prefetched
+from igcli.errors import ModelError
 
 from .conftest import SAMPLE_DATA
 from .nets import small_cnn, smooth_mlp

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from igcli.results import atomic_files
 from igcli.cli.commands import main
+from igcli.results import atomic_files
 from igcli.runtime.options import RuntimeOptions
 
 from .conftest import DIGITS_CONFIG, SAMPLE_DATA

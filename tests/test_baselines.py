@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from igcli.attribution.baselines import BaselineKind, BaselinePlan, Normalization, auto_candidates, gaussian_blur, make_baselines
+from igcli.attribution.baselines import (
+    BaselineKind,
+    BaselinePlan,
+    Normalization,
+    auto_candidates,
+    gaussian_blur,
+    make_baselines,
+)
 
 NORM = Normalization((0.5,), (0.25,))
 PIXELS = torch.rand(1, 12, 10, generator=torch.Generator().manual_seed(0))

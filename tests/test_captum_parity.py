@@ -4,8 +4,8 @@ import torch
 from captum.attr import IntegratedGradients
 
 from igcli.attribution.engine import Quadrature, TargetSpec, attribute
-from igcli.backends.loading import load_model
 from igcli.attribution.quadrature import Rule
+from igcli.backends.loading import load_model
 
 from .conftest import SAMPLE_DATA
 from .nets import backend, small_cnn

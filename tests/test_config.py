@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from igcli.attribution.baselines import BaselineKind
+from igcli.attribution.quadrature import Rule
 from igcli.config import TopK, load_config
 from igcli.errors import ConfigError
-from igcli.attribution.quadrature import Rule
 
 from .conftest import DIGITS_CONFIG
 

@@ -3,8 +3,16 @@ import pytest
 import torch
 from torch import nn
 
-from igcli.attribution.faithfulness import (deletion_insertion, gaussian_perturbations, infidelity, max_sensitivity,
-                                            pixel_units, token_units, uniform_perturbations, unit_scores)
+from igcli.attribution.faithfulness import (
+    deletion_insertion,
+    gaussian_perturbations,
+    infidelity,
+    max_sensitivity,
+    pixel_units,
+    token_units,
+    uniform_perturbations,
+    unit_scores,
+)
 
 from .nets import backend, integrated_gradients, small_cnn
 

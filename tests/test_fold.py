@@ -7,10 +7,9 @@ import torch
 from torch import nn
 
 from igcli.attribution.engine import Quadrature, TargetSpec, attribute
+from igcli.attribution.quadrature import Rule
 from igcli.backends.rewrites.fold import fold_batch_norms
 from igcli.backends.torch_backend import TorchBackend
-from igcli.attribution.quadrature import Rule
-
 
 
 def _norm(channels: int, seed: int, track: bool = True, dims: int = 2) -> nn.Module:

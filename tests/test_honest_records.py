@@ -15,11 +15,11 @@ from PIL import Image
 from torch import nn
 
 from igcli.attribution.adaptive import DEFAULT_MAP_TOLERANCE
-from igcli.cli.commands import main
 from igcli.attribution.engine import Quadrature, TargetSpec, attribute
-from igcli.pipeline.common import baseline_warnings
-from igcli.backends.base import ScoreKind
 from igcli.attribution.quadrature import Rule
+from igcli.backends.base import ScoreKind
+from igcli.cli.commands import main
+from igcli.pipeline.common import baseline_warnings
 
 from .nets import backend, small_cnn
 

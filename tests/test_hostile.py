@@ -17,13 +17,13 @@ from PIL import Image
 
 from igcli.cli.commands import main
 from igcli.config import OutputSection
-from igcli.errors import InputError
 from igcli.data.discover import InputRef, PathList, discover_inputs, in_shard
 from igcli.data.images import ImagePreprocess, read_image
+from igcli.errors import InputError
 from igcli.names import name_key
 from igcli.results.naming import OutputNames
-from igcli.results.writer import output_files
 from igcli.results.records import Sample, TextSample, output_stem
+from igcli.results.writer import output_files
 
 from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA
 

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from igcli.attribution.baselines import Normalization
-from igcli.errors import InputError
 from igcli.data.discover import InputRef, discover_inputs
 from igcli.data.images import ImagePreprocess, read_image
+from igcli.errors import InputError
 from igcli.results import report
 from igcli.results.report import thumbnail
 

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from igcli.attribution import adaptive
-from igcli.runtime import buffers
 from igcli.cli.commands import main
 from igcli.pipeline import map_budget
 from igcli.pipeline.overlap import chunks_in_flight
+from igcli.runtime import buffers
 
 from .conftest import REPO
 

@@ -10,10 +10,10 @@ from PIL import Image
 from torch import nn
 
 from igcli.backends import memory
-from igcli.config import Config
-from igcli.pipeline.image_job import ImageJob
 from igcli.backends.base import ScoreKind
 from igcli.backends.torch_backend import TorchBackend
+from igcli.config import Config
+from igcli.pipeline.image_job import ImageJob
 
 from .conftest import REPO
 

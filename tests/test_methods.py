@@ -12,12 +12,12 @@ from click.testing import CliRunner
 from scipy import ndimage
 
 from igcli.attribution.engine import Quadrature, TargetSpec
-from igcli.backends.batching import BatchSize
 from igcli.attribution.guided import GuidedOptions, explain_guided
 from igcli.attribution.layer import explain_layer, layer_map_to_input
 from igcli.attribution.paths import BlurPath, explain_path
 from igcli.attribution.quadrature import Rule
 from igcli.attribution.smooth import add_noise, explain_smoothed
+from igcli.backends.batching import BatchSize
 from igcli.backends.layer import LayerBackend
 from igcli.backends.loading import load_model
 from igcli.cli.commands import main

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from PIL import Image
 from torch import nn
 
+from igcli.backends.loading import load_model
 from igcli.cli.commands import main
 from igcli.errors import ConfigError, root_cause
-from igcli.backends.loading import load_model
 
 from .conftest import SAMPLE_DATA
 

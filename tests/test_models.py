@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from igcli.errors import ModelError
 from igcli.backends.base import ScoreKind, apply_score, end_slopes
 from igcli.backends.loading import load_model, resolve_device
+from igcli.errors import ModelError
 
 from .conftest import SAMPLE_DATA
 

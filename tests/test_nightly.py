@@ -13,10 +13,10 @@ from igcli.attribution.faithfulness import deletion_insertion, pixel_units
 from igcli.cli.commands import main
 from igcli.config import load_config
 from igcli.data.discover import InputRef
+from igcli.errors import UsageError
 from igcli.pipeline.image_job import ImageJob
 from igcli.results.diff import average_ranks, spearman, top_overlap
 from igcli.results.drift_rules import parse_rule
-from igcli.errors import UsageError
 
 from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA
 

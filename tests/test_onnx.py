@@ -7,15 +7,15 @@ import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from igcli.cli.commands import main
 from igcli.attribution.engine import Quadrature, TargetSpec, attribute
-from igcli.errors import ModelError
+from igcli.attribution.quadrature import Rule
 from igcli.backends.base import ScoreKind
-from igcli.backends.onnx.format import read_info
 from igcli.backends.loading import build_gradient_graph, load_model
+from igcli.backends.onnx.format import read_info
 from igcli.backends.onnx_backend import OnnxRuntimeBackend
 from igcli.backends.torch_backend import TorchBackend
-from igcli.attribution.quadrature import Rule
+from igcli.cli.commands import main
+from igcli.errors import ModelError
 
 from .conftest import DIGITS_CONFIG, SAMPLE_DATA, needs_maxpool_export
 from .onnx_models import opset11_cnn, single_op_model

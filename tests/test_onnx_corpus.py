@@ -16,18 +16,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from igcli.cli.commands import main
 from igcli.attribution.engine import Quadrature, TargetSpec, attribute
-from igcli.errors import ModelError
-from igcli.backends.base import ScoreKind
-from igcli.backends.onnx.format import read_info
-from igcli.backends.loading import build_gradient_graph, load_model
-from igcli.backends.onnx_backend import OnnxRuntimeBackend
-from igcli.backends.onnx.grad import to_float64
-from igcli.errors import root_cause
-from igcli.backends.onnx.source import onnx_to_torch
-from igcli.backends.torch_backend import TorchBackend
 from igcli.attribution.quadrature import Rule
+from igcli.backends.base import ScoreKind
+from igcli.backends.loading import build_gradient_graph, load_model
+from igcli.backends.onnx.format import read_info
+from igcli.backends.onnx.grad import to_float64
+from igcli.backends.onnx.source import onnx_to_torch
+from igcli.backends.onnx_backend import OnnxRuntimeBackend
+from igcli.backends.torch_backend import TorchBackend
+from igcli.cli.commands import main
+from igcli.errors import ModelError, root_cause
 
 from .onnx_models import single_op_model
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from igcli.backends.base import ScoreKind
-from igcli.errors import ModelError
 from igcli.backends.onnx.format import GradientGraphInfo
-from igcli.backends.onnx_backend import OnnxRuntimeBackend
 from igcli.backends.onnx.grad import build_gradient_model, to_float64
 from igcli.backends.onnx.source import onnx_to_torch
+from igcli.backends.onnx_backend import OnnxRuntimeBackend
 from igcli.backends.torch_backend import TorchBackend
+from igcli.errors import ModelError
 
 from .onnx_models import single_op_model
 

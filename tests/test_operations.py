@@ -13,16 +13,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from igcli.pipeline import resume
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
+from igcli.attribution.quadrature import Rule
+from igcli.backends.batching import BatchSize
 from igcli.cli.commands import main
 from igcli.config import load_config
-from igcli.attribution.engine import Quadrature, TargetSpec, attribute
-from igcli.backends.batching import BatchSize
+from igcli.pipeline import resume
 from igcli.pipeline.image_job import ImageJob
 from igcli.results import report as report_module
 from igcli.results import writer as writer_module
 from igcli.runtime.options import RuntimeOptions
-from igcli.attribution.quadrature import Rule
 
 from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA
 from .nets import backend, small_cnn

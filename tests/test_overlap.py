@@ -6,10 +6,10 @@ import threading
 import pytest
 import torch
 
-from igcli.pipeline import run as run_module
-from igcli.config import load_config
-from igcli.pipeline.image_job import ImageJob
 from igcli.backends.memory import MAX_POINTS
+from igcli.config import load_config
+from igcli.pipeline import run as run_module
+from igcli.pipeline.image_job import ImageJob
 from igcli.pipeline.overlap import chunks_in_flight, ordered_map, own_stream, points_per_chunk, threads_shared
 from igcli.runtime.options import RuntimeOptions
 

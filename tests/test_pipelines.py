@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from igcli.cli.commands import main
 from igcli.data.discover import InputRef, in_shard
-from igcli.pipeline.chunks import chunks as cut_chunks, name_hash
+from igcli.pipeline.chunks import chunks as cut_chunks
+from igcli.pipeline.chunks import name_hash
 
 from .conftest import DIGITS_CONFIG, SAMPLE_DATA
 

@@ -8,9 +8,9 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
+from igcli.backends import torch_backend
 from igcli.backends.loading import load_module
 from igcli.backends.rewrites.pool_first import pool_before_relu
-from igcli.backends import torch_backend
 from igcli.backends.torch_backend import TorchBackend
 
 SAMPLE_MODEL = Path(__file__).resolve().parents[1] / "sample_data" / "models" / "digits_cnn.pt2"

@@ -9,11 +9,11 @@ from captum.attr import LayerIntegratedGradients
 from click.testing import CliRunner
 
 from igcli.attribution.baselines import text_baseline_ids
+from igcli.attribution.engine import Quadrature, TargetSpec, attribute
+from igcli.attribution.quadrature import Rule
 from igcli.cli.commands import main
 from igcli.config import load_config
-from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.pipeline.text_job import load_text_model
-from igcli.attribution.quadrature import Rule
 
 from .conftest import REPO, SAMPLE_DATA
 

@@ -27,9 +27,8 @@ from torch import Tensor
 from igcli.attribution.group_sums import on_device as _on
 from igcli.attribution.group_sums import rows as _rows
 from igcli.attribution.group_sums import sum_rows_by_group as _sum_rows_by_group
-from igcli.attribution.storage import FreshStorage, MapStorage
-
 from igcli.attribution.kinds import DEFAULT_MAP_TOLERANCE  # noqa: F401 - defined without torch
+from igcli.attribution.storage import FreshStorage, MapStorage
 
 REFINE_SHARE = 0.34  # of a path's intervals bisected per round: the worst third (measured best of 1/4..1/2)
 INITIAL_INTERVALS = 4

@@ -14,7 +14,6 @@ from torch import Tensor
 
 from igcli.attribution.kinds import TEXT_BASELINES, BaselineKind  # noqa: F401 - defined without torch
 
-
 RANDOM_KINDS = {BaselineKind.uniform, BaselineKind.gaussian}
 
 

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from igcli.attribution.adaptive import DEFAULT_MAP_TOLERANCE, PathEnds, PathResults, integrate_locally
-from igcli.backends.base import Backend, Batching, ScoreKind, end_slopes
 from igcli.attribution.quadrature import DEFAULT_RULE, Rule, nodes, refine
 from igcli.attribution.storage import MapStorage
+from igcli.backends.base import Backend, Batching, ScoreKind, end_slopes
 
 
 @dataclass(frozen=True)

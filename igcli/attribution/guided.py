@@ -15,8 +15,7 @@ import torch
 from torch import Tensor
 
 from igcli.attribution.adaptive import PathResults
-from igcli.attribution.engine import (Explanation, Quadrature, TargetSpec,
-                                      completeness_met, resolve_targets)
+from igcli.attribution.engine import Explanation, Quadrature, TargetSpec, completeness_met, resolve_targets
 from igcli.attribution.paths import path_explanations
 from igcli.attribution.quadrature import Rule
 from igcli.backends.base import Backend, Batching

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as functional
 from torch import Tensor
 
-from igcli.attribution.storage import MapStorage
 from igcli.attribution.engine import Explanation, Quadrature, TargetSpec, attribute
+from igcli.attribution.storage import MapStorage
 from igcli.backends.base import Backend, Batching
 
 

@@ -18,10 +18,9 @@ import torch.nn.functional as functional
 from torch import Tensor
 
 from igcli.attribution.adaptive import PathResults, integrate_locally
-from igcli.attribution.storage import MapStorage
-from igcli.attribution.engine import (Explanation, Quadrature, TargetSpec,
-                                      completeness_met, resolve_targets)
+from igcli.attribution.engine import Explanation, Quadrature, TargetSpec, completeness_met, resolve_targets
 from igcli.attribution.quadrature import Rule, nodes, refine
+from igcli.attribution.storage import MapStorage
 from igcli.backends.base import Backend, Batching
 
 DEFAULT_MAX_SIGMA = 50.0  # pixels: the reference implementation's default, blur enough to erase a 224 px image

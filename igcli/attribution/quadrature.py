@@ -14,8 +14,6 @@ import numpy as np
 from igcli.attribution.kinds import DEFAULT_RULE, Rule  # noqa: F401 - defined without numpy, named here too
 
 
-
-
 @dataclass(frozen=True)
 class Nodes:
     """Points on the path and their weights; ``steps`` is the rule's m."""

@@ -12,9 +12,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from igcli.attribution.engine import Explanation, Quadrature, TargetSpec, attribute, completeness_met, resolve_targets
 from igcli.attribution.storage import MapStorage
-from igcli.attribution.engine import (Explanation, Quadrature, TargetSpec,
-                                      completeness_met, attribute, resolve_targets)
 from igcli.backends.base import Backend, Batching
 
 

@@ -9,8 +9,15 @@ import torch
 from torch import nn
 
 from igcli.backends.onnx.format import graph_outputs
-from igcli.backends.outputs import (OutputChoiceError, OutputSelect, Selector, resolve_selector, select_output,
-                                    selecting, shape_text)
+from igcli.backends.outputs import (
+    OutputChoiceError,
+    OutputSelect,
+    Selector,
+    resolve_selector,
+    select_output,
+    selecting,
+    shape_text,
+)
 
 
 def onnx_output_index(model, output: Selector) -> int | None:

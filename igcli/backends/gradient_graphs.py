@@ -14,11 +14,11 @@ from typing import Callable
 import torch
 
 from igcli import __version__
-from igcli.errors import ModelError
-from igcli.results.atomic_files import write_bytes_atomic
 from igcli.backends.base import ScoreKind
 from igcli.backends.digests import source_sha256
 from igcli.backends.onnx.format import TensorSpec
+from igcli.errors import ModelError
+from igcli.results.atomic_files import write_bytes_atomic
 
 log = logging.getLogger("igcli")
 

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from igcli.errors import ConfigError, ModelError, root_cause
 from igcli.backends.base import Backend
 from igcli.backends.outputs import OutputChoiceError, SelectedOutput, Selector, select_output, selecting
 from igcli.backends.torch_backend import _floating_dtype
+from igcli.errors import ConfigError, ModelError, root_cause
 
 log = logging.getLogger("igcli")
 LAYOUTS = ("NCHW", "NHWC")

@@ -26,11 +26,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from igcli.errors import ModelError, root_cause
 from igcli.backends.base import Backend, Precision, ScoreKind
 from igcli.backends.digests import file_sha256
-from igcli.backends.gradient_graphs import (cached_gradient_graph, checked_graph, only_output,
-                                            resolve_input_shape)
+from igcli.backends.gradient_graphs import cached_gradient_graph, checked_graph, only_output, resolve_input_shape
 from igcli.backends.layout import PROBE_SIZE, InputInterface, adapted, onnx_layout, probe_module, resolve_layout
 from igcli.backends.onnx.format import TensorSpec, graph_outputs, read_info, read_onnx
 from igcli.backends.onnx.source import check_differentiable_input, onnx_to_torch
@@ -38,6 +36,7 @@ from igcli.backends.onnx_backend import OnnxRuntimeBackend
 from igcli.backends.outputs import OutputSelect, SelectedOutput, Selector, resolve_selector, shape_text
 from igcli.backends.sources import load_weights
 from igcli.backends.torch_backend import TorchBackend, set_eval
+from igcli.errors import ModelError, root_cause
 
 log = logging.getLogger("igcli")
 

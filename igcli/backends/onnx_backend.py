@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from igcli.errors import ModelError, first_line
 from igcli.backends.onnx.format import GRADS, INPUT, SCORES, WEIGHTS, GradientGraphInfo
+from igcli.errors import ModelError, first_line
 
 NUMPY_TYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 ORT_TYPES = {"tensor(float)": torch.float32, "tensor(double)": torch.float64, "tensor(float16)": torch.float16}

@@ -15,10 +15,10 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor, nn
 
-from igcli.errors import ConfigError, ModelError, root_cause
 from igcli.backends.base import Backend, Precision, ScoreKind
-from igcli.data.tokenizer import TextTokenizer
 from igcli.backends.torch_backend import TorchBackend
+from igcli.data.tokenizer import TextTokenizer
+from igcli.errors import ConfigError, ModelError, root_cause
 
 Call = Callable[[nn.Module, Tensor, Tensor], Tensor]
 

@@ -9,10 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from igcli.backends.base import Precision, ScoreKind, apply_score
-from igcli.backends.rewrites.fold import fold_batch_norms
 from igcli.backends.outputs import as_columns, select_output
+from igcli.backends.rewrites.fold import fold_batch_norms
 from igcli.backends.rewrites.pool_first import pool_before_relu
-
 
 FLOAT16_GRAD_SCALE = 1024.0
 

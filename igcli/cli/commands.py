@@ -16,11 +16,11 @@ import click
 import yaml
 
 from igcli import __version__
+from igcli.attribution.kinds import Rule
+from igcli.backends.kinds import ScoreKind
 from igcli.cli.nightly import diff, summary
 from igcli.cli.reporting import reporting_errors
 from igcli.data.discover import PathList, read_path_list
-from igcli.backends.kinds import ScoreKind
-from igcli.attribution.kinds import Rule
 
 EXIT_CODES = ("Exit codes: 0 all inputs explained; 1 some inputs failed (or an output could not be written; or, "
               "with --strict, a record did not converge); "
@@ -98,8 +98,8 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
     # A program that calls main(obj=RuntimeOptions(...)) sets how the run uses the machine.
     options = click.get_current_context().find_object(RuntimeOptions) or RuntimeOptions()
     set_up_malloc(options.malloc)  # before torch: every batch frees what the next allocates (runtime/heap.py)
-    from igcli.pipeline.run import explain_inputs
     from igcli.pipeline.ray_runner import driver_device, ray_plan
+    from igcli.pipeline.run import explain_inputs
     from igcli.pipeline.workers import parse_devices, worker_plan
 
     if files_from is not None:  # one list: its files keep their tree below their common folder
@@ -187,8 +187,8 @@ def export(model: Path, out_path: Path, score: str, input_shape: str | None, fac
     The graph takes (input, target_weights) and returns (scores, input_grads) for a whole batch; it
     is checked against float64 autograd on onnxruntime before it is written.
     """
-    from igcli.results.atomic_files import write_bytes_atomic
     from igcli.backends.loading import build_gradient_graph
+    from igcli.results.atomic_files import write_bytes_atomic
 
     selector = int(output) if output is not None and output.lstrip("-").isdigit() else output
     graph, check = build_gradient_graph(model, factory, ScoreKind(score), trust_pickle, _shape(input_shape), selector)

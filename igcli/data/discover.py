@@ -16,9 +16,9 @@ import zlib
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
-from igcli.errors import InputError
 from igcli.data.refs import GLOB_CHARS, InputRef  # noqa: F401 - named here too
 from igcli.data.urls import is_url, url_inputs
+from igcli.errors import InputError
 from igcli.names import safe_relpath
 
 log = logging.getLogger("igcli")

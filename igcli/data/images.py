@@ -11,11 +11,11 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from igcli.attribution.baselines import Normalization
-from igcli.errors import InputError
-from igcli.names import printable
+from igcli.data.discover import DEFAULT_MAX_BYTES, InputRef, read_input
 from igcli.data.previews import preview
 from igcli.data.samples import Sample
-from igcli.data.discover import DEFAULT_MAX_BYTES, InputRef, read_input
+from igcli.errors import InputError
+from igcli.names import printable
 
 Size = int | tuple[int, int] | None
 

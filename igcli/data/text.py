@@ -5,10 +5,10 @@ import json
 from dataclasses import dataclass
 from typing import Iterator
 
+from igcli.data.discover import DEFAULT_MAX_BYTES, InputRef, read_input
+from igcli.data.samples import Failure, output_stem
 from igcli.errors import InputError
 from igcli.names import printable
-from igcli.data.samples import Failure, output_stem
-from igcli.data.discover import DEFAULT_MAX_BYTES, InputRef, read_input
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 

@@ -13,8 +13,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from igcli.data.refs import GLOB_CHARS, InputRef
-from igcli.names import safe_relpath
 from igcli.errors import InputError, UsageError
+from igcli.names import safe_relpath
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 

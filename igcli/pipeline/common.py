@@ -6,18 +6,18 @@ import time
 from pathlib import Path
 from typing import Any, Hashable, Iterable, Iterator
 
-from igcli.config import Above, Config, Region, TopK
 from igcli.attribution.engine import Explanation, Quadrature, TargetSpec
+from igcli.backends.base import ScoreKind
 from igcli.backends.batching import BatchSize
-from igcli.runtime.buffers import MapBuffers
 from igcli.backends.loading import resolve_device
-from igcli.pipeline.overlap import chunks_in_flight, points_per_chunk
-from igcli.runtime.options import RuntimeOptions
+from igcli.config import Above, Config, Region, TopK
+from igcli.data.discover import InputRef
 from igcli.errors import MODEL_FAILURES, ConfigError  # noqa: F401 - MODEL_FAILURES named here too
 from igcli.pipeline.metrics_hook import RecordMetrics
-from igcli.data.discover import InputRef
-from igcli.backends.base import ScoreKind
+from igcli.pipeline.overlap import chunks_in_flight, points_per_chunk
 from igcli.results.records import Attribution, Failure, Sample, TextSample
+from igcli.runtime.buffers import MapBuffers
+from igcli.runtime.options import RuntimeOptions
 
 # What a model's forward or backward raises on inputs it cannot take (exported programs assert).
 

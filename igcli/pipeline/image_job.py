@@ -9,25 +9,32 @@ import numpy as np
 import torch
 
 from igcli.attribution.adaptive import INITIAL_INTERVALS
-from igcli.attribution.baselines import AUTO_CANDIDATES, BaselineKind, BaselinePlan, Normalization, auto_candidates, make_baselines
-from igcli.config import Config, InputSection, Region, TopK
+from igcli.attribution.baselines import (
+    AUTO_CANDIDATES,
+    BaselineKind,
+    BaselinePlan,
+    Normalization,
+    auto_candidates,
+    make_baselines,
+)
 from igcli.attribution.engine import Explanation, attribute, resolve_targets
+from igcli.attribution.quadrature import Rule
 from igcli.backends.batching import batched_scores
-from igcli.errors import ConfigError, InputError, ModelError, root_cause
+from igcli.backends.loading import load_model
+from igcli.backends.memory import FALLBACK_POINTS, MAX_POINTS, auto_points
+from igcli.backends.sources import SourceDefaults, image_source
+from igcli.config import Config, InputSection, Region, TopK
 from igcli.data.discover import InputRef
 from igcli.data.images import ImagePreprocess, read_image
-from igcli.backends.memory import FALLBACK_POINTS, MAX_POINTS, auto_points
-from igcli.backends.loading import load_model
-from igcli.backends.sources import SourceDefaults, image_source
-from igcli.pipeline.overlap import points_per_chunk
-from igcli.pipeline.map_budget import image_chunk_limit
-from igcli.runtime.options import RuntimeOptions
-from igcli.attribution.quadrature import Rule
-from igcli.results.records import Attribution, Failure, Sample
+from igcli.errors import ConfigError, InputError, ModelError, root_cause
 from igcli.pipeline.common import MODEL_FAILURES, Job, check_classes, to_record
-from igcli.pipeline.targets import region_target
+from igcli.pipeline.map_budget import image_chunk_limit
 from igcli.pipeline.methods import Methods
 from igcli.pipeline.metrics_hook import blurred_fill, path_explainer
+from igcli.pipeline.overlap import points_per_chunk
+from igcli.pipeline.targets import region_target
+from igcli.results.records import Attribution, Failure, Sample
+from igcli.runtime.options import RuntimeOptions
 
 # The auto chunk size (docs/performance.md, "Chunks"): enough inputs that the adaptive rule's first
 # round fills this many batches, which keeps its part-filled last batches few; at most this many

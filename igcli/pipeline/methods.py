@@ -11,18 +11,18 @@ from torch import nn
 
 from igcli.attribution.baselines import Normalization
 from igcli.attribution.engine import Explanation, Quadrature, TargetSpec
-from igcli.backends.batching import BatchSize
-from igcli.runtime.buffers import MapBuffers
-from igcli.attribution.layer import explain_layer, layer_map_to_input
 from igcli.attribution.guided import GuidedOptions, explain_guided
+from igcli.attribution.layer import explain_layer, layer_map_to_input
 from igcli.attribution.paths import DEFAULT_MAX_SIGMA, BlurPath, explain_path
 from igcli.attribution.smooth import add_noise, explain_smoothed
 from igcli.backends.base import Backend
+from igcli.backends.batching import BatchSize
 from igcli.backends.layer import LayerBackend
 from igcli.backends.loading import load_module
 from igcli.config import Config
 from igcli.errors import ConfigError
 from igcli.results.records import Attribution, Sample
+from igcli.runtime.buffers import MapBuffers
 
 
 class Methods:

@@ -11,10 +11,18 @@ from torch import Tensor
 
 from igcli.attribution.baselines import Normalization, gaussian_blur
 from igcli.attribution.engine import Quadrature, TargetSpec, attribute
-from igcli.backends.batching import BatchSize
-from igcli.attribution.faithfulness import (deletion_insertion, gaussian_perturbations, infidelity, max_sensitivity,
-                                            pixel_units, token_units, uniform_perturbations, unit_scores)
+from igcli.attribution.faithfulness import (
+    deletion_insertion,
+    gaussian_perturbations,
+    infidelity,
+    max_sensitivity,
+    pixel_units,
+    token_units,
+    uniform_perturbations,
+    unit_scores,
+)
 from igcli.backends.base import Backend
+from igcli.backends.batching import BatchSize
 from igcli.config import Config
 from igcli.errors import MODEL_FAILURES, root_cause
 from igcli.results.records import Attribution, Failure

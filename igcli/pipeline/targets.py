@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from igcli.config import Region
-from igcli.backends.batching import batched_scores
-from igcli.errors import ConfigError, ModelError, first_line
 from igcli.backends.base import Backend, ScoreKind
+from igcli.backends.batching import batched_scores
 from igcli.backends.region import RegionHead, check_segmentation_output, predicted_regions, raw_outputs
+from igcli.config import Region
+from igcli.errors import ConfigError, ModelError, first_line
 from igcli.results.records import Attribution
 
 EMPTY_REGION = "empty region"  # how an empty region's warning begins

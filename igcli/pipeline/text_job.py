@@ -13,19 +13,18 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from igcli.attribution.baselines import BaselineKind, text_baseline_ids
-from igcli.config import Config
 from igcli.attribution.engine import Explanation, attribute
-from igcli.errors import ConfigError, ModelError, root_cause
-from igcli.data.discover import InputRef
-from igcli.data.text import TextDocument, read_documents
-from igcli.backends.text_memory import text_auto_points
 from igcli.backends.loading import load_module, use_threads
 from igcli.backends.onnx.text import GraphTextModel, onnx_text_model
+from igcli.backends.text_memory import text_auto_points
 from igcli.backends.text_model import TextModel, huggingface_text_model, tagged, torch_text_model
+from igcli.config import Config
+from igcli.data.discover import InputRef
+from igcli.data.text import TextDocument, read_documents
 from igcli.data.tokenizer import TextTokenizer
-from igcli.results.records import Attribution, Failure, TextSample
+from igcli.errors import ConfigError, ModelError, root_cause
 from igcli.pipeline.common import MODEL_FAILURES, Job, check_classes, to_record
-
+from igcli.results.records import Attribution, Failure, TextSample
 
 # Documents of one length share batches (see TextJob.explain), so a chunk holds enough of them to
 # fill batches on short texts; texts are small in memory.

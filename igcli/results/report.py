@@ -22,11 +22,11 @@ from typing import Any, BinaryIO, Iterator
 
 from PIL import Image
 
+from igcli.data.previews import file_preview, preview
 from igcli.results.atomic_files import write_atomic
 from igcli.results.jsonl import complete_lines
-from igcli.data.previews import file_preview, preview
-from igcli.results.text_view import word_spans
 from igcli.results.summary_view import summary_section
+from igcli.results.text_view import word_spans
 
 # Thumbnail threads, up to 8: rows cost ~4 ms each in Pillow, which releases the GIL (with 2 threads a
 # 192-image run on the 16-core H100 machine spent 0.8 s here, an eighth of its run).

@@ -8,9 +8,9 @@ from __future__ import annotations
 import errno
 import io
 import json
-import re
 import logging
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -20,17 +20,16 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 
-from igcli.results.atomic_files import write_bytes_atomic
 from igcli.config import OutputSection
 from igcli.errors import IgcliError, UsageError
 from igcli.names import printable
-from igcli.results.records import Attribution, Failure, TextSample
+from igcli.results.atomic_files import write_bytes_atomic
 from igcli.results.heatmap import outline_region, render_bare, render_overlay, signed_map
 from igcli.results.png import png_bytes
+from igcli.results.records import Attribution, Failure, TextSample
 from igcli.results.report import Thumbnails, write_report
 from igcli.results.summary import SummaryBuilder
 from igcli.results.text_view import render_ansi, render_html
-
 
 log = logging.getLogger("igcli")
 MAX_PENDING = 64  # inputs whose files may be in the writers' hands at once: bounds memory

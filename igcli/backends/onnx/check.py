@@ -10,7 +10,6 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from igcli.errors import ModelError
 from igcli.backends.base import ScoreKind, apply_score
 from igcli.backends.onnx.export import export_gradient_graph
 from igcli.backends.onnx.format import read_info, with_metadata
@@ -19,6 +18,7 @@ from igcli.backends.onnx.source import onnx_to_torch
 from igcli.backends.onnx_backend import OnnxRuntimeBackend
 from igcli.backends.outputs import as_columns, first_output
 from igcli.backends.torch_backend import set_eval
+from igcli.errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from igcli.errors import ModelError, first_line
 from igcli.backends.base import ScoreKind, apply_score
 from igcli.backends.onnx.decompositions import BACKWARD_DECOMPOSITIONS
 from igcli.backends.onnx.format import GRADS, INPUT, SCORES, WEIGHTS, require, with_metadata
 from igcli.backends.outputs import as_columns, first_output
 from igcli.backends.torch_backend import set_eval
+from igcli.errors import ModelError, first_line
 
 FALLBACK_BATCH = 16
 
@@ -104,8 +104,8 @@ class _DataDependentShapes(Exception):
 def _trace_gradients(module: nn.Module, score: ScoreKind, input_shape: tuple[int, ...], batch: int,
                      symbolic: bool = True) -> _GradientModule:
     from torch._decomp import core_aten_decompositions
-    from torch.fx.experimental.proxy_tensor import make_fx
     from torch.func import functional_call
+    from torch.fx.experimental.proxy_tensor import make_fx
 
     params = {name: p.detach() for name, p in module.named_parameters()}
     buffers = {name: b.detach() for name, b in module.named_buffers()}

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from igcli import __version__
-from igcli.errors import ModelError, first_line
 from igcli.backends.base import ScoreKind
+from igcli.errors import ModelError, first_line
 
 # The gradient graph's inputs and outputs: (input, target_weights) -> (scores, input_grads).
 INPUT, WEIGHTS, SCORES, GRADS = "input", "target_weights", "scores", "input_grads"

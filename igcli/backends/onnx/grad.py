@@ -13,11 +13,11 @@ import logging
 
 import numpy as np
 
-from igcli.errors import ModelError, first_line, root_cause
 from igcli.backends.base import ScoreKind
 from igcli.backends.onnx.format import GRADS, INPUT, SCORES, WEIGHTS
 from igcli.backends.onnx.vjp import RULES, unsupported
 from igcli.backends.onnx.vjp.context import Builder, Context, Probe
+from igcli.errors import ModelError, first_line, root_cause
 
 log = logging.getLogger(__name__)
 

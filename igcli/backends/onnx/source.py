@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from igcli.errors import ModelError, root_cause
 from igcli.backends.onnx.format import INTEGER_TYPES, TensorSpec, graph_inputs, graph_outputs, require
 from igcli.backends.outputs import first_output
+from igcli.errors import ModelError, root_cause
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from igcli.errors import ConfigError, ModelError
 from igcli.backends.base import Backend, Precision, ScoreKind
 from igcli.backends.onnx.format import INTEGER_TYPES, graph_inputs, read_onnx
 from igcli.backends.onnx.source import onnx_to_torch
 from igcli.backends.text_model import DocumentRows, OneDocument, document_backend
 from igcli.data.tokenizer import TextTokenizer
+from igcli.errors import ConfigError, ModelError
 
 COMPUTED = "__igcli_computed"
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper, numpy_helper
 
-from igcli.errors import ModelError
 from igcli.backends.onnx.vjp.context import Context
-
+from igcli.errors import ModelError
 
 INT64_MAX = np.iinfo(np.int64).max
 

@@ -6,9 +6,9 @@ import math
 import numpy as np
 from onnx import helper
 
-from igcli.errors import ModelError
 from igcli.backends.onnx.vjp.common import attribute, float_mask, only_first, probe_shapes, unbroadcast
 from igcli.backends.onnx.vjp.context import Context
+from igcli.errors import ModelError
 
 
 def _unary(formula):

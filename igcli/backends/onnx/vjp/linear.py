@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from igcli.errors import ModelError
 from igcli.backends.onnx.vjp.common import attribute, explicit_pads, only_first, probe_shapes, unbroadcast
 from igcli.backends.onnx.vjp.context import Context
+from igcli.errors import ModelError
 
 
 def _swap_last(b, name: str, rank: int) -> str:

@@ -6,10 +6,17 @@ import math
 import numpy as np
 from onnx import helper, numpy_helper
 
-from igcli.errors import ModelError
-from igcli.backends.onnx.vjp.common import (apply_axis_matrices, attribute, axis_matrix, constant_value, explicit_pads,
-                                            float_mask, only_first)
+from igcli.backends.onnx.vjp.common import (
+    apply_axis_matrices,
+    attribute,
+    axis_matrix,
+    constant_value,
+    explicit_pads,
+    float_mask,
+    only_first,
+)
 from igcli.backends.onnx.vjp.context import Context
+from igcli.errors import ModelError
 
 
 def _global_pool(ctx: Context, node, grads):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from igcli.errors import ModelError
 from igcli.backends.onnx.vjp.common import attribute, constant_value, float_mask, normal_axis, only_first, static_size
 from igcli.backends.onnx.vjp.context import Context
+from igcli.errors import ModelError
 
 
 def _reduce_axes(ctx: Context, node, rank: int) -> list[int]:

@@ -4,10 +4,20 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from igcli.errors import ModelError
-from igcli.backends.onnx.vjp.common import (apply_axis_matrices, attribute, axis_matrix, constant_value, normal_axis,
-                                            only_first, probe_shapes, static_size, unbroadcast, zeros_like)
+from igcli.backends.onnx.vjp.common import (
+    apply_axis_matrices,
+    attribute,
+    axis_matrix,
+    constant_value,
+    normal_axis,
+    only_first,
+    probe_shapes,
+    static_size,
+    unbroadcast,
+    zeros_like,
+)
 from igcli.backends.onnx.vjp.context import Context
+from igcli.errors import ModelError
 
 
 def _concat(ctx: Context, node, grads):
