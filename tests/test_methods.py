@@ -311,7 +311,10 @@ def test_cli_each_method_end_to_end(tmp_path):
     (("smoothgrad={samples: 2}",), "missing required key 'smoothgrad.sigma'"),
     (("path=blur", "layer=3"), "set one of path and layer"),
     (("pth=blur",), "did you mean 'path'"),
+    (("layer=3", f"model.path={SAMPLE_DATA / 'models' / 'digits_cnn.ts'}"), "takes no hooks at a layer"),
+    (("layer=3", f"model.path={SAMPLE_DATA / 'models' / 'digits_cnn.pt2'}"), "takes no hooks at a layer"),
 ])
 def test_cli_method_config_errors_exit_2(tmp_path, settings, message):
-    result, rows, _ = explain_two_digits(tmp_path, "out", *settings)
+    result, rows, out = explain_two_digits(tmp_path, "out", *settings)
     assert result.exit_code == 2 and message in result.output and rows == []
+    assert not out.exists()  # a config error: nothing ran, nothing written

@@ -236,3 +236,21 @@ def test_a_records_perturbations_do_not_depend_on_its_chunk(runs, tmp_path):
     for ours, theirs in zip(records(folder), records(runs / "old")):
         assert ours["relpath"] == theirs["relpath"]
         assert ours["metrics"]["infidelity"] == pytest.approx(theirs["metrics"]["infidelity"], rel=1e-3, abs=1e-9)
+
+
+def test_a_rule_that_nothing_can_be_checked_against_is_a_breach(runs, tmp_path):
+    """A run whose inputs all failed matches nothing; a metric rule against runs without metrics has
+    no value: either way the nightly check must not pass."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "results.jsonl").write_text("")
+    (empty / "attributions").mkdir()
+    nothing = run("diff", runs / "old", empty, "-o", tmp_path / "a", "--fail-on", "rank_corr<0.7")
+    assert nothing.exit_code == 1, nothing.stderr
+    assert "no value to check (0 matched" in nothing.stderr
+    plain = tmp_path / "plain"
+    assert run("explain", "-c", DIGITS_CONFIG, *IMAGES[:2], "-q", "-o", plain).exit_code == 0
+    unmetered = run("diff", plain, plain, "-o", tmp_path / "b", "--fail-on", "deletion_change>0.1",
+                    "--fail-on", "max(drift)>0.5")
+    assert unmetered.exit_code == 1, unmetered.stderr
+    assert "deletion_change missing for all" in unmetered.stderr and "max(drift)" not in unmetered.stderr

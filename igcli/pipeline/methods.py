@@ -17,7 +17,7 @@ from igcli.attribution.paths import DEFAULT_MAX_SIGMA, BlurPath, explain_path
 from igcli.attribution.smooth import add_noise, explain_smoothed
 from igcli.backends.base import Backend
 from igcli.backends.batching import BatchSize
-from igcli.backends.layer import LayerBackend
+from igcli.backends.layer import LayerBackend, find_layer
 from igcli.backends.loading import load_module
 from igcli.config import Config
 from igcli.errors import ConfigError
@@ -50,8 +50,16 @@ class Methods:
         if inputs.mode == "BGR" or inputs.layout == "NHWC":
             raise ConfigError("layer: IG at a layer runs models that take NCHW RGB or L tensors; "
                               "remove layer or input.mode BGR / input.layout NHWC")
+        if section.path is not None and section.path.suffix.lower() in (".ts", ".pt2"):
+            raise ConfigError(f"layer: {section.path.name} runs its modules as one compiled graph, which takes no "
+                              "hooks at a layer; give an eager model (model.factory, a state_dict with a factory, "
+                              "model.timm/torchvision, a Hugging Face folder) or remove layer")
         if self.module is None:
             self.module = load_module(section.path, section.factory, section.trust_pickle)
+        if isinstance(self.module, torch.jit.ScriptModule):
+            raise ConfigError("layer: a TorchScript model takes no hooks at a layer; give an eager model "
+                              "(model.factory) or remove layer")
+        find_layer(self.module, self.config.layer)  # a wrong name fails here, before any output is written
 
     def _layer_backend(self, shape: tuple[int, ...]) -> LayerBackend:
         if shape not in self.layers:

@@ -1,6 +1,8 @@
 """``--fail-on`` expressions: ``NAME OP NUMBER`` holds for some matched input, or
 ``mean(NAME) OP NUMBER`` (also min, max) over them; ``unmatched OP NUMBER`` counts records in one
-run only. A rule that holds is a breach: ``igcli diff`` exits 1 (docs/nightly.md)."""
+run only. A rule that holds is a breach: ``igcli diff`` exits 1 (docs/nightly.md). So is a rule that no
+matched input can be checked against (none matched, or NAME is null for every pair): a check that
+did not run must not pass."""
 from __future__ import annotations
 
 import math
@@ -11,7 +13,7 @@ from typing import Any, Callable
 
 from igcli.errors import UsageError
 
-NAMES = ("rank_corr", "top_overlap", "score_change", "completeness_change", "prediction_changed")
+NAMES = ("rank_corr", "top_overlap", "score_change", "completeness_change", "prediction_changed", "drift")
 METRIC_CHANGES = ("deletion_change", "insertion_change", "infidelity_change", "sensitivity_change")
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq, "!=": operator.ne}
@@ -38,7 +40,7 @@ class Rule:
         values = [(row[self.name], row["relpath"]) for row in matched
                   if isinstance(row.get(self.name), (int, float)) and math.isfinite(row[self.name])]
         if not values:
-            return None
+            return f"{self.text}: no value to check ({len(matched)} matched input(s), {self.name} missing for all)"
         if self.aggregate is not None:
             total = AGGREGATES[self.aggregate]([v for v, _ in values])
             return f"{self.text}: {self.aggregate}({self.name}) = {total:.4g}" if self.compare(total, self.value) else None
