@@ -387,6 +387,8 @@ def describe_error(detail: dict[str, Any], source: ConfigSource) -> str:
         hint = "; set model.path (or --model) or model.factory" if loc == ("model",) else ""
         return f"{where}: missing required key '{dotted}'{hint}"
     message = detail["msg"].removeprefix("Value error, ")
+    if not loc:  # a rule across keys: its message names them, and the whole config is no help to show
+        return f"{where}: {_short(message)}"
     return f"{where}: '{dotted}': {_short(message)} (got {_short(repr(detail.get('input')))})"
 
 

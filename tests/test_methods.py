@@ -318,3 +318,4 @@ def test_cli_method_config_errors_exit_2(tmp_path, settings, message):
     result, rows, out = explain_two_digits(tmp_path, "out", *settings)
     assert result.exit_code == 2 and message in result.output and rows == []
     assert not out.exists()  # a config error: nothing ran, nothing written
+    assert "(got {" not in result.output  # a rule across keys names them, not the whole config
