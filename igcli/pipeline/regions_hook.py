@@ -7,7 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from igcli.attribution.xrai import DILATION_RADIUS, MIN_NEW_PIXELS, band_counts, channel_max, dilated_masks, rank_regions
+from igcli.attribution.xrai import (
+    DILATION_RADIUS,
+    MIN_NEW_PIXELS,
+    band_counts,
+    channel_max,
+    dilated_masks,
+    rank_regions,
+)
 from igcli.config import Config
 from igcli.data.segments import felzenszwalb_segmentations, require_skimage, segmentation_settings
 from igcli.results.records import Attribution, Sample
