@@ -57,13 +57,15 @@ def dilated_masks(segmentations: list[np.ndarray], radius: int = DILATION_RADIUS
         _, index = np.unique(labels, return_inverse=True)  # labels in ascending order as 0..n-1
         index = index.reshape(labels.shape)
         height, width = labels.shape
-        grown = np.zeros((int(index.max()) + 1, height, width), dtype=bool)
-        rows, cols = np.indices((height, width))
+        grown = np.zeros((int(index.max()) + 1) * height * width, dtype=bool)
+        # Flat positions: segment s at pixel p is s * pixels + p.
+        segment_base = index * (height * width)
+        pixel_ids = np.arange(height * width).reshape(height, width)
         for dy, dx in offsets:  # each pixel marks its segment at every pixel within the disk of it
             source = (slice(max(0, -dy), height - max(0, dy)), slice(max(0, -dx), width - max(0, dx)))
             target = (slice(max(0, dy), height - max(0, -dy)), slice(max(0, dx), width - max(0, -dx)))
-            grown[index[source], rows[target], cols[target]] = True
-        masks.append(grown)
+            grown[(segment_base[source] + pixel_ids[target]).ravel()] = True
+        masks.append(grown.reshape(-1, height, width))
     return np.concatenate(masks) if masks else np.zeros((0,) + segmentations[0].shape, dtype=bool)
 
 
@@ -72,13 +74,16 @@ def rank_regions(attributions: np.ndarray, masks: np.ndarray, min_new_pixels: in
     shape = attributions.shape
     values = attributions.astype(np.float64).ravel()
     candidates = _first_of_each(masks.reshape(len(masks), -1))
-    # Per candidate, its pixels not yet covered: their count and attribution sum. A choice changes
-    # only the candidates that meet its new pixels, and only those are summed again.
-    new_pixels = candidates.sum(1)
-    sums = np.where(candidates, values, 0.0).sum(1)
+    # Per candidate, its pixels not yet covered (ascending), their count and attribution sum. A choice
+    # changes only the candidates that hold its new pixels: their lists shrink and are summed again.
+    uncovered = [np.flatnonzero(row) for row in candidates]
+    holders = np.packbits(candidates.T, axis=1)  # [pixels, K/8]: which candidates hold each pixel, as bits
+    new_pixels = np.array([len(own) for own in uncovered], dtype=np.int64)
+    # NumPy's own sum of the selected values, as the reference's mean takes it: float64 gains equal its own.
+    sums = np.array([values[own].sum() for own in uncovered], dtype=np.float64)
     alive = np.ones(len(candidates), dtype=bool)
     covered = np.zeros(values.size, dtype=bool)
-    chosen: list[np.ndarray] = []
+    chosen: list[np.ndarray] = []  # each chosen region's pixels
     gains: list[float] = []
     while True:
         alive &= new_pixels >= min_new_pixels
@@ -87,26 +92,25 @@ def rank_regions(attributions: np.ndarray, masks: np.ndarray, min_new_pixels: in
         gain = np.full(len(candidates), -np.inf)
         gain[alive] = sums[alive] / new_pixels[alive]
         best = int(np.argmax(gain))  # the first of equal gains, as the reference
-        added = candidates[best] & ~covered
+        added = uncovered[best]
         chosen.append(added)
         gains.append(float(gain[best]))
-        covered |= added
+        covered[added] = True
         alive[best] = False
-        touched = alive & candidates[:, added].any(1)
-        if touched.any():
-            remaining = candidates[touched] & ~covered
-            new_pixels[touched] = remaining.sum(1)
-            sums[touched] = np.where(remaining, values, 0.0).sum(1)
-    order = list(np.argsort(-np.asarray(gains), kind="stable"))
+        touched = np.unpackbits(np.bitwise_or.reduce(holders[added], axis=0), count=len(candidates)).astype(bool)
+        for k in np.flatnonzero(alive & touched):
+            own = uncovered[k] = uncovered[k][~covered[uncovered[k]]]
+            new_pixels[k], sums[k] = len(own), values[own].sum()
+    order = np.argsort(-np.asarray(gains), kind="stable")
     regions = [chosen[i] for i in order]
     region_gains = [gains[i] for i in order]
     if not covered.all():  # the rest, ranked last whatever its gain
-        regions.append(~covered)
-        region_gains.append(float(values[~covered].mean()))
+        regions.append(np.flatnonzero(~covered))
+        region_gains.append(float(values[regions[-1]].mean()))
     ranks = np.zeros(values.size, dtype=np.int32)
     for rank, region in enumerate(regions, start=1):
         ranks[region] = rank
-    areas = np.array([region.mean() for region in regions])
+    areas = np.array([len(region) / values.size for region in regions])
     return RankedRegions(ranks.reshape(shape), np.array(region_gains), areas)
 
 
@@ -114,10 +118,9 @@ def _first_of_each(rows: np.ndarray) -> np.ndarray:
     """``rows`` without empty rows and without repeats of an earlier row, in order. A repeat is
     chosen only after its first, which it then adds nothing to: dropping it changes nothing."""
     rows = rows[rows.any(1)]
-    if len(rows) == 0:
-        return rows
-    _, first = np.unique(np.packbits(rows, axis=1), axis=0, return_index=True)
-    return rows[np.sort(first)]
+    first: dict[bytes, int] = {}
+    keep = [i for i, packed in enumerate(np.packbits(rows, axis=1)) if first.setdefault(packed.tobytes(), i) == i]
+    return rows[keep]
 
 
 def band_counts(areas: np.ndarray, fractions: tuple[float, ...]) -> list[int]:

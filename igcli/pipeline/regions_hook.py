@@ -28,16 +28,16 @@ class RecordRegions:
 
     def __init__(self) -> None:
         require_skimage()  # a missing optional extra fails the run before anything is written
-        self._masks: tuple[int, np.ndarray] | None = None  # the last input's candidates: top-k records share them
+        self._masks: tuple[Sample, np.ndarray] | None = None  # the last input's candidates: top-k records share them
 
     @staticmethod
     def of(config: Config) -> "RecordRegions | None":
         return RecordRegions() if config.regions == "xrai" else None
 
     def _candidates(self, sample: Sample) -> np.ndarray:
-        if self._masks is None or self._masks[0] != id(sample):
+        if self._masks is None or self._masks[0] is not sample:  # held, so never a new sample at its address
             masks = dilated_masks(felzenszwalb_segmentations(sample.pixels.numpy()), DILATION_RADIUS)
-            self._masks = (id(sample), masks)
+            self._masks = (sample, masks)
         return self._masks[1]
 
     def annotate(self, record: Attribution) -> Attribution:
