@@ -14,7 +14,7 @@ from torch import nn
 
 from igcli.attribution.engine import Quadrature, TargetSpec, attribute
 from igcli.attribution.quadrature import Rule
-from igcli.attribution.xrai import band_counts, channel_max, dilated_masks, rank_regions
+from igcli.attribution.xrai import channel_max, dilated_masks, rank_regions
 from igcli.backends.batching import BatchSize
 from igcli.backends.loading import load_model
 from igcli.cli.commands import main
@@ -23,6 +23,7 @@ from igcli.data.segments import felzenszwalb_segmentations
 from igcli.names import name_key, safe_relpath
 from igcli.results.naming import OutputNames
 from igcli.results.records import Sample, output_stem
+from igcli.results.regions_view import band_counts
 from igcli.results.writer import output_files
 
 from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA

@@ -121,10 +121,3 @@ def _first_of_each(rows: np.ndarray) -> np.ndarray:
     first: dict[bytes, int] = {}
     keep = [i for i, packed in enumerate(np.packbits(rows, axis=1)) if first.setdefault(packed.tobytes(), i) == i]
     return rows[keep]
-
-
-def band_counts(areas: np.ndarray, fractions: tuple[float, ...]) -> list[int]:
-    """Per fraction f, how many of the top-ranked regions it takes to cover at least f of the image
-    (the region that crosses f is included whole)."""
-    covered = np.cumsum(areas)
-    return [min(len(areas), int(np.searchsorted(covered, fraction - 1e-12)) + 1) for fraction in fractions]

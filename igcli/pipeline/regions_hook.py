@@ -7,18 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from igcli.attribution.xrai import (
-    DILATION_RADIUS,
-    MIN_NEW_PIXELS,
-    band_counts,
-    channel_max,
-    dilated_masks,
-    rank_regions,
-)
+from igcli.attribution.xrai import DILATION_RADIUS, MIN_NEW_PIXELS, channel_max, dilated_masks, rank_regions
 from igcli.config import Config
 from igcli.data.segments import felzenszwalb_segmentations, require_skimage, segmentation_settings
 from igcli.results.records import Attribution, Sample
-from igcli.results.regions_view import BAND_FRACTIONS
+from igcli.results.regions_view import BAND_FRACTIONS, band_counts
 
 MAX_LISTED = 50  # regions listed per record, from rank 1; ``count`` says how many there are
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from igcli.attribution.xrai import band_counts
 from igcli.results.heatmap import MIN_SIDE
 
 BAND_FRACTIONS = (0.1, 0.2, 0.3)
@@ -50,3 +49,10 @@ def band_overlay(pixels: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     if factor > 1:
         picture = picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
     return np.asarray(picture)
+
+
+def band_counts(areas: np.ndarray, fractions: tuple[float, ...]) -> list[int]:
+    """Per fraction f, how many of the top-ranked regions it takes to cover at least f of the image
+    (the region that crosses f is included whole)."""
+    covered = np.cumsum(areas)
+    return [min(len(areas), int(np.searchsorted(covered, fraction - 1e-12)) + 1) for fraction in fractions]
