@@ -49,8 +49,8 @@ def disk_offsets(radius: int) -> np.ndarray:
 
 
 def dilated_masks(segmentations: list[np.ndarray], radius: int = DILATION_RADIUS) -> np.ndarray:
-    """[K, H, W] bool: every segment of every label image [H, W], in order (segmentation, then
-    label), each dilated by a disk of ``radius`` (pixels outside the image count as outside it)."""
+    """[K, H, W] bool: every segment of every label image [H, W] (one or more), in order
+    (segmentation, then label), each dilated by a disk of ``radius`` (pixels outside the image count as outside it)."""
     masks = []
     offsets = disk_offsets(radius) if radius > 0 else np.zeros((1, 2), dtype=int)
     for labels in segmentations:
@@ -66,7 +66,7 @@ def dilated_masks(segmentations: list[np.ndarray], radius: int = DILATION_RADIUS
             target = (slice(max(0, dy), height - max(0, -dy)), slice(max(0, dx), width - max(0, -dx)))
             grown[(segment_base[source] + pixel_ids[target]).ravel()] = True
         masks.append(grown.reshape(-1, height, width))
-    return np.concatenate(masks) if masks else np.zeros((0,) + segmentations[0].shape, dtype=bool)
+    return np.concatenate(masks)
 
 
 def rank_regions(attributions: np.ndarray, masks: np.ndarray, min_new_pixels: int = MIN_NEW_PIXELS) -> RankedRegions:
