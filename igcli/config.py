@@ -254,6 +254,9 @@ class Config(Section):
                                                  "noisy copies of each input (SmoothGrad-IG)")
     layer: str | None = Field(None, description="torch models: IG at this module's output (a name from "
                               "named_modules); the heatmap sums channels, upsampled")
+    regions: Literal["xrai"] | None = Field(None, description="images: xrai ranks regions of each map (XRAI) and "
+                                           "writes regions/<name>.png and .overlay.png; needs igcli[regions] "
+                                           "(docs/methods.md)")
     metrics: tuple[MetricName, ...] = Field((), description="faithfulness metrics per record: deletion, "
                                             "insertion, infidelity, sensitivity (docs/nightly.md)")
     faithfulness: FaithfulnessSection = FaithfulnessSection()
@@ -306,6 +309,17 @@ class Config(Section):
             raise ValueError(f"set one of {' and '.join(chosen)}: they do not combine yet")
         if self.path == "guided" and self.baseline.samples > 1:
             raise ValueError("path guided takes one baseline per input; set baseline.samples: 1")
+        return self
+
+    @model_validator(mode="after")
+    def _regions_fit(self) -> "Config":
+        if self.regions is None:
+            return self
+        if self.input.kind != "image" or isinstance(self.target, Region):
+            raise ValueError("regions applies to image inputs with a class target; remove it")
+        if self.layer is not None:
+            raise ValueError("regions ranks regions of a map shaped like the input; layer IG's map is the layer's; "
+                             "remove regions or layer")
         return self
 
     @field_validator("steps", "chunk_inputs", "batch_size")
@@ -420,6 +434,8 @@ def _nearest_key(loc: KeyPath) -> str | None:
 def resolved(config: Config) -> dict[str, Any]:
     """The config as plain JSON-ready data, for manifests and `validate-config`."""
     unset = {key for key in METHOD_KEYS if getattr(config, key) == Config.model_fields[key].default}
+    if config.regions is None:
+        unset.add("regions")
     if not config.metrics:  # metrics off: manifests and run keys (--resume) stay as they were without them
         unset |= {"metrics", "faithfulness"}
     return config.model_dump(mode="json", exclude=unset)

@@ -32,6 +32,7 @@ from igcli.pipeline.map_budget import image_chunk_limit
 from igcli.pipeline.methods import Methods
 from igcli.pipeline.metrics_hook import blurred_fill, path_explainer
 from igcli.pipeline.overlap import points_per_chunk
+from igcli.pipeline.regions_hook import RecordRegions
 from igcli.pipeline.targets import region_target
 from igcli.results.records import Attribution, Failure, Sample
 from igcli.runtime.options import RuntimeOptions
@@ -79,6 +80,7 @@ class ImageJob(Job):
                                           inputs.max_bytes, inputs.resample)
         self.baseline = _baseline_plan(config, self.preprocess)
         self.methods = Methods.of(config, norm, self._source_module, self.device)  # None: plain IG
+        self.regions = RecordRegions.of(config)  # None: no regions: xrai
 
     def _batch_points(self, shape: tuple[int, ...] | None = None) -> int:
         """``batch_size``, or for auto the points whose measured activations fit the memory budget
@@ -144,6 +146,8 @@ class ImageJob(Job):
             record = self.region.annotate(record, regions[e.input_index], self.labels)
         if extras is not None and isinstance(record, Attribution):
             record = self.methods.annotate(record, extras[id(e)])
+        if self.regions is not None and isinstance(record, Attribution):
+            record = self.regions.annotate(record)
         return record
 
     def _add_metrics(self, group: list[Sample], records: list) -> None:

@@ -81,7 +81,7 @@ def _run(job: Job, config: Config, refs: Iterator[InputRef], reuse: ChunkReuse, 
     state = "failed"
     try:
         writer.start(status("running"))
-        names = OutputNames(config.output, isinstance(config.target, TopK))
+        names = OutputNames(config.output, isinstance(config.target, TopK), config.regions is not None)
         with stop_on_signals() as stop:
             _explain_chunks(job, refs, names, reuse, writer, summary, status, progress, stop, max_errors, options,
                             pool)

@@ -24,8 +24,8 @@ class OutputNames:
     files meet only where their names do: rank 1 stands for every rank.
     """
 
-    def __init__(self, options: OutputSection, ranked: bool):
-        self.options, self.ranked = options, ranked
+    def __init__(self, options: OutputSection, ranked: bool, regions: bool = False):
+        self.options, self.ranked, self.regions = options, ranked, regions
         self._files: dict[str, str] = {}  # name_key of a file -> the input that claimed it
         self._folders: dict[str, str] = {}  # name_key of a folder -> an input below it
 
@@ -54,7 +54,8 @@ class OutputNames:
 
     def _keys(self, name: str, sample: Sample | TextSample) -> tuple[list[str], set[str]]:
         ranked = f"{name}.top1" if self.ranked else name
-        files = [name_key(file) for file in output_files(ranked, isinstance(sample, TextSample), self.options)]
+        files = [name_key(file) for file in output_files(ranked, isinstance(sample, TextSample), self.options,
+                                                       self.regions)]
         folders = {file.rsplit("/", depth)[0] for file in files for depth in range(1, file.count("/") + 1)}
         return files, folders
 

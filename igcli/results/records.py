@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
 # Readers make these (igcli/data/samples.py); the writers take them with the Attributions.
@@ -42,6 +43,7 @@ class Attribution:
     key: str | None = None  # run key + input bytes; --resume reuses the record while it matches
     region: Tensor | None = None  # a region target's pixels [H, W] bool, outlined on the heatmap
     display: Tensor | None = None  # what the heatmap draws where not the attributions (a layer map, upsampled)
+    region_ranks: np.ndarray | None = None  # regions: xrai: each pixel's region rank [H, W], drawn under regions/
 
     @property
     def name(self) -> str:

@@ -27,6 +27,7 @@ from igcli.results.atomic_files import write_bytes_atomic
 from igcli.results.heatmap import outline_region, render_bare, render_overlay, signed_map
 from igcli.results.png import png_bytes
 from igcli.results.records import Attribution, Failure, TextSample
+from igcli.results.regions_view import region_images
 from igcli.results.report import Thumbnails, write_report
 from igcli.results.summary import SummaryBuilder
 from igcli.results.text_view import render_ansi, render_html
@@ -170,6 +171,12 @@ class RunWriter:
                 write_bytes_atomic(self.out_dir / relative, png_bytes(np.asarray(image)))
                 written[key] = relative
             self._thumbnails.add_heatmap(written["heatmap"], images["heatmap"])
+        if attribution.region_ranks is not None:
+            pixels = attribution.sample.pixels.numpy()
+            for key, image in region_images(pixels, attribution.region_ranks).items():
+                relative = f"regions/{attribution.name}{REGION_SUFFIXES[key]}"
+                write_bytes_atomic(self.out_dir / relative, png_bytes(image))
+                written[key] = relative
         sample = attribution.sample
         if getattr(sample, "preview", None) is not None:
             self._thumbnails.add_input(sample.source, sample.preview)
@@ -264,14 +271,19 @@ def _check_writable(out_dir: Path) -> None:
                          "choose another with -o") from None
 
 
-def output_files(name: str, text: bool, options: OutputSection) -> list[str]:
-    """The files a record named ``name`` writes below the output folder (as ``_write_files`` does)."""
+REGION_SUFFIXES = {"regions_mask": ".png", "regions_overlay": ".overlay.png"}  # under regions/ (regions: xrai)
+
+
+def output_files(name: str, text: bool, options: OutputSection, regions: bool = False) -> list[str]:
+    """The files a record named ``name`` writes below the output folder (as ``_write_files`` does);
+    ``regions``: the run ranks regions (regions: xrai)."""
     if text:
         files = [f"html/{name}.html"]
     else:
         style = options.heatmap.style
         files = [] if style == "none" else [f"heatmaps/{name}.png"]
         files += [f"heatmaps/{name}.bare.png"] if style == "both" else []
+    files += [f"regions/{name}{suffix}" for suffix in REGION_SUFFIXES.values()] if regions and not text else []
     files += [f"attributions/{name}.npy"] if options.attributions == "npy" else []
     files += [f"records/{name}.json"] if options.records else []
     return files
