@@ -104,21 +104,3 @@ def _static_prefix(pattern: str) -> str:
     """The folder part of a glob before its first wildcard."""
     head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
     return head.rsplit("/", 1)[0] if "/" in head else ""
-
-
-def output_folder(text: str) -> Path:
-    """``-o``: a local folder, or a ``file://`` URL of one. Other filesystems are refused in one
-    line: outputs are written with renames and an exclusive lock file, which object stores lack
-    (docs/scaling.md says how to run there)."""
-    if not is_url(text):
-        return Path(text)
-    fs, path = url_filesystem(text)
-    if "file" not in _protocols(fs):
-        raise UsageError(f"-o {text}: outputs go to a local (or mounted) folder; write there and copy the "
-                         "folder to the store when the run is complete (docs/scaling.md)")
-    return Path(path)
-
-
-def _protocols(fs: Any) -> tuple[str, ...]:
-    protocol = fs.protocol
-    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
