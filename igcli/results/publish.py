@@ -74,7 +74,7 @@ class Publisher:
         self._checkpoints = ThreadPoolExecutor(1, "igcli-checkpoint")
         self._checkpoint: Future | None = None
         self._next_checkpoint = 0.0
-        self._failure: BaseException | None = None
+        self._failure: StoreError | None = None
         self._failure_raised = False
         self._stopped = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="igcli-lock", daemon=True)
@@ -164,11 +164,10 @@ class Publisher:
         if failure is None and not isinstance(error, StoreError):
             shutil.rmtree(self.staging, ignore_errors=True)
             log.info("%s: %d file(s) in the store", self.store.url, len(self._published))
-            return
-        if error is None:
+        elif failure is not None and error is None:
             raise failure
-        if not isinstance(error, StoreError):
-            log.error("%s", failure)
+        elif failure is not None and not isinstance(error, StoreError):
+            log.error("%s", failure)  # the run's own error is the one on its way
 
     def _put_rest(self) -> None:
         if self._checkpoint is not None:

@@ -64,8 +64,7 @@ class OutputStore:
 
     def key(self, relative: str) -> str:
         """The key of ``relative`` (a path below the folder): never outside the folder."""
-        parts = PurePosixPath(relative).parts
-        if not parts or relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        if any(part in ("", ".", "..") for part in relative.split("/")):
             raise ValueError(f"{relative!r} is not a path below the output folder")
         return f"{self.root}/{relative}"
 
