@@ -253,3 +253,23 @@ def test_s3_through_a_local_s3_server(tmp_path, monkeypatch):
         assert json.loads(fs.cat_file("igcli-bucket/runs/x/manifest.json"))["totals"]["reused"] == 12
     finally:
         server.stop()
+
+
+def test_summary_and_diff_read_a_run_in_a_store(tmp_path, clean_stores):
+    local = tmp_path / "local"
+    assert run("explain", "-c", DIGITS_CONFIG, *IMAGES[:4], "-o", local, *FAST).exit_code == 0
+    fs, url = fsspec.filesystem("memory"), "memory://igcli-out/run"
+    for name, data in local_tree(local).items():
+        if name != "summary.json" and not name.startswith(("summary/", ".")):
+            fs.pipe_file(f"/igcli-out/run/{name}", data)
+    assert run("summary", url).exit_code == 0
+    assert fs.cat_file("/igcli-out/run/summary.json") == (local / "summary.json").read_bytes()
+    assert fs.cat_file("/igcli-out/run/summary/class_8.npy") == (local / "summary" / "class_8.npy").read_bytes()
+    result = run("diff", url, local, "-o", tmp_path / "diff", "--fail-on", "rank_corr<0.999")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "diff" / "diff.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(row["match"] == "both" and row["drift"] == pytest.approx(0.0, abs=1e-12)
+                                  for row in rows)
+    missing = run("summary", "memory://igcli-out/nothing-here")
+    assert missing.exit_code == 2 and "no results.jsonl" in missing.output
+    assert list(clean_stores.iterdir()) == []  # the runs brought in are gone

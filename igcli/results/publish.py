@@ -26,7 +26,7 @@ from typing import Iterator
 
 from igcli.errors import UsageError, first_line
 from igcli.results.atomic_files import watching
-from igcli.results.store import OutputStore, StoreError, StoreLock
+from igcli.results.store import OutputStore, StoreError, StoreLock, _signature
 
 log = logging.getLogger("igcli")
 UPLOAD_THREADS = 8  # uploads wait on the network, not the CPU
@@ -220,11 +220,6 @@ class Publisher:
             except Exception as error:  # noqa: BLE001 - surfaces at the next checkpoint
                 if self._failure is None:
                     self._failure = self._as_store_error(error)
-
-
-def _signature(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
 
 
 def _copy_whole_lines(source: Path, target: Path) -> None:

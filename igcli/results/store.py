@@ -11,12 +11,15 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Iterator
 
 from igcli.data.urls import is_url, url_filesystem
 from igcli.errors import IgcliError, UsageError, first_line
@@ -47,6 +50,42 @@ def output_target(text: str) -> Path | OutputStore:
     if "file" in protocols or "local" in protocols:
         return Path(path)
     return OutputStore(text.rstrip("/"), fs, path.rstrip("/"))
+
+
+@contextmanager
+def run_folder(text: str, only: tuple[str, ...] = ("",), write_back: bool = False) -> Iterator[Path]:
+    """An explain run's folder, named by path or URL, as a local folder: a store's run (its files
+    starting with one of ``only``) is brought into a temp folder, removed after; ``write_back``
+    puts the files made or changed there back in the store (``igcli summary``)."""
+    target = output_target(text)
+    if isinstance(target, Path):
+        yield target
+        return
+    folder = Path(tempfile.mkdtemp(prefix="igcli-run-"))
+    try:
+        try:
+            fetched = target.fetch(folder, skip=set(), only=only)
+        except Exception as error:  # noqa: BLE001 - each filesystem has its own errors
+            raise UsageError(f"{text}: cannot read the run ({first_line(error)}); check the URL and its "
+                             "credentials") from None
+        before = {relative: _signature(folder / relative) for relative in fetched}
+        yield folder
+        if write_back:
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                relative = path.relative_to(folder).as_posix()
+                if before.get(relative) == _signature(path) or path.name.startswith("."):
+                    continue
+                try:
+                    target.put_file(path, relative)
+                except Exception as error:  # noqa: BLE001 - each filesystem has its own errors
+                    raise StoreError(f"{target.url}/{relative}: cannot write to the store ({first_line(error)})") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _signature(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 @dataclass(frozen=True)
@@ -98,10 +137,10 @@ class OutputStore:
         if self.fs.exists(key):
             self.fs.rm_file(key)
 
-    def fetch(self, folder: Path, skip: set[str]) -> list[str]:
-        """Download every file of the store's folder (but ``skip``, the lock and temporary keys)
-        to the same place below ``folder``; returns their relative paths. A key that would land
-        outside ``folder`` or that the local disk cannot name is left in the store, with a warning."""
+    def fetch(self, folder: Path, skip: set[str], only: tuple[str, ...] = ("",)) -> list[str]:
+        """Download every file of the store's folder (but ``skip``, the lock and temporary keys;
+        and only paths starting with one of ``only``) to the same place below ``folder``; returns
+        their relative paths. A key that would land outside ``folder`` is left there, with a warning."""
         try:
             keys = self.fs.find(self.root)
         except FileNotFoundError:
@@ -110,7 +149,8 @@ class OutputStore:
         for key in sorted(keys):
             relative = key[len(self.root) + 1:] if key.startswith(self.root + "/") else None
             name = PurePosixPath(relative or "").name
-            if not relative or relative in skip or name == LOCK_KEY or name.startswith(".") and name.endswith(".tmp"):
+            if not relative or relative in skip or name == LOCK_KEY or name.startswith(".") and name.endswith(".tmp") \
+                    or not relative.startswith(only):
                 continue
             try:
                 self.key(relative)
