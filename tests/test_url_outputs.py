@@ -6,8 +6,12 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
 import fsspec
@@ -192,7 +196,8 @@ def test_one_run_at_a_time_per_store_folder_and_a_stale_lock_is_taken_over():
     assert len(records(fs.cat_file("/igcli-out/x/results.jsonl"))) == 1
 
 
-HOSTILE = ["..png", " spaced .png", "a%2F..%2Fb.png", "back\\slash.png", "ünï cødé.png", "-dash.png", "new\nline.png"]
+HOSTILE = ["..png", " spaced .png", "a%2F..%2Fb.png", "back\\slash.png", "ünï cødé.png", "-dash.png",
+           "new\nline.png"]
 
 
 def test_hostile_input_names_and_store_keys_stay_below_the_output_prefix(tmp_path, clean_stores):
@@ -224,35 +229,79 @@ def test_a_file_url_or_a_path_is_written_in_place():
             store.key(hostile)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("s3fs") is None or importlib.util.find_spec("moto") is None,
-                    reason="pip install 'igcli[s3test]' (s3fs, moto[s3], flask, flask-cors)")
-def test_s3_through_a_local_s3_server(tmp_path, monkeypatch):
+needs_s3 = pytest.mark.skipif(importlib.util.find_spec("s3fs") is None or importlib.util.find_spec("moto") is None,
+                              reason="pip install 'igcli[s3test]' (s3fs, moto[s3], flask, flask-cors)")
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A local S3 API server (moto) and an empty bucket in it; the AWS_* variables point
+    s3fs at it. moto keeps its buckets for the whole process: each test has one of its own."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
-                            "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-            monkeypatch.setenv(name, value)
-        fs = fsspec.filesystem("s3", skip_instance_cache=True)
-        fs.mkdir("igcli-bucket")
-        local = tmp_path / "local"
-        assert run("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", local, *FAST).exit_code == 0
-        result = run("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", "s3://igcli-bucket/runs/x", *FAST)
-        assert result.exit_code == 0, result.output
-        fs.invalidate_cache()
-        stored = tree(fs, "igcli-bucket/runs/x")
-        assert comparable(stored) == comparable(local_tree(local))
-        assert ".igcli.lock" not in stored
-        resumed = run("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", "s3://igcli-bucket/runs/x",
-                      *FAST, "--resume")
-        assert resumed.exit_code == 0
-        fs.invalidate_cache()
-        assert json.loads(fs.cat_file("igcli-bucket/runs/x/manifest.json"))["totals"]["reused"] == 12
-    finally:
-        server.stop()
+    host, port = server.get_host_and_port()
+    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
+                        "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+        monkeypatch.setenv(name, value)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    bucket = f"igcli-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    yield fs, bucket
+    server.stop()
+
+
+@needs_s3
+def test_s3_through_a_local_s3_server(s3, tmp_path):
+    s3, bucket = s3
+    local = tmp_path / "local"
+    assert run("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", local, *FAST).exit_code == 0
+    result = run("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", f"s3://{bucket}/runs/x", *FAST)
+    assert result.exit_code == 0, result.output
+    s3.invalidate_cache()
+    stored = tree(s3, f"{bucket}/runs/x")
+    assert comparable(stored) == comparable(local_tree(local))
+    assert ".igcli.lock" not in stored
+    resumed = run("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", f"s3://{bucket}/runs/x",
+                  *FAST, "--resume")
+    assert resumed.exit_code == 0
+    s3.invalidate_cache()
+    assert json.loads(s3.cat_file(f"{bucket}/runs/x/manifest.json"))["totals"]["reused"] == 12
+
+
+@needs_s3
+def test_sigterm_puts_every_record_written_in_the_store(s3, tmp_path, clean_stores):
+    s3, bucket = s3
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for copy in range(3):
+        for image in IMAGES:
+            shutil.copy(image, folder / f"{copy}_{image.name}")
+    staging_parent = clean_stores
+    env = os.environ | {"TMPDIR": str(staging_parent), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "igcli", "explain", "-c", str(DIGITS_CONFIG), str(folder), "-o",
+         f"s3://{bucket}/runs/sig", "--device", "cpu", "--steps", "128", "--batch-size", "16",
+         "--set", "chunk_inputs=2", "-q"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:  # the first checkpoint with a record
+        s3.invalidate_cache()
+        if s3.exists(f"{bucket}/runs/sig/results.jsonl") and s3.cat_file(f"{bucket}/runs/sig/results.jsonl"):
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    s3.invalidate_cache()
+    stored = tree(s3, f"{bucket}/runs/sig")
+    written = records(stored["results.jsonl"])
+    assert json.loads(stored["manifest.json"])["state"] == "interrupted"
+    assert 0 < len(written) < 36 and json.loads(stored["manifest.json"])["totals"]["records"] == len(written)
+    for record in written:
+        assert set(record["outputs"].values()) <= set(stored)
+    assert ".igcli.lock" not in stored and list(staging_parent.iterdir()) == []
 
 
 def test_summary_and_diff_read_a_run_in_a_store(tmp_path, clean_stores):

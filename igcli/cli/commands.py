@@ -53,8 +53,9 @@ def main() -> None:
 @main.command("explain", epilog=EXIT_CODES)
 @click.argument("inputs", nargs=-1)
 @config_options
-@click.option("-o", "--out", "out_dir", help="Output folder, or an fsspec URL of one (s3://, gs://, memory://...: written "
-                                                       "locally, then mirrored there; docs/scaling.md).")
+@click.option("-o", "--out", "out_dir",
+              help="Output folder, or an fsspec URL of one (s3://, gs://, memory://...: written locally, then "
+                   "mirrored there; docs/scaling.md).")
 @click.option("--jsonl", metavar="PATH", help="Also stream records as JSON lines to PATH ('-' = stdout).")
 @click.option("--model", "model_path", help="Model file; overrides model.path.")
 @click.option("--device", help="auto | cpu | cuda | cuda:N; overrides device. cuda:all or a list (cuda:0,cuda:2): "

@@ -37,7 +37,8 @@ log = logging.getLogger("igcli")
 
 
 def explain_inputs(
-    config: Config, specs: Sequence[str], out_dir: Path | OutputStore | None, jsonl: str | None = None, progress: bool = False,
+    config: Config, specs: Sequence[str], out_dir: Path | OutputStore | None, jsonl: str | None = None,
+    progress: bool = False,
     show=None, shard: tuple[int, int] | None = None, max_errors: int | None = None, resume: bool = False,
     options: RuntimeOptions = RuntimeOptions(), job: Job | None = None,
     workers=None,

@@ -78,7 +78,8 @@ def run_folder(text: str, only: tuple[str, ...] = ("",), write_back: bool = Fals
                 try:
                     target.put_file(path, relative)
                 except Exception as error:  # noqa: BLE001 - each filesystem has its own errors
-                    raise StoreError(f"{target.url}/{relative}: cannot write to the store ({first_line(error)})") from None
+                    raise StoreError(f"{target.url}/{relative}: cannot write to the store "
+                                     f"({first_line(error)})") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -149,8 +150,8 @@ class OutputStore:
         for key in sorted(keys):
             relative = key[len(self.root) + 1:] if key.startswith(self.root + "/") else None
             name = PurePosixPath(relative or "").name
-            if not relative or relative in skip or name == LOCK_KEY or name.startswith(".") and name.endswith(".tmp") \
-                    or not relative.startswith(only):
+            temporary = name.startswith(".") and name.endswith(".tmp")
+            if not relative or relative in skip or name == LOCK_KEY or temporary or not relative.startswith(only):
                 continue
             try:
                 self.key(relative)
