@@ -322,3 +322,15 @@ def test_summary_and_diff_read_a_run_in_a_store(tmp_path, clean_stores):
     missing = run("summary", "memory://igcli-out/nothing-here")
     assert missing.exit_code == 2 and "no results.jsonl" in missing.output
     assert list(clean_stores.iterdir()) == []  # the runs brought in are gone
+
+
+def test_an_earlier_run_in_the_store_is_not_taken_for_inputs():
+    fs = fsspec.filesystem("memory")
+    for image in IMAGES:
+        fs.pipe_file(f"/igcli-data/{image.name}", image.read_bytes())
+    url = "memory://igcli-data/runs/x"
+    assert run("explain", "-c", DIGITS_CONFIG, "memory://igcli-data", "-o", url, *FAST).exit_code == 0
+    again = run("explain", "-c", DIGITS_CONFIG, "memory://igcli-data", "-o", url, *FAST)
+    assert again.exit_code == 0, again.output
+    relpaths = [r["relpath"] for r in records(fs.cat_file("/igcli-data/runs/x/results.jsonl"))]
+    assert relpaths == [image.name for image in IMAGES]  # not runs/x/heatmaps/*.png
