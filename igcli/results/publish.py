@@ -45,13 +45,15 @@ def staged_output(target: Path | OutputStore | None, resume: bool) -> Iterator[P
         return
     lock = StoreLock(target)
     lock.acquire()
-    staging = Path(tempfile.mkdtemp(prefix="igcli-staging-")).resolve()
-    publisher = Publisher(target, staging, lock)
+    staging: Path | None = None
     try:
+        staging = Path(tempfile.mkdtemp(prefix="igcli-staging-")).resolve()
+        publisher = Publisher(target, staging, lock)
         publisher.start(resume)
     except BaseException:
         lock.release()
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     try:
         with watching(staging, publisher.written):
@@ -93,6 +95,7 @@ class Publisher:
             raise UsageError(f"{self.store.url}: cannot read the earlier run ({first_line(error)}); check the URL "
                              "and its credentials") from None
         self._heartbeat.start()
+        log.info("%s: staging the outputs in %s", self.store.url, self.staging)
 
     def written(self, path: Path) -> None:
         """write_atomic completed ``path`` in staging: upload it; a running manifest is a checkpoint,
