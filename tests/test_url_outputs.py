@@ -280,9 +280,10 @@ def test_sigterm_puts_every_record_written_in_the_store(s3, tmp_path, clean_stor
             shutil.copy(image, folder / f"{copy}_{image.name}")
     staging_parent = clean_stores
     env = os.environ | {"TMPDIR": str(staging_parent), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # Slow inputs (1,024 steps): the signal comes mid-run, and the run only ends its chunk of two.
     process = subprocess.Popen(
         [sys.executable, "-m", "igcli", "explain", "-c", str(DIGITS_CONFIG), str(folder), "-o",
-         f"s3://{bucket}/runs/sig", "--device", "cpu", "--steps", "128", "--batch-size", "16",
+         f"s3://{bucket}/runs/sig", "--device", "cpu", "--steps", "1024", "--batch-size", "16",
          "--set", "chunk_inputs=2", "-q"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
