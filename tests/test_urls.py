@@ -88,9 +88,3 @@ def test_a_missing_url_input_is_a_failure_record_not_a_stop(memory_images, tmp_p
 def test_an_unknown_or_uninstalled_filesystem_is_one_line_and_exit_2(url, message, tmp_path):
     result = run("explain", "-c", DIGITS_CONFIG, url, "-o", tmp_path / "out", *FAST)
     assert result.exit_code == 2 and message in result.output and result.output.count("\n") == 1
-
-
-def test_outputs_to_an_object_store_are_refused_before_anything_runs(tmp_path):
-    result = run("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", "memory://igcli-test/out", *FAST)
-    assert result.exit_code == 2 and "outputs go to a local (or mounted) folder" in result.output
-    assert not fsspec.filesystem("memory").exists("/igcli-test/out")

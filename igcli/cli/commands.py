@@ -53,7 +53,9 @@ def main() -> None:
 @main.command("explain", epilog=EXIT_CODES)
 @click.argument("inputs", nargs=-1)
 @config_options
-@click.option("-o", "--out", "out_dir", help="Output folder (or a file:// URL of one).")
+@click.option("-o", "--out", "out_dir",
+              help="Output folder, or an fsspec URL of one (s3://, gs://, memory://...: written locally, then "
+                   "mirrored there; docs/scaling.md).")
 @click.option("--jsonl", metavar="PATH", help="Also stream records as JSON lines to PATH ('-' = stdout).")
 @click.option("--model", "model_path", help="Model file; overrides model.path.")
 @click.option("--device", help="auto | cpu | cuda | cuda:N; overrides device. cuda:all or a list (cuda:0,cuda:2): "
@@ -110,9 +112,9 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
         raise click.UsageError("--show and --jsonl - both write to stdout; choose one")
     _setup_logging(quiet, verbose)
     if out_dir is not None:
-        from igcli.data.urls import output_folder
+        from igcli.results.store import output_target
 
-        out_dir = output_folder(out_dir)
+        out_dir = output_target(out_dir)
     devices = parse_devices(device) if device is not None and ray_address is None else None
     asked = devices[0] if devices else device
     flags = {"model.path": model_path, "device": driver_device(ray_address, asked), "method": method,

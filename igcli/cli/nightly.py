@@ -14,8 +14,8 @@ DIFF_EXIT_CODES = ("Exit codes: 0 every --fail-on rule within its threshold; 1 a
 
 
 @click.command("diff", epilog=DIFF_EXIT_CODES)
-@click.argument("old", type=click.Path(path_type=Path))
-@click.argument("new", type=click.Path(path_type=Path))
+@click.argument("old")
+@click.argument("new")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True,
               help="Folder for diff.jsonl, diff.html and its pictures.")
 @click.option("--fail-on", "rules", multiple=True, metavar="EXPR",
@@ -23,26 +23,29 @@ DIFF_EXIT_CODES = ("Exit codes: 0 every --fail-on rule within its threshold; 1 a
 @click.option("--top", "top_percent", type=click.FloatRange(0, 100, min_open=True), default=10.0, show_default=True,
               help="Percent of pixels/tokens, highest attribution first, whose overlap (IoU) top_overlap measures.")
 @reporting_errors
-def diff(old: Path, new: Path, out_dir: Path, rules: tuple[str, ...], top_percent: float) -> None:
-    """Compare the attributions of run OLD with run NEW (both -o folders of igcli explain)."""
+def diff(old: str, new: str, out_dir: Path, rules: tuple[str, ...], top_percent: float) -> None:
+    """Compare the attributions of run OLD with run NEW (both -o folders of igcli explain, or their URLs)."""
     from igcli.errors import UsageError
     from igcli.results.diff import compare, load_run
     from igcli.results.diff_view import write_diff
     from igcli.results.drift_rules import parse_rule
+    from igcli.results.store import run_folder
 
     parsed = [parse_rule(text) for text in rules]
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir}: -o names a file; give a folder")
-    if any(out_dir.resolve() == run.resolve() for run in (old, new)):
+    if any(out_dir.resolve() == Path(run).resolve() for run in (old, new)):
         raise UsageError(f"{out_dir}: -o is one of the runs compared; give a folder of its own")
-    before, after = load_run(old), load_run(new)
-    rows = compare(before, after, top_percent)
-    breaches = [line for line in (rule.breaches(rows) for rule in parsed) if line is not None]
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_diff(rows, before, after, out_dir, breaches)
-    except OSError as error:
-        raise UsageError(f"{out_dir}: cannot write the diff ({error.strerror or error})") from None
+    needed = ("results.jsonl", "attributions/")  # a run in a store: only what diff reads is fetched
+    with run_folder(old, needed) as old_folder, run_folder(new, needed) as new_folder:
+        before, after = load_run(old_folder), load_run(new_folder)
+        rows = compare(before, after, top_percent)
+        breaches = [line for line in (rule.breaches(rows) for rule in parsed) if line is not None]
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_diff(rows, before, after, out_dir, breaches)
+        except OSError as error:
+            raise UsageError(f"{out_dir}: cannot write the diff ({error.strerror or error})") from None
     matched = sum(row["match"] == "both" for row in rows)
     click.echo(f"igcli: {matched} matched, {len(rows) - matched} in one run only; wrote {out_dir / 'diff.html'}",
                err=True)
@@ -53,19 +56,22 @@ def diff(old: Path, new: Path, out_dir: Path, rules: tuple[str, ...], top_percen
 
 
 @click.command("summary")
-@click.argument("run", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("run")
 @reporting_errors
-def summary(run: Path) -> None:
-    """Rebuild RUN/summary.json (and report.html's summary) from RUN/results.jsonl and saved maps."""
+def summary(run: str) -> None:
+    """Rebuild RUN/summary.json (and report.html's summary) from RUN/results.jsonl and saved maps.
+    RUN may be a URL (s3://...): the run is read from the store and the new files put back."""
     from igcli.errors import UsageError
     from igcli.results.report import write_report
+    from igcli.results.store import run_folder
     from igcli.results.summary import rebuild_summary
 
-    if not (run / "results.jsonl").is_file():
-        raise UsageError(f"{run}: no results.jsonl here; give the -o folder of an igcli explain run")
-    try:
-        path = rebuild_summary(run)
-        write_report(run)
-    except OSError as error:
-        raise UsageError(f"{run}: cannot write summary.json ({error.strerror or error})") from None
-    click.echo(f"igcli: wrote {path}", err=True)
+    with run_folder(run, write_back=True) as folder:
+        if not (folder / "results.jsonl").is_file():
+            raise UsageError(f"{run}: no results.jsonl here; give the -o folder of an igcli explain run")
+        try:
+            rebuild_summary(folder)
+            write_report(folder)
+        except OSError as error:
+            raise UsageError(f"{run}: cannot write summary.json ({error.strerror or error})") from None
+    click.echo(f"igcli: wrote {run.rstrip('/')}/summary.json", err=True)

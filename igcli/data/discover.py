@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
 from igcli.data.refs import GLOB_CHARS, InputRef  # noqa: F401 - named here too
-from igcli.data.urls import is_url, url_inputs
+from igcli.data.urls import OUTPUT_MARKERS, is_url, url_inputs
 from igcli.errors import InputError
 from igcli.names import safe_relpath
 
 log = logging.getLogger("igcli")
-# What marks a folder as an igcli output folder (an -o of this run or another): never ingested.
-OUTPUT_MARKERS = (".igcli.lock", "manifest.json")
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # config input.max_bytes: the most igcli reads of one input file
 
 

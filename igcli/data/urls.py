@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, Iterator
 
 from igcli.data.refs import GLOB_CHARS, InputRef
@@ -17,6 +17,7 @@ from igcli.errors import InputError, UsageError
 from igcli.names import safe_relpath
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+OUTPUT_MARKERS = (".igcli.lock", "manifest.json")  # a folder holding one is an igcli output, not inputs
 
 
 def is_url(spec: str) -> bool:
@@ -85,7 +86,7 @@ def url_inputs(spec: str, suffixes: set[str]) -> Iterator[UrlRef]:
         found = sorted(p for p in fs.glob(path) if fs.isfile(p))
     elif fs.isdir(path):
         root = path.rstrip("/")
-        found = sorted(fs.find(path))
+        found = _outside_outputs(sorted(fs.find(path)), root)
     else:
         yield _ref(fs, scheme, path, PurePosixPath(path).name)
         return
@@ -93,6 +94,23 @@ def url_inputs(spec: str, suffixes: set[str]) -> Iterator[UrlRef]:
         if PurePosixPath(name).suffix.lower() in suffixes:
             yield _ref(fs, scheme, name, name[len(root):].lstrip("/") if name.startswith(root) else
                        PurePosixPath(name).name)
+
+
+def _outside_outputs(paths: list[str], root: str) -> list[str]:
+    """``paths`` but those in an igcli output folder below ``root`` (an earlier run's heatmaps
+    are not inputs, as in a local folder: data/discover.py)."""
+    outputs = {name.rsplit("/", 1)[0] for name in paths if PurePosixPath(name).name in OUTPUT_MARKERS}
+    outputs.discard(root)
+    if not outputs:
+        return paths
+    return [name for name in paths if not any(parent in outputs for parent in _parents(name, root))]
+
+
+def _parents(path: str, root: str) -> Iterator[str]:
+    folder = path.rsplit("/", 1)[0]
+    while folder.startswith(root + "/"):
+        yield folder
+        folder = folder.rsplit("/", 1)[0]
 
 
 def _ref(fs: Any, scheme: str, path: str, relpath: str) -> UrlRef:
@@ -104,21 +122,3 @@ def _static_prefix(pattern: str) -> str:
     """The folder part of a glob before its first wildcard."""
     head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
     return head.rsplit("/", 1)[0] if "/" in head else ""
-
-
-def output_folder(text: str) -> Path:
-    """``-o``: a local folder, or a ``file://`` URL of one. Other filesystems are refused in one
-    line: outputs are written with renames and an exclusive lock file, which object stores lack
-    (docs/scaling.md says how to run there)."""
-    if not is_url(text):
-        return Path(text)
-    fs, path = url_filesystem(text)
-    if "file" not in _protocols(fs):
-        raise UsageError(f"-o {text}: outputs go to a local (or mounted) folder; write there and copy the "
-                         "folder to the store when the run is complete (docs/scaling.md)")
-    return Path(path)
-
-
-def _protocols(fs: Any) -> tuple[str, ...]:
-    protocol = fs.protocol
-    return (protocol,) if isinstance(protocol, str) else tuple(protocol)

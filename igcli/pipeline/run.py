@@ -27,7 +27,9 @@ from igcli.pipeline.stop import StopNow, StopRequest, stop_on_signals
 from igcli.pipeline.summary import RunSummary, manifest
 from igcli.results.atomic_files import remove_leftovers
 from igcli.results.naming import OutputNames
+from igcli.results.publish import staged_output
 from igcli.results.records import Attribution, Failure
+from igcli.results.store import OutputStore
 from igcli.results.writer import RunWriter
 from igcli.runtime.options import RuntimeOptions
 
@@ -35,7 +37,8 @@ log = logging.getLogger("igcli")
 
 
 def explain_inputs(
-    config: Config, specs: Sequence[str], out_dir: Path | None, jsonl: str | None = None, progress: bool = False,
+    config: Config, specs: Sequence[str], out_dir: Path | OutputStore | None, jsonl: str | None = None,
+    progress: bool = False,
     show=None, shard: tuple[int, int] | None = None, max_errors: int | None = None, resume: bool = False,
     options: RuntimeOptions = RuntimeOptions(), job: Job | None = None,
     workers=None,
@@ -49,6 +52,7 @@ def explain_inputs(
     the model is loaded here). SIGINT/SIGTERM finish the inputs in flight, write the manifest and set
     ``signal``.
     ``workers`` (a pipeline/workers.py WorkerPlan, or None: this process) explains the chunks.
+    An ``out_dir`` in a store is written as a local staging folder mirrored there (results/publish.py).
     """
     if out_dir is None and jsonl is None:
         raise UsageError("nowhere to write: give -o OUT_DIR and/or --jsonl PATH (or - for stdout)")
@@ -56,8 +60,9 @@ def explain_inputs(
         raise UsageError("--resume reuses the records in an output folder: give -o OUT_DIR")
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     job = job or make_job(config, options)
-    refs = _input_refs(config, specs, shard, out_dir)
-    with OutputLock(out_dir) if out_dir is not None else nullcontext(), \
+    refs = _input_refs(config, specs, shard, out_dir if isinstance(out_dir, Path) else None)
+    with staged_output(out_dir, resume) as out_dir, \
+            OutputLock(out_dir) if out_dir is not None else nullcontext(), \
             workers.start(config, job) if workers is not None else nullcontext() as pool:
         # Read before the writer truncates results.jsonl.
         previous = PreviousRun.load(out_dir) if resume else PreviousRun()

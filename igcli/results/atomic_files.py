@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import itertools
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from igcli.names import printable, shorten
 
 _serial = itertools.count()
 NAME_MAX = 255  # bytes in one file name on ext4, XFS, btrfs, APFS, NTFS (UTF-16 units)
 _BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+_watchers: dict[Path, Callable[[Path], None]] = {}  # folder -> called with each file completed below it
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -24,6 +26,25 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    if _watchers:
+        _completed(path)
+
+
+@contextmanager
+def watching(folder: Path, on_written: Callable[[Path], None]) -> Iterator[None]:
+    """Call ``on_written(path)`` (in the writing thread) for each file that write_atomic completes
+    below ``folder``: results/publish.py mirrors a staged output folder to a store this way."""
+    _watchers[folder] = on_written
+    try:
+        yield
+    finally:
+        _watchers.pop(folder, None)
+
+
+def _completed(path: Path) -> None:
+    for folder, on_written in list(_watchers.items()):
+        if path.is_relative_to(folder):
+            on_written(path)
 
 
 def _create_temporary(path: Path) -> tuple[int, Path]:
