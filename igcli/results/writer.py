@@ -149,14 +149,17 @@ class RunWriter:
             lines, records = outcome
             self._emit(lines)
             if self._parquet is not None:
-                self._parquet.add(lines, records)
+                self._parquet.add(lines)
             for record in records:
                 self._show(record)
 
     def _write_part(self) -> None:
+        if self._parquet is None:  # a part failed: the run stops, and writes no more parts
+            return
         try:
             self._parquet.end_chunk()
         except OSError as error:
+            self._parquet = None
             raise OutputError(f"{self.out_dir / PARQUET_DIR}: cannot write a part ({error.strerror or error}); "
                               "the records so far are kept in results.jsonl") from None
 
