@@ -143,6 +143,18 @@ def test_a_part_that_cannot_be_written_leaves_the_whole_parts_before_it(one_proc
     assert pq.read_table(out / "results.parquet").num_rows == written[0]
 
 
+def test_an_empty_shard_writes_an_empty_part_with_the_columns(sample_tree, tmp_path):
+    import zlib
+
+    names = [path.name.encode() for path in sample_tree.iterdir()]
+    empty = next(i for i in range(64) if all(zlib.crc32(name) % 64 != i for name in names))
+    out = tmp_path / "out"
+    result = run("explain", "-c", DIGITS_CONFIG, sample_tree, "-o", out, *PARQUET, "--shard", f"{empty}/64")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out / "results.parquet")
+    assert table.num_rows == 0 and "f_input" in table.column_names and "record" in table.column_names
+
+
 def test_a_hand_edited_line_gives_nulls_not_a_failed_part(tmp_path):
     """--resume passes on lines of an earlier results.jsonl byte for byte: values of the wrong type
     become nulls in the columns, and the line itself is kept in ``record``."""

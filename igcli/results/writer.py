@@ -153,11 +153,11 @@ class RunWriter:
             for record in records:
                 self._show(record)
 
-    def _write_part(self) -> None:
+    def _write_part(self, last: bool = False) -> None:
         if self._parquet is None:  # a part failed: the run stops, and writes no more parts
             return
         try:
-            self._parquet.end_chunk()
+            self._parquet.finish() if last else self._parquet.end_chunk()
         except OSError as error:
             self._parquet = None
             raise OutputError(f"{self.out_dir / PARQUET_DIR}: cannot write a part ({error.strerror or error}); "
@@ -255,9 +255,10 @@ class RunWriter:
         except IgcliError as error:  # already on its way up; files of the rest may be written, unrecorded
             log.debug("%s", error)
             self._pending.clear()
-        if self._parquet is not None and self._parquet.rows:  # the rows of a chunk cut short are in results.jsonl
+            self._parquet = None  # a full disk is not reported twice
+        if self._parquet is not None:
             try:
-                self._write_part()
+                self._write_part(last=True)
             except OutputError as error:
                 log.error("%s", error)
         if self._pool is not None:
