@@ -184,6 +184,8 @@ class OutputSection(Section):
     attributions: Literal["none", "npy"] = Field("none", description="npy: save the raw [C, H, W] attributions")
     records: bool = Field(True, description="one JSON file per record under records/")
     top_tokens: int = Field(5, ge=0, description="text: the highest-scoring tokens listed in each record")
+    format: Literal["jsonl", "parquet"] = Field("jsonl", description="parquet: results.parquet/ as well, the "
+                                                "records as a Parquet dataset, one part per chunk (docs/runs.md)")
 
 
 class SmoothGradSection(Section):
@@ -438,4 +440,7 @@ def resolved(config: Config) -> dict[str, Any]:
         unset.add("regions")
     if not config.metrics:  # metrics off: manifests and run keys (--resume) stay as they were without them
         unset |= {"metrics", "faithfulness"}
-    return config.model_dump(mode="json", exclude=unset)
+    exclude: dict[str, Any] = dict.fromkeys(unset, True)
+    if config.output.format == "jsonl":  # the default: manifests and run keys stay as they were without it
+        exclude["output"] = {"format"}
+    return config.model_dump(mode="json", exclude=exclude)

@@ -32,7 +32,9 @@ def run_key(config: Config) -> str:
     """What every record of this run depends on besides its input: igcli's own numbers too (a new
     version may compute them differently), the config, and the files it names."""
     digest = hashlib.sha256(f"igcli {__version__}\0".encode())
-    digest.update(json.dumps(resolved(config), sort_keys=True).encode())
+    settings = resolved(config)
+    settings["output"].pop("format", None)  # records are the same in either format: --resume reuses them
+    digest.update(json.dumps(settings, sort_keys=True).encode())
     for path in _named_files(config):
         digest.update(f"\0{path}\0".encode())
         digest.update(_content_digest(path).encode())

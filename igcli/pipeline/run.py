@@ -27,6 +27,7 @@ from igcli.pipeline.stop import StopNow, StopRequest, stop_on_signals
 from igcli.pipeline.summary import RunSummary, manifest
 from igcli.results.atomic_files import remove_leftovers
 from igcli.results.naming import OutputNames
+from igcli.results.parquet import require_parquet
 from igcli.results.publish import staged_output
 from igcli.results.records import Attribution, Failure
 from igcli.results.store import OutputStore
@@ -58,6 +59,8 @@ def explain_inputs(
         raise UsageError("nowhere to write: give -o OUT_DIR and/or --jsonl PATH (or - for stdout)")
     if resume and out_dir is None:
         raise UsageError("--resume reuses the records in an output folder: give -o OUT_DIR")
+    if config.output.format == "parquet":
+        require_parquet(out_dir)
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     job = job or make_job(config, options)
     refs = _input_refs(config, specs, shard, out_dir if isinstance(out_dir, Path) else None)
@@ -201,6 +204,7 @@ def _write_chunk(writer: RunWriter, summary: RunSummary, reused: list[list[str]]
         for record in writer.write_group(group):
             summary.add(record)
         written += 1
+    writer.end_chunk()
     return written
 
 

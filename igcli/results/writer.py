@@ -25,6 +25,7 @@ from igcli.errors import IgcliError, UsageError
 from igcli.names import printable
 from igcli.results.atomic_files import write_bytes_atomic
 from igcli.results.heatmap import outline_region, render_bare, render_overlay, signed_map
+from igcli.results.parquet import PARQUET_DIR, ParquetParts, remove_parts
 from igcli.results.png import png_bytes
 from igcli.results.records import Attribution, Failure, TextSample
 from igcli.results.regions_view import region_images
@@ -36,6 +37,7 @@ log = logging.getLogger("igcli")
 MAX_PENDING = 64  # inputs whose files may be in the writers' hands at once: bounds memory
 # Errors that an output's name causes (too long, bytes the file system refuses), not the disk.
 NAME_ERRORS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
+CHUNK_END = ([], [])  # queued after a chunk's groups (RunWriter.end_chunk): no lines of its own
 
 
 def writer_threads(asked: int | None = None) -> int:
@@ -69,6 +71,8 @@ class RunWriter:
         # the end they cost a decode of every input and heatmap (~0.6 ms a row on the sample job).
         self._thumbnails = Thumbnails()
         self._summary = SummaryBuilder(out_dir) if out_dir is not None else None
+        self._parquet = ParquetParts(out_dir / PARQUET_DIR) if out_dir is not None and options.format == "parquet" \
+            else None
         if out_dir is not None:
             _check_writable(out_dir)
             self._open_stream(out_dir / "results.jsonl")
@@ -127,6 +131,11 @@ class RunWriter:
             records.append(result.to_json())
         return [_dumps(record) for record in records], records
 
+    def end_chunk(self) -> None:
+        """The groups written since the last call are a chunk: with output.format parquet, one part."""
+        if self._parquet is not None:
+            self._pending.append(_done(CHUNK_END))
+
     def drain(self) -> None:
         """Wait for every queued group and emit its lines; raises the first OutputError."""
         self._flush(keep=0)
@@ -134,10 +143,26 @@ class RunWriter:
     def _flush(self, keep: int) -> None:
         """Emit the finished groups at the head of the queue, waiting while more than ``keep`` are queued."""
         while self._pending and (len(self._pending) > keep or self._pending[0].done()):
-            lines, records = self._pending.popleft().result()  # a worker's OutputError surfaces here
+            outcome = self._pending.popleft().result()  # a worker's OutputError surfaces here
+            if outcome is CHUNK_END:
+                self._write_part()
+                continue
+            lines, records = outcome
             self._emit(lines)
+            if self._parquet is not None:
+                self._parquet.add(lines)
             for record in records:
                 self._show(record)
+
+    def _write_part(self, last: bool = False) -> None:
+        if self._parquet is None:  # a part failed: the run stops, and writes no more parts
+            return
+        try:
+            self._parquet.finish() if last else self._parquet.end_chunk()
+        except OSError as error:
+            self._parquet = None
+            raise OutputError(f"{self.out_dir / PARQUET_DIR}: cannot write a part ({error.strerror or error}); "
+                              "the records so far are kept in results.jsonl") from None
 
     def _show(self, record: dict[str, Any]) -> None:
         if self.show is not None and "words" in record:
@@ -211,6 +236,7 @@ class RunWriter:
             return
         try:
             (self.out_dir / "report.html").unlink(missing_ok=True)
+            remove_parts(self.out_dir)  # results.jsonl is rewritten; the parts follow it
         except OSError as error:
             raise OutputError(f"{self.out_dir / 'report.html'}: cannot remove the earlier report "
                               f"({error.strerror or error})") from None
@@ -236,6 +262,12 @@ class RunWriter:
         except IgcliError as error:  # already on its way up; files of the rest may be written, unrecorded
             log.debug("%s", error)
             self._pending.clear()
+            self._parquet = None  # a full disk is not reported twice
+        if self._parquet is not None:
+            try:
+                self._write_part(last=True)
+            except OutputError as error:
+                log.error("%s", error)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         for stream in self._owned:
