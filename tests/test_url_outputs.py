@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import fsspec
 import pytest
@@ -335,3 +335,26 @@ def test_an_earlier_run_in_the_store_is_not_taken_for_inputs():
     assert again.exit_code == 0, again.output
     relpaths = [r["relpath"] for r in records(fs.cat_file("/igcli-data/runs/x/results.jsonl"))]
     assert relpaths == [image.name for image in IMAGES]  # not runs/x/heatmaps/*.png
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None, reason="output.format parquet needs pyarrow")
+def test_a_rerun_with_fewer_chunks_leaves_no_parquet_part_of_the_earlier_run_in_the_store(tmp_path):
+    import pyarrow.parquet as pq
+
+    parquet, url = ["--set", "output.format=parquet", "--set", "chunk_inputs=2"], "memory://igcli-out/parts"
+    fs = fsspec.filesystem("memory")
+
+    def parts() -> list[str]:
+        return sorted(PurePosixPath(key).name for key in fs.find("/igcli-out/parts/results.parquet"))
+
+    assert run("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", url, *FAST, *parquet).exit_code == 0
+    many = parts()
+    few, local = tmp_path / "few", tmp_path / "local"
+    few.mkdir()
+    for image in IMAGES[:3]:
+        shutil.copy(image, few / image.name)
+    assert run("explain", "-c", DIGITS_CONFIG, few, "-o", url, *FAST, *parquet).exit_code == 0
+    assert run("explain", "-c", DIGITS_CONFIG, few, "-o", local, *FAST, *parquet).exit_code == 0
+    assert parts() == sorted(path.name for path in (local / "results.parquet").iterdir()) != many
+    table = pq.read_table("/igcli-out/parts/results.parquet", filesystem=fs)
+    assert sorted(table.column("relpath").to_pylist()) == sorted(image.name for image in IMAGES[:3])

@@ -26,6 +26,7 @@ from typing import Iterator
 
 from igcli.errors import UsageError, first_line
 from igcli.results.atomic_files import watching
+from igcli.results.parquet import PARQUET_DIR
 from igcli.results.store import OutputStore, StoreError, StoreLock, _signature
 
 log = logging.getLogger("igcli")
@@ -82,15 +83,16 @@ class Publisher:
         self._heartbeat = threading.Thread(target=self._beat, name="igcli-lock", daemon=True)
 
     def start(self, resume: bool) -> None:
-        """Bring the earlier run in (``resume``) and remove the store's report, as a local run
-        removes its folder's (rebuilt at the end); a failure is a UsageError: nothing ran."""
+        """Bring the earlier run in (``resume``) and remove the store's report and Parquet parts,
+        as a local run removes its folder's (rebuilt as it goes); a failure is a UsageError: nothing ran."""
         try:
             if resume:
-                for relative in self.store.fetch(self.staging, skip={"report.html"}):
+                for relative in self.store.fetch(self.staging, skip={"report.html", PARQUET_DIR + "/"}):
                     self._published[relative] = _signature(self.staging / relative)
                 log.info("%s: %d file(s) of the earlier run brought in for --resume", self.store.url,
                          len(self._published))
             self.store.remove("report.html")
+            self.store.remove_folder(PARQUET_DIR)  # every run writes its parts anew, as locally
         except Exception as error:  # noqa: BLE001 - each filesystem has its own errors
             raise UsageError(f"{self.store.url}: cannot read the earlier run ({first_line(error)}); check the URL "
                              "and its credentials") from None

@@ -138,8 +138,15 @@ class OutputStore:
         if self.fs.exists(key):
             self.fs.rm_file(key)
 
+    def remove_folder(self, relative: str) -> None:
+        """Delete every key below ``relative``."""
+        key = self.key(relative)
+        if self.fs.exists(key):
+            self.fs.rm(key, recursive=True)
+
     def fetch(self, folder: Path, skip: set[str], only: tuple[str, ...] = ("",)) -> list[str]:
-        """Download every file of the store's folder (but ``skip``, the lock and temporary keys;
+        """Download every file of the store's folder (but ``skip``, where a name ending in "/" skips
+        a folder, the lock and temporary keys;
         and only paths starting with one of ``only``) to the same place below ``folder``; returns
         their relative paths. A key that would land outside ``folder`` is left there, with a warning."""
         try:
@@ -151,7 +158,8 @@ class OutputStore:
             relative = key[len(self.root) + 1:] if key.startswith(self.root + "/") else None
             name = PurePosixPath(relative or "").name
             temporary = name.startswith(".") and name.endswith(".tmp")
-            if not relative or relative in skip or name == LOCK_KEY or temporary or not relative.startswith(only):
+            skipped = relative in skip or any(relative.startswith(s) for s in skip if s.endswith("/"))
+            if not relative or skipped or name == LOCK_KEY or temporary or not relative.startswith(only):
                 continue
             try:
                 self.key(relative)
