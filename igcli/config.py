@@ -336,13 +336,18 @@ def load_config(path: Path | None, overrides: list[tuple[str, Any]] = ()) -> Con
     Each override is ("a.b=value" text from --set, origin) or ((key, path), value) from a flag.
     Relative paths in the file are taken from the file's folder, so a config works from any cwd.
     """
+    return validate(read_config(path, overrides))
+
+
+def read_config(path: Path | None, overrides: list[tuple[str, Any]] = ()) -> ConfigSource:
+    """The raw data of load_config, before validation, with where each key came from."""
     source = read_yaml(path) if path is not None else ConfigSource()
     if path is not None:
         _anchor_paths(source, path.parent)
     for item, origin in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
         apply_override(source, key, value, origin)
-    return validate(source)
+    return source
 
 
 def _anchor_paths(source: ConfigSource, folder: Path) -> None:

@@ -24,7 +24,7 @@ from igcli.data.discover import PathList, read_path_list
 
 EXIT_CODES = ("Exit codes: 0 all inputs explained; 1 some inputs failed (or an output could not be written; or, "
               "with --strict, a record did not converge); "
-              "2 usage or config error; 3 model error; 130/143 stopped by SIGINT/SIGTERM.")
+              "2 usage or config error (or a device not here); 3 model error; 130/143 stopped by SIGINT/SIGTERM.")
 
 
 def config_options(command: Callable) -> Callable:
@@ -36,12 +36,19 @@ def config_options(command: Callable) -> Callable:
 
 
 def build_config(config_path: Path | None, sets: tuple[str, ...], flags: dict[str, Any]):
-    from igcli.config import load_config
+    from igcli.config import validate
+
+    return validate(build_source(config_path, sets, flags))
+
+
+def build_source(config_path: Path | None, sets: tuple[str, ...], flags: dict[str, Any]):
+    """The config's raw data before validation, with the origin of each key (file:line, --set, --flag)."""
+    from igcli.config import read_config
 
     overrides: list[tuple[Any, str]] = [(text, "--set") for text in sets]
     overrides += [((tuple(key.split(".")), value), f"--{key.split('.')[-1].replace('_', '-')}")
                   for key, value in flags.items() if value is not None]
-    return load_config(config_path, overrides)
+    return read_config(config_path, overrides)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
@@ -98,6 +105,8 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
     # A program that calls main(obj=RuntimeOptions(...)) sets how the run uses the machine.
     options = click.get_current_context().find_object(RuntimeOptions) or RuntimeOptions()
     set_up_malloc(options.malloc)  # before torch: every batch frees what the next allocates (runtime/heap.py)
+    from igcli.backends.devices import require_device
+    from igcli.config import validate
     from igcli.pipeline.ray_runner import driver_device, ray_plan
     from igcli.pipeline.run import explain_inputs
     from igcli.pipeline.workers import parse_devices, worker_plan
@@ -117,7 +126,10 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
     asked = devices[0] if devices else device
     flags = {"model.path": model_path, "device": driver_device(ray_address, asked), "method": method,
              "batch_size": batch_size, "steps": _steps_value(steps)}
-    config = build_config(config_path, sets, flags)
+    source = build_source(config_path, sets, flags)
+    config = validate(source)
+    if ray_address is None:  # Ray places its actors on the cluster's devices, not this machine's
+        require_device(config.device, _device_origin(source, config.device))
     plan = ray_plan(ray_address, workers, asked or config.device) or worker_plan(workers, devices, config.device)
     try:
         summary = explain_inputs(config, inputs, out_dir, jsonl, progress=not quiet and sys.stderr.isatty(),
@@ -243,6 +255,14 @@ def env() -> None:
     for index in range(torch.cuda.device_count() if cuda else 0):
         click.echo(f"cuda:{index}: {torch.cuda.get_device_name(index)}")
     click.echo(f"device auto: {'cuda' if cuda else 'cpu'}")
+
+
+def _device_origin(source: Any, device: str) -> str:
+    """Where the run's device was named, for its error line: --device cuda, --set device=cuda, cfg.yaml:3."""
+    origin = source.origin(("device",))
+    if origin == "--set":
+        return f"--set device={device}"
+    return f"--device {device}" if origin.startswith("--") else f"{origin}: device {device}"
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:

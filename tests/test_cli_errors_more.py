@@ -1,0 +1,67 @@
+"""Errors are part of the interface: each bad device, key, option or folder gets one line on
+stderr naming what was wrong and the fix, and the exit code README.md gives (2: nothing ran)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from igcli.cli.commands import main
+
+from .conftest import DIGITS_CONFIG, SAMPLE_DATA
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is missing")
+
+
+def igcli(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_error_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def digits_config_with(tmp_path: Path, extra: str) -> Path:
+    """The sample config with ``extra`` YAML lines appended, its paths still pointing at sample_data."""
+    text = DIGITS_CONFIG.read_text().replace("../sample_data", str(SAMPLE_DATA)).replace("device: auto\n", "")
+    config = tmp_path / "cfg.yaml"
+    config.write_text(text + extra)
+    return config
+
+
+@NO_CUDA
+@pytest.mark.parametrize("args,named", [
+    (["--device", "cuda"], "--device cuda:"),
+    (["--device", "cuda:1"], "--device cuda:1:"),
+    (["--device", "cuda:all"], "--device cuda:all:"),
+    (["--device", "cuda:0,cuda:2"], "--device cuda:0,cuda:2:"),
+    (["--set", "device=cuda"], "--set device=cuda:"),
+    (["--workers", "2", "--set", "device=cuda:0"], "--set device=cuda:0:"),
+])
+def test_a_cuda_device_without_cuda_is_a_usage_error_naming_where_it_was_asked(tmp_path, args, named):
+    result = igcli("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", tmp_path / "out", *args)
+    line = one_error_line(result)
+    assert result.exit_code == 2
+    assert named in line and f"no CUDA device here (torch {torch.__version__})" in line and "--device cpu" in line
+    assert not (tmp_path / "out").exists()
+
+
+@NO_CUDA
+def test_a_cuda_device_in_the_yaml_names_its_line(tmp_path):
+    config = digits_config_with(tmp_path, "device: cuda\n")
+    line_number = config.read_text().splitlines().index("device: cuda") + 1
+    result = igcli("explain", "-c", config, SAMPLE_DATA / "images", "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert one_error_line(result).startswith(f"igcli: error: {config}:{line_number}: device cuda: no CUDA device here")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: names a device index past the last")
+def test_a_cuda_index_past_the_last_device_is_a_usage_error(tmp_path):
+    past = f"cuda:{torch.cuda.device_count()}"
+    for args in (["--device", past], ["--device", f"cuda:0,{past}"]):
+        result = igcli("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", tmp_path / "out", *args)
+        assert result.exit_code == 2 and f"{past} is not here" in one_error_line(result)
