@@ -128,7 +128,7 @@ class BaselineSection(Section):
     samples: int = Field(1, ge=1, description="average IG over this many baselines (expected-gradients style)")
     seed: int = Field(0, description="seeds random baselines, with the input's path")
     value: float = Field(0.5, ge=0.0, le=1.0, description="pixel value for kind: constant")
-    sigma: float | None = Field(None, gt=0, description="gaussian: noise std in [0, 1] units; blur: pixels "
+    sigma: float | None = Field(None, gt=0, description="gaussian: noise std in [0, 1] units (over 1 refused); blur: pixels "
                                 "(default per kind)")
     path: Path | None = Field(None, description="kind: file: an image preprocessed like the inputs, or a .npy in "
                               "model space")
@@ -146,6 +146,11 @@ class BaselineSection(Section):
         if self.kind is BaselineKind.token and self.token is None:
             raise ValueError("baseline.kind 'token' needs baseline.token (a token id or string)")
         return self
+
+    @field_validator("sigma")
+    @classmethod
+    def _gaussian_in_pixel_units(cls, sigma: float | None, info: ValidationInfo) -> float | None:
+        return _pixel_noise(sigma) if sigma is not None and info.data.get("kind") is BaselineKind.gaussian else sigma
 
 
 class TopK(Section):
@@ -190,8 +195,22 @@ class SmoothGradSection(Section):
     """IG averaged over noisy copies of each input (docs/methods.md)."""
 
     samples: int = Field(ge=1, description="noisy copies of each input; their IG maps are averaged")
-    sigma: float = Field(gt=0, description="the noise's std in pixel units ([0, 1], before input.mean/std)")
+    sigma: float = Field(gt=0, description="the noise's std in pixel units ([0, 1], before input.mean/std); "
+                         "over 1 is refused")
     seed: int = Field(0, description="seeds the noise, with each input's name (the same maps in any chunk)")
+
+    @field_validator("sigma")
+    @classmethod
+    def _pixel_units(cls, sigma: float) -> float:
+        return _pixel_noise(sigma)
+
+
+def _pixel_noise(sigma: float) -> float:
+    """A noise std over 1 (the whole [0, 1] pixel range) is a unit mistake: 0-255 units, most likely."""
+    if sigma > 1:
+        raise ValueError(f"noise std is in pixel units [0, 1]; {sigma:g} looks like 0-255 units: "
+                         f"use {sigma / 255:.3g} ({sigma:g}/255)")
+    return sigma
 
 
 MetricName = Literal["deletion", "insertion", "infidelity", "sensitivity"]

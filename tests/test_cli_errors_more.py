@@ -65,3 +65,19 @@ def test_a_cuda_index_past_the_last_device_is_a_usage_error(tmp_path):
     for args in (["--device", past], ["--device", f"cuda:0,{past}"]):
         result = igcli("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", tmp_path / "out", *args)
         assert result.exit_code == 2 and f"{past} is not here" in one_error_line(result)
+
+
+@pytest.mark.parametrize("sets,key,fix", [
+    (["smoothgrad={samples: 4, sigma: 25}"], "smoothgrad.sigma", "use 0.098 (25/255)"),
+    (["baseline.kind=gaussian", "baseline.sigma=51"], "baseline.sigma", "use 0.2 (51/255)"),
+])
+def test_a_noise_sigma_over_the_pixel_range_is_refused_as_a_unit_mistake(sets, key, fix):
+    result = igcli("validate-config", DIGITS_CONFIG, *[arg for text in sets for arg in ("--set", text)])
+    line = one_error_line(result)
+    assert result.exit_code == 2 and f"--set: '{key}': noise std is in pixel units [0, 1]" in line and fix in line
+
+
+def test_noise_sigmas_within_the_pixel_range_and_blur_sigmas_in_pixels_pass():
+    for sets in (["smoothgrad={samples: 4, sigma: 1}"], ["baseline.kind=gaussian", "baseline.sigma=0.2"],
+                 ["baseline.kind=blur", "baseline.sigma=20"]):
+        assert igcli("validate-config", DIGITS_CONFIG, *[a for text in sets for a in ("--set", text)]).exit_code == 0
