@@ -81,3 +81,22 @@ def test_noise_sigmas_within_the_pixel_range_and_blur_sigmas_in_pixels_pass():
     for sets in (["smoothgrad={samples: 4, sigma: 1}"], ["baseline.kind=gaussian", "baseline.sigma=0.2"],
                  ["baseline.kind=blur", "baseline.sigma=20"]):
         assert igcli("validate-config", DIGITS_CONFIG, *[a for text in sets for a in ("--set", text)]).exit_code == 0
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--workers", "0"], "igcli: error: --workers: got '0'; give the number of worker processes: an integer of 1 or more"),
+    (["--workers", "-2"], "igcli: error: --workers: got '-2'; give the number of worker processes"),
+    (["--max-errors", "-1"], "igcli: error: --max-errors: got '-1'; give how many failed inputs to allow"),
+    (["--shard", "4/4"], "igcli: error: --shard: expected I/N with 0 <= I < N, e.g. 0/4"),
+    (["--bogus"], "igcli: error: No such option '--bogus'"),
+])
+def test_option_errors_are_one_line_naming_the_option_and_the_fix(tmp_path, args, line):
+    result = igcli("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", tmp_path / "out", *args)
+    assert result.exit_code == 2 and one_error_line(result).startswith(line)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_argument_or_command_is_one_line_pointing_at_help():
+    for args, line in ((["diff", "a"], "Missing argument 'NEW'; see "), (["nope"], "No such command 'nope'; see ")):
+        result = igcli(*args)
+        assert result.exit_code == 2 and line in one_error_line(result) and "--help'" in result.stderr

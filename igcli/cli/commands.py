@@ -19,12 +19,30 @@ from igcli import __version__
 from igcli.attribution.kinds import Rule
 from igcli.backends.kinds import ScoreKind
 from igcli.cli.nightly import diff, summary
-from igcli.cli.reporting import reporting_errors
+from igcli.cli.reporting import OneLineUsage, reporting_errors
 from igcli.data.discover import PathList, read_path_list
 
 EXIT_CODES = ("Exit codes: 0 all inputs explained; 1 some inputs failed (or an output could not be written; or, "
               "with --strict, a record did not converge); "
               "2 usage or config error (or a device not here); 3 model error; 130/143 stopped by SIGINT/SIGTERM.")
+
+
+class AtLeast(click.ParamType):
+    """An integer option of at least ``minimum``; its error says what the number counts."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int, counts: str):
+        self.minimum, self.counts = minimum, counts
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number < self.minimum:
+            self.fail(f"got {value!r}; give {self.counts}: an integer of {self.minimum} or more", param, ctx)
+        return number
 
 
 def config_options(command: Callable) -> Callable:
@@ -51,7 +69,7 @@ def build_source(config_path: Path | None, sets: tuple[str, ...], flags: dict[st
     return read_config(config_path, overrides)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+@click.group(cls=OneLineUsage, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="igcli")
 def main() -> None:
     """Explain model predictions with Integrated Gradients (Sundararajan et al., 2017)."""
@@ -65,7 +83,7 @@ def main() -> None:
 @click.option("--model", "model_path", help="Model file; overrides model.path.")
 @click.option("--device", help="auto | cpu | cuda | cuda:N; overrides device. cuda:all or a list (cuda:0,cuda:2): "
                                "one worker process per device.")
-@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+@click.option("--workers", type=AtLeast(1, "the number of worker processes"), metavar="N",
               help="Explain chunks in N worker processes (each its own device and share of the cores); this "
                    "process writes every output. docs/scaling.md.")
 @click.option("--ray", "ray_address", metavar="auto|ADDRESS",
@@ -78,7 +96,7 @@ def main() -> None:
               help="Read more input paths from FILE, one per line ('-' for stdin). An input '-' does the same.")
 @click.option("--shard", metavar="I/N", help="Explain only shard I of N (0-based): a stable slice by input name.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first input that fails.")
-@click.option("--max-errors", type=click.IntRange(min=0), metavar="N", help="Stop once more than N inputs failed.")
+@click.option("--max-errors", type=AtLeast(0, "how many failed inputs to allow"), metavar="N", help="Stop once more than N inputs failed.")
 @click.option("--resume", is_flag=True,
               help="Reuse the records already in OUT whose input, model and config are unchanged; do the rest.")
 @click.option("--show", is_flag=True,
@@ -300,7 +318,8 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     if not quiet and not verbose and os.environ.get("IGCLI_LOG_LEVEL"):
         level = logging.getLevelName(os.environ["IGCLI_LOG_LEVEL"].upper())
         if not isinstance(level, int):
-            raise click.BadParameter("IGCLI_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+            raise click.BadParameter(f"got {os.environ['IGCLI_LOG_LEVEL']!r}; use DEBUG, INFO, WARNING or ERROR",
+                                     param_hint="IGCLI_LOG_LEVEL")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("igcli: %(levelname)s: %(message)s"))
     logger = logging.getLogger("igcli")
