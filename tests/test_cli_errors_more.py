@@ -100,3 +100,19 @@ def test_a_missing_argument_or_command_is_one_line_pointing_at_help():
     for args, line in ((["diff", "a"], "Missing argument 'NEW'; see "), (["nope"], "No such command 'nope'; see ")):
         result = igcli(*args)
         assert result.exit_code == 2 and line in one_error_line(result) and "--help'" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["summary", "report", "diff"])
+def test_run_folders_that_are_missing_files_or_empty_are_told_apart(tmp_path, command):
+    empty, afile, broken = tmp_path / "empty", tmp_path / "afile", tmp_path / "broken"
+    empty.mkdir()
+    afile.write_text("")
+    broken.symlink_to(tmp_path / "gone")
+    cases = {tmp_path / "missing": "no such folder;", broken: "no such folder (a broken link);",
+             afile: "a file, not a folder;", empty: "no results.jsonl in this folder;"}
+    for folder, says in cases.items():
+        args = ["diff", folder, empty, "-o", tmp_path / "drift"] if command == "diff" else [command, folder]
+        result = igcli(*args)
+        assert result.exit_code == 2
+        assert one_error_line(result) == f"igcli: error: {folder}: {says} give the -o folder of an igcli explain run"
+    assert not (tmp_path / "drift").exists()

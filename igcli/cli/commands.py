@@ -170,15 +170,15 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
 
 
 @main.command(epilog=EXIT_CODES)
-@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out_dir", type=click.Path(path_type=Path))
 @reporting_errors
 def report(out_dir: Path) -> None:
     """Rebuild OUT_DIR/report.html from OUT_DIR/results.jsonl (one offline page, sortable)."""
     from igcli.errors import UsageError
+    from igcli.results.jsonl import run_results
     from igcli.results.report import write_report
 
-    if not (out_dir / "results.jsonl").is_file():
-        raise UsageError(f"{out_dir}: no results.jsonl here; give the -o folder of an igcli explain run")
+    run_results(out_dir)
     try:
         path = write_report(out_dir)
     except OSError as error:

@@ -53,16 +53,16 @@ def diff(old: Path, new: Path, out_dir: Path, rules: tuple[str, ...], top_percen
 
 
 @click.command("summary")
-@click.argument("run", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("run", type=click.Path(path_type=Path))
 @reporting_errors
 def summary(run: Path) -> None:
     """Rebuild RUN/summary.json (and report.html's summary) from RUN/results.jsonl and saved maps."""
     from igcli.errors import UsageError
+    from igcli.results.jsonl import run_results
     from igcli.results.report import write_report
     from igcli.results.summary import rebuild_summary
 
-    if not (run / "results.jsonl").is_file():
-        raise UsageError(f"{run}: no results.jsonl here; give the -o folder of an igcli explain run")
+    run_results(run)
     try:
         path = rebuild_summary(run)
         write_report(run)
