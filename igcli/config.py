@@ -20,6 +20,15 @@ from igcli.data.discover import DEFAULT_MAX_BYTES
 from igcli.errors import ConfigError
 
 
+class RuleError(ValueError):
+    """A rule across keys is broken; ``keys`` (dotted) are the keys it names, the likeliest culprit first,
+    so the error names where the culprit was set (describe_error)."""
+
+    def __init__(self, message: str, *keys: str):
+        super().__init__(message)
+        self.keys = keys
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
@@ -61,12 +70,14 @@ class ModelSection(Section):
     def _needs_a_model(self) -> "ModelSection":  # noqa: D102
         builders = [key for key in ("factory", "timm", "torchvision") if getattr(self, key) is not None]
         if self.path is None and not builders:
-            raise ValueError("set model.path (a model file or folder) or model.factory (module:function)")
+            raise RuleError("set model.path (a model file or folder) or model.factory (module:function)", "model.path",
+                            "model.factory")
         if len(builders) > 1:
-            raise ValueError(f"set one of model.{' and model.'.join(builders)}: each builds the model")
+            raise RuleError(f"set one of model.{' and model.'.join(builders)}: each builds the model",
+                            *(f"model.{key}" for key in builders))
         if self.path is None and builders[0] != "factory":
-            raise ValueError(f"model.{builders[0]} needs model.path: a local checkpoint (.pth or .safetensors); "
-                             "igcli never downloads weights")
+            raise RuleError(f"model.{builders[0]} needs model.path: a local checkpoint (.pth or .safetensors); "
+                            "igcli never downloads weights", f"model.{builders[0]}", "model.path")
         return self
 
 
@@ -142,9 +153,9 @@ class BaselineSection(Section):
     @model_validator(mode="after")
     def _file_needs_path(self) -> "BaselineSection":
         if self.kind is BaselineKind.file and self.path is None:
-            raise ValueError("baseline.kind 'file' needs baseline.path (an image or .npy)")
+            raise RuleError("baseline.kind 'file' needs baseline.path (an image or .npy)", "baseline.kind")
         if self.kind is BaselineKind.token and self.token is None:
-            raise ValueError("baseline.kind 'token' needs baseline.token (a token id or string)")
+            raise RuleError("baseline.kind 'token' needs baseline.token (a token id or string)", "baseline.kind")
         return self
 
     @field_validator("sigma")
@@ -293,22 +304,23 @@ class Config(Section):
         allowed = TEXT_BASELINES if self.input.kind == "text" else image_kinds
         if self.baseline.kind not in allowed:
             names = ", ".join(sorted(kind.value for kind in allowed))
-            raise ValueError(f"baseline.kind '{self.baseline.kind.value}' does not apply to {self.input.kind} "
-                             f"inputs; use one of: {names}")
+            raise RuleError(f"baseline.kind '{self.baseline.kind.value}' does not apply to {self.input.kind} "
+                            f"inputs; use one of: {names}", "baseline.kind", "input.kind")
         return self
 
     @model_validator(mode="after")
     def _region_needs_images(self) -> "Config":
         if isinstance(self.target, Region) and self.input.kind != "image":
-            raise ValueError("target.region applies to image inputs (segmentation models) only")
+            raise RuleError("target.region applies to image inputs (segmentation models) only", "target", "input.kind")
         return self
 
     @model_validator(mode="after")
     def _metrics_fit_target(self) -> "Config":
         if self.metrics and isinstance(self.target, Region):
-            raise ValueError("metrics apply to class targets, not to target.region; set metrics: []")
+            raise RuleError("metrics apply to class targets, not to target.region; set metrics: []", "metrics", "target")
         if "sensitivity" in self.metrics and self.input.kind == "text":
-            raise ValueError("metrics: sensitivity applies to image inputs; use deletion, insertion, infidelity")
+            raise RuleError("metrics: sensitivity applies to image inputs; use deletion, insertion, infidelity",
+                            "metrics", "input.kind")
         return self
 
     @field_validator("layer", mode="before")
@@ -320,11 +332,13 @@ class Config(Section):
     def _methods_fit(self) -> "Config":
         chosen = [key for key in METHOD_KEYS if getattr(self, key) != Config.model_fields[key].default]
         if chosen and (self.input.kind != "image" or isinstance(self.target, Region)):
-            raise ValueError(f"{chosen[0]} applies to image inputs with a class target; remove it")
+            raise RuleError(f"{chosen[0]} applies to image inputs with a class target; remove it", chosen[0],
+                            "input.kind", "target")
         if len(chosen) > 1:
-            raise ValueError(f"set one of {' and '.join(chosen)}: they do not combine yet")
+            raise RuleError(f"set one of {' and '.join(chosen)}: they do not combine yet", *chosen)
         if self.path == "guided" and self.baseline.samples > 1:
-            raise ValueError("path guided takes one baseline per input; set baseline.samples: 1")
+            raise RuleError("path guided takes one baseline per input; set baseline.samples: 1", "baseline.samples",
+                            "path")
         return self
 
     @field_validator("steps", "chunk_inputs", "batch_size")
@@ -411,9 +425,20 @@ def describe_error(detail: dict[str, Any], source: ConfigSource) -> str:
         hint = "; set model.path (or --model) or model.factory" if loc == ("model",) else ""
         return f"{where}: missing required key '{dotted}'{hint}"
     message = detail["msg"].removeprefix("Value error, ")
+    rule = (detail.get("ctx") or {}).get("error")
+    if isinstance(rule, RuleError):
+        return f"{_rule_origin(rule.keys, source)}: {_short(message)}"
     if not loc:  # a rule across keys: its message names them, and the whole config is no help to show
         return f"{where}: {_short(message)}"
     return f"{where}: '{dotted}': {_short(message)} (got {_short(repr(detail.get('input')))})"
+
+
+def _rule_origin(keys: tuple[str, ...], source: ConfigSource) -> str:
+    """Where a broken rule was set: the first of its keys that --set or a flag gave (the change
+    that broke it), else the first the file gives."""
+    origins = [source.origin(tuple(key.split("."))) for key in keys]
+    overrides = [origin for origin in origins if origin.startswith("--")]
+    return (overrides or [origin for origin in origins if origin != source.name] or [source.name])[0]
 
 
 def _short(text: str, limit: int = 120) -> str:

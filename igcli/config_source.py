@@ -29,11 +29,13 @@ class ConfigSource:
     name: str = "config"  # the file, for problems with no line of their own
 
     def origin(self, path: KeyPath) -> str:
-        """The nearest known origin of ``path`` or of one of its parents."""
+        """The nearest known origin of ``path`` or of one of its parents; for a section that only
+        --set made (``--set smoothgrad.samples=4``), the origin of its first key."""
         for end in range(len(path), 0, -1):
             if path[:end] in self.origins:
                 return self.origins[path[:end]]
-        return self.name
+        below = (origin for key, origin in self.origins.items() if path and key[: len(path)] == path)
+        return next(below, self.name)
 
 
 def read_yaml(path: Path) -> ConfigSource:

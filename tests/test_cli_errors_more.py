@@ -116,3 +116,22 @@ def test_run_folders_that_are_missing_files_or_empty_are_told_apart(tmp_path, co
         assert result.exit_code == 2
         assert one_error_line(result) == f"igcli: error: {folder}: {says} give the -o folder of an igcli explain run"
     assert not (tmp_path / "drift").exists()
+
+
+def test_a_broken_rule_across_keys_names_where_its_culprit_was_set(tmp_path):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("model: {path: m.pt2}\nbaseline: {kind: black}\nsmoothgrad: {samples: 2, sigma: 0.1}\n")
+    cases = [
+        (["--set", "path=guided"], "--set: set one of path and smoothgrad: they do not combine yet"),
+        (["--set", "baseline.kind=file"], "--set: baseline.kind 'file' needs baseline.path"),
+        (["--set", "input.kind=text", "--set", "smoothgrad=null"], "--set: baseline.kind 'black' does not apply to text"),
+        (["--set", "baseloine.kind=x"], "--set: unknown key 'baseloine'; did you mean 'baseline'?"),
+        (["--set", "path=guided", "--set", "smoothgrad=null", "--set", "baseline.samples=3"],
+         "--set: path guided takes one baseline per input"),
+    ]
+    for sets, line in cases:
+        result = igcli("validate-config", config, *sets)
+        assert result.exit_code == 2 and one_error_line(result).startswith(f"igcli: error: {line}"), sets
+    config.write_text(config.read_text() + "path: guided\n")  # both in the file: the line of the first named
+    result = igcli("validate-config", config)
+    assert one_error_line(result) == f"igcli: error: {config}:4: set one of path and smoothgrad: they do not combine yet"
