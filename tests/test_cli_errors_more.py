@@ -135,3 +135,17 @@ def test_a_broken_rule_across_keys_names_where_its_culprit_was_set(tmp_path):
     config.write_text(config.read_text() + "path: guided\n")  # both in the file: the line of the first named
     result = igcli("validate-config", config)
     assert one_error_line(result) == f"igcli: error: {config}:4: set one of path and smoothgrad: they do not combine yet"
+
+
+def test_validate_config_checks_a_layer_name_against_the_model_where_it_is_here(tmp_path):
+    # The sample model is an nn.Sequential: its modules are named 0..9 (10 is none of them).
+    found = igcli("validate-config", DIGITS_CONFIG, "--set", "layer=3")
+    assert found.exit_code == 0 and "layer: '3'" in found.stdout
+    assert one_error_line(found) == "igcli: layer '3': found in the model (Conv2d)"
+    wrong = igcli("validate-config", DIGITS_CONFIG, "--set", "layer=features.3")
+    assert wrong.exit_code == 2 and wrong.stdout == ""
+    assert one_error_line(wrong).startswith("igcli: error: layer 'features.3': no such module in the model;")
+    elsewhere = igcli("validate-config", DIGITS_CONFIG, "--set", "layer=3", "--set", f"model.path={tmp_path / 'm.pt'}")
+    assert elsewhere.exit_code == 0 and "layer: '3'" in elsewhere.stdout
+    assert one_error_line(elsewhere) == (f"igcli: layer '3': not checked, {tmp_path / 'm.pt'} is not here; "
+                                         "explain checks it before any work")

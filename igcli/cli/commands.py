@@ -191,10 +191,17 @@ def report(out_dir: Path) -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @reporting_errors
 def validate_config(config_file: Path | None, sets: tuple[str, ...]) -> None:
-    """Check a config and print it resolved, with every default filled in."""
+    """Check a config and print it resolved, with every default filled in.
+
+    With a layer set, the model is built as explain builds it (a model.factory runs) to check the
+    name; where model.path is not here, explain checks it before any work."""
     from igcli.config import resolved
 
     config = build_config(config_file, sets, {})
+    if config.layer is not None:  # only then torch: the name is checked against the model's modules
+        from igcli.pipeline.methods import layer_check_line
+
+        click.echo(f"igcli: {layer_check_line(config)}", err=True)
     click.echo(yaml.safe_dump(resolved(config), sort_keys=False), nl=False)
 
 
