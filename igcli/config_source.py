@@ -159,6 +159,8 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set steps=64")
+    if not all(part.strip() for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: an empty part in the key; name it like baseline.kind=blur")
     try:
         value = load_yaml(raw, f"--set {key.strip()}")[1] if raw.strip() else ""
     except yaml.YAMLError:
@@ -169,11 +171,12 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
 def apply_override(source: ConfigSource, path: KeyPath, value: Any, origin: str) -> None:
     """Set ``path`` to ``value`` in place, creating sections as needed."""
     section = source.data
-    for part in path[:-1]:
+    for depth, part in enumerate(path[:-1], 1):
         child = section.get(part)
         if not isinstance(child, dict):
             # A scalar gives way to a section: `--set target.top_k=3` replaces `target: predicted`.
             child = section[part] = {}
+            source.origins[path[:depth]] = origin
         section = child
     section[path[-1]] = value
     source.origins[path] = origin

@@ -149,3 +149,13 @@ def test_validate_config_checks_a_layer_name_against_the_model_where_it_is_here(
     assert elsewhere.exit_code == 0 and "layer: '3'" in elsewhere.stdout
     assert one_error_line(elsewhere) == (f"igcli: layer '3': not checked, {tmp_path / 'm.pt'} is not here; "
                                          "explain checks it before any work")
+
+
+@pytest.mark.parametrize("text,line", [
+    ("..=3", "--set '..=3': an empty part in the key; name it like baseline.kind=blur"),
+    ("baseline..kind=blur", "--set 'baseline..kind=blur': an empty part in the key"),
+    ("model.path.x=3", "--set: 'model.path': Input is not a valid path"),  # the file's scalar became --set's section
+])
+def test_set_keys_with_empty_parts_or_that_replace_a_files_value_name_the_set(text, line):
+    result = igcli("validate-config", DIGITS_CONFIG, "--set", text)
+    assert result.exit_code == 2 and one_error_line(result).startswith(f"igcli: error: {line}")
