@@ -32,6 +32,24 @@ class RuleError(ValueError):
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yaml_traps(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic takes true as 1 and "" as the path "."; YAML reads yes/no/on/off as booleans.
+        kinds = _member_types(cls.model_fields[info.field_name].annotation)
+        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
+            name = " or a name" if str in kinds else ""
+            raise ValueError(f"true/false where a number{name} is due (YAML reads yes, no, on, off as true/false; "
+                             "quote text)")
+        if value == "" and Path in kinds:
+            raise ValueError("an empty path; give a file or folder, or leave the key out")
+        return value
+
+
+def _member_types(annotation: Any) -> set[Any]:
+    """The types a field takes: its union's members, one level down."""
+    return set(typing.get_args(annotation)) | {annotation}
+
 
 class ModelSection(Section):
     path: Path | None = Field(None, description="`.pt2` (torch.export, dynamic batch), TorchScript (`.ts`/`.pt`), a "
@@ -124,6 +142,13 @@ class InputSection(Section):
             return None
         height, width = (size, size) if isinstance(size, int) else size
         return channels, height, width
+
+    @field_validator("resize", "crop")
+    @classmethod
+    def _positive_size(cls, size: Size | None) -> Size | None:
+        if any(side < 1 for side in ((size,) if isinstance(size, int) else size or ())):
+            raise ValueError("sizes are positive pixel counts: N, or [H, W]")
+        return size
 
     @field_validator("std")
     @classmethod

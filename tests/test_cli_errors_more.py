@@ -159,3 +159,21 @@ def test_validate_config_checks_a_layer_name_against_the_model_where_it_is_here(
 def test_set_keys_with_empty_parts_or_that_replace_a_files_value_name_the_set(text, line):
     result = igcli("validate-config", DIGITS_CONFIG, "--set", text)
     assert result.exit_code == 2 and one_error_line(result).startswith(f"igcli: error: {line}")
+
+
+@pytest.mark.parametrize("text,key,says", [
+    ("steps=yes", "steps", "true/false where a number is due (YAML reads yes, no, on, off as true/false"),
+    ("max_steps=on", "max_steps", "true/false where a number is due"),
+    ("target=no", "target", "true/false where a number or a name is due"),
+    ("model.path=", "model.path", "an empty path; give a file or folder, or leave the key out"),
+    ("input.resize=[0, 0]", "input.resize", "sizes are positive pixel counts: N, or [H, W]"),
+    ("input.crop=-3", "input.crop", "sizes are positive pixel counts"),
+])
+def test_yaml_booleans_for_numbers_empty_paths_and_sizes_below_one_are_config_errors(text, key, says):
+    result = igcli("validate-config", DIGITS_CONFIG, "--set", text)
+    assert result.exit_code == 2 and one_error_line(result).startswith(f"igcli: error: --set: '{key}': {says}")
+
+
+def test_booleans_stay_booleans_and_sizes_stay_sizes():
+    result = igcli("validate-config", DIGITS_CONFIG, "--set", "output.records=no", "--set", "input.crop=[28, 28]")
+    assert result.exit_code == 0 and "records: false" in result.stdout and "crop:\n  - 28\n  - 28" in result.stdout
