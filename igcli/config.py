@@ -488,7 +488,13 @@ def _nearest_key(loc: KeyPath) -> str | None:
     # A union of sections (target: {top_k}, {above}, {class, region}) offers every member's keys.
     names = [f.alias or name for section in sections for name, f in section.model_fields.items()]
     matches = difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.5)
-    return ".".join(loc[:-1] + (matches[0],)) if matches else None
+    if matches:
+        return ".".join(loc[:-1] + (matches[0],))
+    # A key of a section one level down, written at this level (heatmap: for output.heatmap:).
+    below = [(name, inner) for section in sections for name, f in section.model_fields.items()
+             for inner in typing.get_args(f.annotation) or (f.annotation,)
+             if isinstance(inner, type) and issubclass(inner, BaseModel) and loc[-1] in inner.model_fields]
+    return ".".join(loc[:-1] + (below[0][0], loc[-1])) if below else None
 
 
 def resolved(config: Config) -> dict[str, Any]:

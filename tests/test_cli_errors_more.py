@@ -177,3 +177,12 @@ def test_yaml_booleans_for_numbers_empty_paths_and_sizes_below_one_are_config_er
 def test_booleans_stay_booleans_and_sizes_stay_sizes():
     result = igcli("validate-config", DIGITS_CONFIG, "--set", "output.records=no", "--set", "input.crop=[28, 28]")
     assert result.exit_code == 0 and "records: false" in result.stdout and "crop:\n  - 28\n  - 28" in result.stdout
+
+
+def test_a_key_written_one_section_too_high_is_pointed_to_its_section(tmp_path):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("model: {path: m.pt}\nheatmap: {style: bare}\n")
+    result = igcli("validate-config", config)
+    assert one_error_line(result) == f"igcli: error: {config}:2: unknown key 'heatmap'; did you mean 'output.heatmap'?"
+    result = igcli("validate-config", DIGITS_CONFIG, "--set", "output.style=bare")
+    assert one_error_line(result).endswith("unknown key 'output.style'; did you mean 'output.heatmap.style'?")
