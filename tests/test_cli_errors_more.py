@@ -186,3 +186,13 @@ def test_a_key_written_one_section_too_high_is_pointed_to_its_section(tmp_path):
     assert one_error_line(result) == f"igcli: error: {config}:2: unknown key 'heatmap'; did you mean 'output.heatmap'?"
     result = igcli("validate-config", DIGITS_CONFIG, "--set", "output.style=bare")
     assert one_error_line(result).endswith("unknown key 'output.style'; did you mean 'output.heatmap.style'?")
+
+
+def test_an_input_folder_that_is_also_the_output_folder_is_refused_before_any_output(sample_tree):
+    before = sorted(path.name for path in sample_tree.iterdir())
+    for spec in (sample_tree, f"{sample_tree}/**/*.png"):
+        result = igcli("explain", "-c", DIGITS_CONFIG, spec, "-o", sample_tree, "-q")
+        assert result.exit_code == 2 and one_error_line(result) == (
+            f"igcli: error: {spec}: the inputs' folder is also the output folder (-o), so a rerun would read its "
+            f"heatmaps as inputs; give -o a folder of its own, e.g. {sample_tree / 'explained'}")
+    assert sorted(path.name for path in sample_tree.iterdir()) == before  # nothing written
