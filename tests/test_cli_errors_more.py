@@ -196,3 +196,11 @@ def test_an_input_folder_that_is_also_the_output_folder_is_refused_before_any_ou
             f"igcli: error: {spec}: the inputs' folder is also the output folder (-o), so a rerun would read its "
             f"heatmaps as inputs; give -o a folder of its own, e.g. {sample_tree / 'explained'}")
     assert sorted(path.name for path in sample_tree.iterdir()) == before  # nothing written
+
+
+def test_an_empty_output_folder_name_is_refused_not_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = igcli("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", "", "-q")
+    assert result.exit_code == 2 and one_error_line(result) == "igcli: error: -o '': an empty folder name; give -o a folder, e.g. -o out/"
+    assert list(tmp_path.iterdir()) == []
+

@@ -110,6 +110,8 @@ def output_folder(text: str) -> Path:
     """``-o``: a local folder, or a ``file://`` URL of one. Other filesystems are refused in one
     line: outputs are written with renames and an exclusive lock file, which object stores lack
     (docs/scaling.md says how to run there)."""
+    if not text.strip():  # Path("") is the current folder: outputs would land among the user's files
+        raise UsageError(f"-o {text!r}: an empty folder name; give -o a folder, e.g. -o out/")
     if not is_url(text):
         return Path(text)
     fs, path = url_filesystem(text)
