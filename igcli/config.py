@@ -435,16 +435,24 @@ def validate(source: ConfigSource) -> Config:
     except ValidationError as error:
         # Union fields report one error per member; the deepest location is the informative one.
         details = error.errors()
-        worst = max(details, key=lambda d: (len(d["loc"]), d["type"] == "extra_forbidden"))
+        # An unknown key in one member is no news where another member has it: its error is the one to show.
+        known = {_key_of(d) for d in details if d["type"] != "extra_forbidden"}
+        worst = max(details, key=lambda d: (len(d["loc"]), d["type"] == "extra_forbidden" and _key_of(d) not in known))
         raise ConfigError(describe_error(worst, source)) from None
 
 
+def _key_of(detail: dict[str, Any]) -> KeyPath:
+    return tuple(str(part) for part in detail["loc"] if not _is_union_tag(part))
+
+
 def describe_error(detail: dict[str, Any], source: ConfigSource) -> str:
-    loc = tuple(str(part) for part in detail["loc"] if not _is_union_tag(part))
+    loc = _key_of(detail)
     dotted = ".".join(loc) or "config"
     where = source.origin(loc)
     if detail["type"] == "extra_forbidden":
         hint = _nearest_key(loc)
+        if hint == dotted:  # a key of one form of a union section, next to a key of another form
+            return f"{where}: '{dotted}' does not go with the other keys of '{'.'.join(loc[:-1])}'; keep one form's keys"
         return f"{where}: unknown key '{dotted}'" + (f"; did you mean '{hint}'?" if hint else "")
     if detail["type"] == "missing":
         hint = "; set model.path (or --model) or model.factory" if loc == ("model",) else ""

@@ -204,3 +204,12 @@ def test_an_empty_output_folder_name_is_refused_not_the_current_folder(tmp_path,
     assert result.exit_code == 2 and one_error_line(result) == "igcli: error: -o '': an empty folder name; give -o a folder, e.g. -o out/"
     assert list(tmp_path.iterdir()) == []
 
+
+@pytest.mark.parametrize("target,line", [
+    ("{top_k: 0}", "--set: 'target.top_k': Input should be greater than or equal to 1 (got 0)"),
+    ("{top_k: 2, above: 0.5}", "--set: 'target.above' does not go with the other keys of 'target'; keep one form's keys"),
+    ("{tpo_k: 2}", "--set: unknown key 'target.tpo_k'; did you mean 'target.top_k'?"),
+])
+def test_a_target_form_error_names_its_key_not_a_key_of_another_form(target, line):
+    result = igcli("validate-config", DIGITS_CONFIG, "--set", f"target={target}")
+    assert result.exit_code == 2 and one_error_line(result) == f"igcli: error: {line}"
