@@ -20,8 +20,35 @@ from igcli.data.discover import DEFAULT_MAX_BYTES
 from igcli.errors import ConfigError
 
 
+class RuleError(ValueError):
+    """A rule across keys is broken; ``keys`` (dotted) are the keys it names, the likeliest culprit first,
+    so the error names where the culprit was set (describe_error)."""
+
+    def __init__(self, message: str, *keys: str):
+        super().__init__(message)
+        self.keys = keys
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yaml_traps(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic takes true as 1 and "" as the path "."; YAML reads yes/no/on/off as booleans.
+        kinds = _member_types(cls.model_fields[info.field_name].annotation)
+        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
+            name = " or a name" if str in kinds else ""
+            raise ValueError(f"true/false where a number{name} is due (YAML reads yes, no, on, off as true/false; "
+                             "quote text)")
+        if value == "" and Path in kinds:
+            raise ValueError("an empty path; give a file or folder, or leave the key out")
+        return value
+
+
+def _member_types(annotation: Any) -> set[Any]:
+    """The types a field takes: its union's members, one level down."""
+    return set(typing.get_args(annotation)) | {annotation}
 
 
 class ModelSection(Section):
@@ -61,12 +88,14 @@ class ModelSection(Section):
     def _needs_a_model(self) -> "ModelSection":  # noqa: D102
         builders = [key for key in ("factory", "timm", "torchvision") if getattr(self, key) is not None]
         if self.path is None and not builders:
-            raise ValueError("set model.path (a model file or folder) or model.factory (module:function)")
+            raise RuleError("set model.path (a model file or folder) or model.factory (module:function)", "model.path",
+                            "model.factory")
         if len(builders) > 1:
-            raise ValueError(f"set one of model.{' and model.'.join(builders)}: each builds the model")
+            raise RuleError(f"set one of model.{' and model.'.join(builders)}: each builds the model",
+                            *(f"model.{key}" for key in builders))
         if self.path is None and builders[0] != "factory":
-            raise ValueError(f"model.{builders[0]} needs model.path: a local checkpoint (.pth or .safetensors); "
-                             "igcli never downloads weights")
+            raise RuleError(f"model.{builders[0]} needs model.path: a local checkpoint (.pth or .safetensors); "
+                            "igcli never downloads weights", f"model.{builders[0]}", "model.path")
         return self
 
 
@@ -114,6 +143,13 @@ class InputSection(Section):
         height, width = (size, size) if isinstance(size, int) else size
         return channels, height, width
 
+    @field_validator("resize", "crop")
+    @classmethod
+    def _positive_size(cls, size: Size | None) -> Size | None:
+        if any(side < 1 for side in ((size,) if isinstance(size, int) else size or ())):
+            raise ValueError("sizes are positive pixel counts: N, or [H, W]")
+        return size
+
     @field_validator("std")
     @classmethod
     def _positive_std(cls, std: tuple[float, ...]) -> tuple[float, ...]:
@@ -128,7 +164,7 @@ class BaselineSection(Section):
     samples: int = Field(1, ge=1, description="average IG over this many baselines (expected-gradients style)")
     seed: int = Field(0, description="seeds random baselines, with the input's path")
     value: float = Field(0.5, ge=0.0, le=1.0, description="pixel value for kind: constant")
-    sigma: float | None = Field(None, gt=0, description="gaussian: noise std in [0, 1] units; blur: pixels "
+    sigma: float | None = Field(None, gt=0, description="gaussian: noise std in [0, 1] units (over 1 refused); blur: pixels "
                                 "(default per kind)")
     path: Path | None = Field(None, description="kind: file: an image preprocessed like the inputs, or a .npy in "
                               "model space")
@@ -142,10 +178,15 @@ class BaselineSection(Section):
     @model_validator(mode="after")
     def _file_needs_path(self) -> "BaselineSection":
         if self.kind is BaselineKind.file and self.path is None:
-            raise ValueError("baseline.kind 'file' needs baseline.path (an image or .npy)")
+            raise RuleError("baseline.kind 'file' needs baseline.path (an image or .npy)", "baseline.kind")
         if self.kind is BaselineKind.token and self.token is None:
-            raise ValueError("baseline.kind 'token' needs baseline.token (a token id or string)")
+            raise RuleError("baseline.kind 'token' needs baseline.token (a token id or string)", "baseline.kind")
         return self
+
+    @field_validator("sigma")
+    @classmethod
+    def _gaussian_in_pixel_units(cls, sigma: float | None, info: ValidationInfo) -> float | None:
+        return _pixel_noise(sigma) if sigma is not None and info.data.get("kind") is BaselineKind.gaussian else sigma
 
 
 class TopK(Section):
@@ -192,8 +233,22 @@ class SmoothGradSection(Section):
     """IG averaged over noisy copies of each input (docs/methods.md)."""
 
     samples: int = Field(ge=1, description="noisy copies of each input; their IG maps are averaged")
-    sigma: float = Field(gt=0, description="the noise's std in pixel units ([0, 1], before input.mean/std)")
+    sigma: float = Field(gt=0, description="the noise's std in pixel units ([0, 1], before input.mean/std); "
+                         "over 1 is refused")
     seed: int = Field(0, description="seeds the noise, with each input's name (the same maps in any chunk)")
+
+    @field_validator("sigma")
+    @classmethod
+    def _pixel_units(cls, sigma: float) -> float:
+        return _pixel_noise(sigma)
+
+
+def _pixel_noise(sigma: float) -> float:
+    """A noise std over 1 (the whole [0, 1] pixel range) is a unit mistake: 0-255 units, most likely."""
+    if sigma > 1:
+        raise ValueError(f"noise std is in pixel units [0, 1]; {sigma:g} looks like 0-255 units: "
+                         f"use {sigma / 255:.3g} ({sigma:g}/255)")
+    return sigma
 
 
 MetricName = Literal["deletion", "insertion", "infidelity", "sensitivity"]
@@ -279,22 +334,23 @@ class Config(Section):
         allowed = TEXT_BASELINES if self.input.kind == "text" else image_kinds
         if self.baseline.kind not in allowed:
             names = ", ".join(sorted(kind.value for kind in allowed))
-            raise ValueError(f"baseline.kind '{self.baseline.kind.value}' does not apply to {self.input.kind} "
-                             f"inputs; use one of: {names}")
+            raise RuleError(f"baseline.kind '{self.baseline.kind.value}' does not apply to {self.input.kind} "
+                            f"inputs; use one of: {names}", "baseline.kind", "input.kind")
         return self
 
     @model_validator(mode="after")
     def _region_needs_images(self) -> "Config":
         if isinstance(self.target, Region) and self.input.kind != "image":
-            raise ValueError("target.region applies to image inputs (segmentation models) only")
+            raise RuleError("target.region applies to image inputs (segmentation models) only", "target", "input.kind")
         return self
 
     @model_validator(mode="after")
     def _metrics_fit_target(self) -> "Config":
         if self.metrics and isinstance(self.target, Region):
-            raise ValueError("metrics apply to class targets, not to target.region; set metrics: []")
+            raise RuleError("metrics apply to class targets, not to target.region; set metrics: []", "metrics", "target")
         if "sensitivity" in self.metrics and self.input.kind == "text":
-            raise ValueError("metrics: sensitivity applies to image inputs; use deletion, insertion, infidelity")
+            raise RuleError("metrics: sensitivity applies to image inputs; use deletion, insertion, infidelity",
+                            "metrics", "input.kind")
         return self
 
     @field_validator("layer", mode="before")
@@ -306,11 +362,13 @@ class Config(Section):
     def _methods_fit(self) -> "Config":
         chosen = [key for key in METHOD_KEYS if getattr(self, key) != Config.model_fields[key].default]
         if chosen and (self.input.kind != "image" or isinstance(self.target, Region)):
-            raise ValueError(f"{chosen[0]} applies to image inputs with a class target; remove it")
+            raise RuleError(f"{chosen[0]} applies to image inputs with a class target; remove it", chosen[0],
+                            "input.kind", "target")
         if len(chosen) > 1:
-            raise ValueError(f"set one of {' and '.join(chosen)}: they do not combine yet")
+            raise RuleError(f"set one of {' and '.join(chosen)}: they do not combine yet", *chosen)
         if self.path == "guided" and self.baseline.samples > 1:
-            raise ValueError("path guided takes one baseline per input; set baseline.samples: 1")
+            raise RuleError("path guided takes one baseline per input; set baseline.samples: 1", "baseline.samples",
+                            "path")
         return self
 
     @model_validator(mode="after")
@@ -352,13 +410,18 @@ def load_config(path: Path | None, overrides: list[tuple[str, Any]] = ()) -> Con
     Each override is ("a.b=value" text from --set, origin) or ((key, path), value) from a flag.
     Relative paths in the file are taken from the file's folder, so a config works from any cwd.
     """
+    return validate(read_config(path, overrides))
+
+
+def read_config(path: Path | None, overrides: list[tuple[str, Any]] = ()) -> ConfigSource:
+    """The raw data of load_config, before validation, with where each key came from."""
     source = read_yaml(path) if path is not None else ConfigSource()
     if path is not None:
         _anchor_paths(source, path.parent)
     for item, origin in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
         apply_override(source, key, value, origin)
-    return validate(source)
+    return source
 
 
 def _anchor_paths(source: ConfigSource, folder: Path) -> None:
@@ -388,24 +451,43 @@ def validate(source: ConfigSource) -> Config:
     except ValidationError as error:
         # Union fields report one error per member; the deepest location is the informative one.
         details = error.errors()
-        worst = max(details, key=lambda d: (len(d["loc"]), d["type"] == "extra_forbidden"))
+        # An unknown key in one member is no news where another member has it: its error is the one to show.
+        known = {_key_of(d) for d in details if d["type"] != "extra_forbidden"}
+        worst = max(details, key=lambda d: (len(d["loc"]), d["type"] == "extra_forbidden" and _key_of(d) not in known))
         raise ConfigError(describe_error(worst, source)) from None
 
 
+def _key_of(detail: dict[str, Any]) -> KeyPath:
+    return tuple(str(part) for part in detail["loc"] if not _is_union_tag(part))
+
+
 def describe_error(detail: dict[str, Any], source: ConfigSource) -> str:
-    loc = tuple(str(part) for part in detail["loc"] if not _is_union_tag(part))
+    loc = _key_of(detail)
     dotted = ".".join(loc) or "config"
     where = source.origin(loc)
     if detail["type"] == "extra_forbidden":
         hint = _nearest_key(loc)
+        if hint == dotted:  # a key of one form of a union section, next to a key of another form
+            return f"{where}: '{dotted}' does not go with the other keys of '{'.'.join(loc[:-1])}'; keep one form's keys"
         return f"{where}: unknown key '{dotted}'" + (f"; did you mean '{hint}'?" if hint else "")
     if detail["type"] == "missing":
         hint = "; set model.path (or --model) or model.factory" if loc == ("model",) else ""
         return f"{where}: missing required key '{dotted}'{hint}"
     message = detail["msg"].removeprefix("Value error, ")
+    rule = (detail.get("ctx") or {}).get("error")
+    if isinstance(rule, RuleError):
+        return f"{_rule_origin(rule.keys, source)}: {_short(message)}"
     if not loc:  # a rule across keys: its message names them, and the whole config is no help to show
         return f"{where}: {_short(message)}"
     return f"{where}: '{dotted}': {_short(message)} (got {_short(repr(detail.get('input')))})"
+
+
+def _rule_origin(keys: tuple[str, ...], source: ConfigSource) -> str:
+    """Where a broken rule was set: the first of its keys that --set or a flag gave (the change
+    that broke it), else the first the file gives."""
+    origins = [source.origin(tuple(key.split("."))) for key in keys]
+    overrides = [origin for origin in origins if origin.startswith("--")]
+    return (overrides or [origin for origin in origins if origin != source.name] or [source.name])[0]
 
 
 def _short(text: str, limit: int = 120) -> str:
@@ -430,7 +512,13 @@ def _nearest_key(loc: KeyPath) -> str | None:
     # A union of sections (target: {top_k}, {above}, {class, region}) offers every member's keys.
     names = [f.alias or name for section in sections for name, f in section.model_fields.items()]
     matches = difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.5)
-    return ".".join(loc[:-1] + (matches[0],)) if matches else None
+    if matches:
+        return ".".join(loc[:-1] + (matches[0],))
+    # A key of a section one level down, written at this level (heatmap: for output.heatmap:).
+    below = [(name, inner) for section in sections for name, f in section.model_fields.items()
+             for inner in typing.get_args(f.annotation) or (f.annotation,)
+             if isinstance(inner, type) and issubclass(inner, BaseModel) and loc[-1] in inner.model_fields]
+    return ".".join(loc[:-1] + (below[0][0], loc[-1])) if below else None
 
 
 def resolved(config: Config) -> dict[str, Any]:

@@ -29,11 +29,13 @@ class ConfigSource:
     name: str = "config"  # the file, for problems with no line of their own
 
     def origin(self, path: KeyPath) -> str:
-        """The nearest known origin of ``path`` or of one of its parents."""
+        """The nearest known origin of ``path`` or of one of its parents; for a section that only
+        --set made (``--set smoothgrad.samples=4``), the origin of its first key."""
         for end in range(len(path), 0, -1):
             if path[:end] in self.origins:
                 return self.origins[path[:end]]
-        return self.name
+        below = (origin for key, origin in self.origins.items() if path and key[: len(path)] == path)
+        return next(below, self.name)
 
 
 def read_yaml(path: Path) -> ConfigSource:
@@ -157,6 +159,8 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set steps=64")
+    if not all(part.strip() for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: an empty part in the key; name it like baseline.kind=blur")
     try:
         value = load_yaml(raw, f"--set {key.strip()}")[1] if raw.strip() else ""
     except yaml.YAMLError:
@@ -167,11 +171,12 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
 def apply_override(source: ConfigSource, path: KeyPath, value: Any, origin: str) -> None:
     """Set ``path`` to ``value`` in place, creating sections as needed."""
     section = source.data
-    for part in path[:-1]:
+    for depth, part in enumerate(path[:-1], 1):
         child = section.get(part)
         if not isinstance(child, dict):
             # A scalar gives way to a section: `--set target.top_k=3` replaces `target: predicted`.
             child = section[part] = {}
+            source.origins[path[:depth]] = origin
         section = child
     section[path[-1]] = value
     source.origins[path] = origin

@@ -4,7 +4,7 @@ import torch
 
 from igcli.backends.base import ScoreKind, apply_score, end_slopes
 from igcli.backends.loading import load_model, resolve_device
-from igcli.errors import ModelError
+from igcli.errors import ModelError, UsageError
 
 from .conftest import SAMPLE_DATA
 
@@ -90,7 +90,7 @@ def test_device_resolution():
     assert resolve_device("cpu") == CPU
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ModelError, match="no CUDA device"):
+        with pytest.raises(UsageError, match="no CUDA device"):
             resolve_device("cuda:0")
 
 

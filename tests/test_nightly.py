@@ -204,7 +204,7 @@ def test_diff_usage_errors_exit_2_in_one_line(runs, tmp_path):
     bad_rule = run("diff", runs / "old", runs / "new", "-o", tmp_path / "a", "--fail-on", "rank_cor<0.7")
     assert bad_rule.exit_code == 2 and "unknown name 'rank_cor'" in bad_rule.stderr
     missing = run("diff", runs / "old", tmp_path / "nowhere", "-o", tmp_path / "b")
-    assert missing.exit_code == 2 and "no results.jsonl" in missing.stderr
+    assert missing.exit_code == 2 and f"{tmp_path / 'nowhere'}: no such folder" in missing.stderr
     no_maps = tmp_path / "no-maps"
     assert run("explain", "-c", DIGITS_CONFIG, IMAGES[0], "-o", no_maps, "-q",
                "--set", "output.attributions=none").exit_code == 0

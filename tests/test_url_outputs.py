@@ -358,3 +358,13 @@ def test_a_rerun_with_fewer_chunks_leaves_no_parquet_part_of_the_earlier_run_in_
     assert parts() == sorted(path.name for path in (local / "results.parquet").iterdir()) != many
     table = pq.read_table("/igcli-out/parts/results.parquet", filesystem=fs)
     assert sorted(table.column("relpath").to_pylist()) == sorted(image.name for image in IMAGES[:3])
+
+
+def test_summary_and_diff_of_a_store_folder_without_a_run_say_so_in_one_line(tmp_path):
+    fsspec.filesystem("memory").pipe("/igcli-out/not-a-run/notes.txt", b"hello")
+    for args in (["summary", "memory://igcli-out/not-a-run"],
+                 ["diff", "memory://igcli-out/not-a-run", "memory://igcli-out/not-a-run", "-o", tmp_path / "d"]):
+        result = run(*args)
+        assert result.exit_code == 2
+        assert result.output.strip().splitlines() == [
+            "igcli: error: memory://igcli-out/not-a-run: no results.jsonl there; give the -o of an igcli explain run"]

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from igcli.cli.commands import main
-from igcli.errors import ModelError, UsageError
+from igcli.errors import UsageError
 from igcli.pipeline.workers import WORKER_ERROR, parse_devices, worker_plan
 
 from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA
@@ -206,13 +206,13 @@ def _state(pid: int) -> str:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is missing")
 @pytest.mark.parametrize("device", ["cuda:all", "cuda:0,cuda:1"])
-def test_a_cuda_device_list_without_cuda_is_one_line_and_exit_3(device, sample_tree, tmp_path):
-    with pytest.raises(ModelError, match="no CUDA device is available"):
+def test_a_cuda_device_list_without_cuda_is_one_line_and_exit_2(device, sample_tree, tmp_path):
+    with pytest.raises(UsageError, match="no CUDA device here"):
         parse_devices(device)
     result = CliRunner().invoke(main, ["explain", "-c", str(DIGITS_CONFIG), str(sample_tree), "-o",
                                        str(tmp_path / "out"), "--device", device])
-    assert result.exit_code == 3
-    assert result.output.count("\n") == 1 and "no CUDA device is available here" in result.output
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and f"--device {device}: no CUDA device here" in result.output
     assert not (tmp_path / "out").exists()
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from igcli.backends.base import Backend, Precision, ScoreKind
+from igcli.backends.devices import require_device
 from igcli.backends.digests import file_sha256
 from igcli.backends.gradient_graphs import cached_gradient_graph, checked_graph, only_output, resolve_input_shape
 from igcli.backends.layout import PROBE_SIZE, InputInterface, adapted, onnx_layout, probe_module, resolve_layout
@@ -45,13 +46,8 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> the first CUDA device when one is present, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ModelError(f"device '{name}': no CUDA device is available here; use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ModelError(f"device '{name}': only {torch.cuda.device_count()} CUDA device(s) here")
-    return device
+    require_device(name, f"device {name}")
+    return torch.device(name)
 
 
 def load_model(

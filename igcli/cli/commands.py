@@ -19,12 +19,30 @@ from igcli import __version__
 from igcli.attribution.kinds import Rule
 from igcli.backends.kinds import ScoreKind
 from igcli.cli.nightly import diff, summary
-from igcli.cli.reporting import reporting_errors
+from igcli.cli.reporting import OneLineUsage, reporting_errors
 from igcli.data.discover import PathList, read_path_list
 
 EXIT_CODES = ("Exit codes: 0 all inputs explained; 1 some inputs failed (or an output could not be written; or, "
               "with --strict, a record did not converge); "
-              "2 usage or config error; 3 model error; 130/143 stopped by SIGINT/SIGTERM.")
+              "2 usage or config error (or a device not here); 3 model error; 130/143 stopped by SIGINT/SIGTERM.")
+
+
+class AtLeast(click.ParamType):
+    """An integer option of at least ``minimum``; its error says what the number counts."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int, counts: str):
+        self.minimum, self.counts = minimum, counts
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number < self.minimum:
+            self.fail(f"got {value!r}; give {self.counts}: an integer of {self.minimum} or more", param, ctx)
+        return number
 
 
 def config_options(command: Callable) -> Callable:
@@ -36,15 +54,22 @@ def config_options(command: Callable) -> Callable:
 
 
 def build_config(config_path: Path | None, sets: tuple[str, ...], flags: dict[str, Any]):
-    from igcli.config import load_config
+    from igcli.config import validate
+
+    return validate(build_source(config_path, sets, flags))
+
+
+def build_source(config_path: Path | None, sets: tuple[str, ...], flags: dict[str, Any]):
+    """The config's raw data before validation, with the origin of each key (file:line, --set, --flag)."""
+    from igcli.config import read_config
 
     overrides: list[tuple[Any, str]] = [(text, "--set") for text in sets]
     overrides += [((tuple(key.split(".")), value), f"--{key.split('.')[-1].replace('_', '-')}")
                   for key, value in flags.items() if value is not None]
-    return load_config(config_path, overrides)
+    return read_config(config_path, overrides)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+@click.group(cls=OneLineUsage, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="igcli")
 def main() -> None:
     """Explain model predictions with Integrated Gradients (Sundararajan et al., 2017)."""
@@ -60,7 +85,7 @@ def main() -> None:
 @click.option("--model", "model_path", help="Model file; overrides model.path.")
 @click.option("--device", help="auto | cpu | cuda | cuda:N; overrides device. cuda:all or a list (cuda:0,cuda:2): "
                                "one worker process per device.")
-@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+@click.option("--workers", type=AtLeast(1, "the number of worker processes"), metavar="N",
               help="Explain chunks in N worker processes (each its own device and share of the cores); this "
                    "process writes every output. docs/scaling.md.")
 @click.option("--ray", "ray_address", metavar="auto|ADDRESS",
@@ -73,7 +98,7 @@ def main() -> None:
               help="Read more input paths from FILE, one per line ('-' for stdin). An input '-' does the same.")
 @click.option("--shard", metavar="I/N", help="Explain only shard I of N (0-based): a stable slice by input name.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first input that fails.")
-@click.option("--max-errors", type=click.IntRange(min=0), metavar="N", help="Stop once more than N inputs failed.")
+@click.option("--max-errors", type=AtLeast(0, "how many failed inputs to allow"), metavar="N", help="Stop once more than N inputs failed.")
 @click.option("--resume", is_flag=True,
               help="Reuse the records already in OUT whose input, model and config are unchanged; do the rest.")
 @click.option("--show", is_flag=True,
@@ -100,6 +125,8 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
     # A program that calls main(obj=RuntimeOptions(...)) sets how the run uses the machine.
     options = click.get_current_context().find_object(RuntimeOptions) or RuntimeOptions()
     set_up_malloc(options.malloc)  # before torch: every batch frees what the next allocates (runtime/heap.py)
+    from igcli.backends.devices import require_device
+    from igcli.config import validate
     from igcli.pipeline.ray_runner import driver_device, ray_plan
     from igcli.pipeline.run import explain_inputs
     from igcli.pipeline.workers import parse_devices, worker_plan
@@ -119,7 +146,10 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
     asked = devices[0] if devices else device
     flags = {"model.path": model_path, "device": driver_device(ray_address, asked), "method": method,
              "batch_size": batch_size, "steps": _steps_value(steps)}
-    config = build_config(config_path, sets, flags)
+    source = build_source(config_path, sets, flags)
+    config = validate(source)
+    if ray_address is None:  # Ray places its actors on the cluster's devices, not this machine's
+        require_device(config.device, _device_origin(source, config.device))
     plan = ray_plan(ray_address, workers, asked or config.device) or worker_plan(workers, devices, config.device)
     try:
         summary = explain_inputs(config, inputs, out_dir, jsonl, progress=not quiet and sys.stderr.isatty(),
@@ -142,15 +172,15 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
 
 
 @main.command(epilog=EXIT_CODES)
-@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out_dir", type=click.Path(path_type=Path))
 @reporting_errors
 def report(out_dir: Path) -> None:
     """Rebuild OUT_DIR/report.html from OUT_DIR/results.jsonl (one offline page, sortable)."""
     from igcli.errors import UsageError
+    from igcli.results.jsonl import run_results
     from igcli.results.report import write_report
 
-    if not (out_dir / "results.jsonl").is_file():
-        raise UsageError(f"{out_dir}: no results.jsonl here; give the -o folder of an igcli explain run")
+    run_results(out_dir)
     try:
         path = write_report(out_dir)
     except OSError as error:
@@ -163,10 +193,17 @@ def report(out_dir: Path) -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @reporting_errors
 def validate_config(config_file: Path | None, sets: tuple[str, ...]) -> None:
-    """Check a config and print it resolved, with every default filled in."""
+    """Check a config and print it resolved, with every default filled in.
+
+    With a layer set, the model is built as explain builds it (a model.factory runs) to check the
+    name; where model.path is not here, explain checks it before any work."""
     from igcli.config import resolved
 
     config = build_config(config_file, sets, {})
+    if config.layer is not None:  # only then torch: the name is checked against the model's modules
+        from igcli.pipeline.methods import layer_check_line
+
+        click.echo(f"igcli: {layer_check_line(config)}", err=True)
     click.echo(yaml.safe_dump(resolved(config), sort_keys=False), nl=False)
 
 
@@ -247,6 +284,14 @@ def env() -> None:
     click.echo(f"device auto: {'cuda' if cuda else 'cpu'}")
 
 
+def _device_origin(source: Any, device: str) -> str:
+    """Where the run's device was named, for its error line: --device cuda, --set device=cuda, cfg.yaml:3."""
+    origin = source.origin(("device",))
+    if origin == "--set":
+        return f"--set device={device}"
+    return f"--device {device}" if origin.startswith("--") else f"{origin}: device {device}"
+
+
 def _shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -282,7 +327,8 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     if not quiet and not verbose and os.environ.get("IGCLI_LOG_LEVEL"):
         level = logging.getLevelName(os.environ["IGCLI_LOG_LEVEL"].upper())
         if not isinstance(level, int):
-            raise click.BadParameter("IGCLI_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+            raise click.BadParameter(f"got {os.environ['IGCLI_LOG_LEVEL']!r}; use DEBUG, INFO, WARNING or ERROR",
+                                     param_hint="IGCLI_LOG_LEVEL")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("igcli: %(levelname)s: %(message)s"))
     logger = logging.getLogger("igcli")

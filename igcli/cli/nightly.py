@@ -62,13 +62,13 @@ def summary(run: str) -> None:
     """Rebuild RUN/summary.json (and report.html's summary) from RUN/results.jsonl and saved maps.
     RUN may be a URL (s3://...): the run is read from the store and the new files put back."""
     from igcli.errors import UsageError
+    from igcli.results.jsonl import run_results
     from igcli.results.report import write_report
     from igcli.results.store import run_folder
     from igcli.results.summary import rebuild_summary
 
     with run_folder(run, write_back=True) as folder:
-        if not (folder / "results.jsonl").is_file():
-            raise UsageError(f"{run}: no results.jsonl here; give the -o folder of an igcli explain run")
+        run_results(folder)
         try:
             rebuild_summary(folder)
             write_report(folder)

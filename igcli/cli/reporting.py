@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import click
 
-from igcli.errors import IgcliError
+from igcli.errors import IgcliError, UsageError
 
 
 class CliError(click.ClickException):
@@ -28,3 +28,32 @@ def reporting_errors(command: Callable) -> Callable:
         except IgcliError as error:
             raise CliError(error) from None
     return wrapper
+
+
+class OneLineUsage(click.Group):
+    """A group whose commands report click's usage errors (a bad option value, an unknown option,
+    a missing argument) as one ``igcli: error:`` line, exit 2, like every other igcli error."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as error:
+            raise _one_line(error) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            raise _one_line(error) from None
+
+
+def _one_line(error: click.UsageError) -> CliError:
+    if type(error) is click.BadParameter and (error.param_hint is not None or error.param is not None):
+        hint = error.param_hint if error.param_hint is not None else error.param.get_error_hint(error.ctx)
+        names = hint if isinstance(hint, str) else " / ".join(hint)
+        line = f"{names.replace(chr(39), '')}: {error.message}"
+    else:
+        where = f"; see '{error.ctx.command_path} --help'" if error.ctx is not None else ""
+        line = error.format_message().rstrip(".") + where
+    return CliError(UsageError(line))

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, TextIO
 
 from igcli.data.refs import GLOB_CHARS, InputRef  # noqa: F401 - named here too
 from igcli.data.urls import OUTPUT_MARKERS, is_url, url_inputs
-from igcli.errors import InputError
+from igcli.errors import InputError, UsageError
 from igcli.names import safe_relpath
 
 log = logging.getLogger("igcli")
@@ -138,6 +138,7 @@ def _glob(pattern: str, suffixes: set[str], skip: _OutputFolders) -> Iterator[In
     # Names are taken below the pattern's static prefix once both are normalised, so a `..` after
     # a wildcard cannot climb out: 'a/*/../../b/x.png' is 'b/x.png' below '.'.
     root = os.path.normpath(_static_prefix(pattern))
+    skip.refuse_as_input(root, pattern)
     for match in sorted(glob.glob(pattern, recursive=True)):
         normal = os.path.abspath(match)
         base = os.path.commonpath([os.path.abspath(root), normal])
@@ -147,6 +148,7 @@ def _glob(pattern: str, suffixes: set[str], skip: _OutputFolders) -> Iterator[In
 
 
 def _walk(root: Path, suffixes: set[str], skip: _OutputFolders) -> Iterator[InputRef]:
+    skip.refuse_as_input(root, str(root))
     # followlinks=False: a symlinked folder loop cannot make the walk endless.
     for folder, subfolders, files in os.walk(root, followlinks=False):
         subfolders[:] = sorted(name for name in subfolders if not skip.is_output(Path(folder) / name))
@@ -190,6 +192,13 @@ class _OutputFolders:
             self._known[folder] = (self.exclude is not None and os.path.realpath(folder) == self.exclude) or any(
                 os.path.isfile(os.path.join(folder, marker)) for marker in OUTPUT_MARKERS)
         return self._known[folder]
+
+    def refuse_as_input(self, root: Path | str, spec: str) -> None:
+        """UsageError where the folder walked for inputs is the output folder: the next run would
+        explain this run's heatmaps."""
+        if self.exclude is not None and os.path.realpath(root) == self.exclude:
+            raise UsageError(f"{spec}: the inputs' folder is also the output folder (-o), so a rerun would read "
+                             f"its heatmaps as inputs; give -o a folder of its own, e.g. {Path(root) / 'explained'}")
 
     def holds(self, path: str, root: str) -> bool:
         """Whether a folder above ``path`` and below ``root`` (both absolute) is an output folder."""

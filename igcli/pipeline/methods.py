@@ -19,10 +19,45 @@ from igcli.backends.base import Backend
 from igcli.backends.batching import BatchSize
 from igcli.backends.layer import LayerBackend, find_layer
 from igcli.backends.loading import load_module
+from igcli.backends.sources import image_source
 from igcli.config import Config
 from igcli.errors import ConfigError
 from igcli.results.records import Attribution, Sample
 from igcli.runtime.buffers import MapBuffers
+
+
+def layer_module(config: Config, module: nn.Module | None) -> nn.Module:
+    """The eager torch module whose layer ``config.layer`` names (``module``: one a model source
+    built, else loaded from model.path/factory); a ConfigError when the model cannot take hooks
+    at a layer or has no module of that name, before any output is written."""
+    section, inputs = config.model, config.input
+    if module is None and section.path is not None and section.path.suffix.lower() == ".onnx":
+        raise ConfigError("layer: IG at a layer needs a torch model; an .onnx file has no modules to name")
+    if inputs.mode == "BGR" or inputs.layout == "NHWC":
+        raise ConfigError("layer: IG at a layer runs models that take NCHW RGB or L tensors; "
+                          "remove layer or input.mode BGR / input.layout NHWC")
+    if section.path is not None and section.path.suffix.lower() in (".ts", ".pt2"):
+        raise ConfigError(f"layer: {section.path.name} runs its modules as one compiled graph, which takes no "
+                          "hooks at a layer; give an eager model (model.factory, a state_dict with a factory, "
+                          "model.timm/torchvision, a Hugging Face folder) or remove layer")
+    if module is None:
+        module = load_module(section.path, section.factory, section.trust_pickle)
+    if isinstance(module, torch.jit.ScriptModule):
+        raise ConfigError("layer: a TorchScript model takes no hooks at a layer; give an eager model "
+                          "(model.factory) or remove layer")
+    find_layer(module, config.layer)  # a wrong name fails here
+    return module
+
+
+def layer_check_line(config: Config) -> str:
+    """validate-config's word on ``config.layer``: checked against the model's modules where the model
+    is here (built as explain builds it), else a note that explain checks it before any work."""
+    section = config.model
+    if section.path is not None and not section.path.exists():
+        return f"layer '{config.layer}': not checked, {section.path} is not here; explain checks it before any work"
+    module, _ = image_source(section.path, section.timm, section.torchvision)
+    layer = find_layer(layer_module(config, module), config.layer)
+    return f"layer '{config.layer}': found in the model ({type(layer).__name__})"
 
 
 class Methods:
@@ -30,10 +65,8 @@ class Methods:
 
     def __init__(self, config: Config, normalization: Normalization, module: nn.Module | None, device: torch.device):
         self.config, self.normalization, self.device = config, normalization, device
-        self.module = module
+        self.module = layer_module(config, module) if config.layer is not None else module
         self.layers: dict[tuple[int, ...], LayerBackend] = {}
-        if config.layer is not None:
-            self._check_layer_model()
 
     @staticmethod
     def of(config: Config, normalization: Normalization, module: nn.Module | None,
@@ -42,24 +75,6 @@ class Methods:
         if config.path == "straight" and config.smoothgrad is None and config.layer is None:
             return None
         return Methods(config, normalization, module, device)
-
-    def _check_layer_model(self) -> None:
-        section, inputs = self.config.model, self.config.input
-        if self.module is None and section.path is not None and section.path.suffix.lower() == ".onnx":
-            raise ConfigError("layer: IG at a layer needs a torch model; an .onnx file has no modules to name")
-        if inputs.mode == "BGR" or inputs.layout == "NHWC":
-            raise ConfigError("layer: IG at a layer runs models that take NCHW RGB or L tensors; "
-                              "remove layer or input.mode BGR / input.layout NHWC")
-        if section.path is not None and section.path.suffix.lower() in (".ts", ".pt2"):
-            raise ConfigError(f"layer: {section.path.name} runs its modules as one compiled graph, which takes no "
-                              "hooks at a layer; give an eager model (model.factory, a state_dict with a factory, "
-                              "model.timm/torchvision, a Hugging Face folder) or remove layer")
-        if self.module is None:
-            self.module = load_module(section.path, section.factory, section.trust_pickle)
-        if isinstance(self.module, torch.jit.ScriptModule):
-            raise ConfigError("layer: a TorchScript model takes no hooks at a layer; give an eager model "
-                              "(model.factory) or remove layer")
-        find_layer(self.module, self.config.layer)  # a wrong name fails here, before any output is written
 
     def _layer_backend(self, shape: tuple[int, ...]) -> LayerBackend:
         if shape not in self.layers:

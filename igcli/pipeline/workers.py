@@ -21,8 +21,9 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from igcli.backends.devices import require_device
 from igcli.config import Config
-from igcli.errors import IgcliError, ModelError, UsageError
+from igcli.errors import IgcliError, UsageError
 from igcli.results.records import Attribution, Failure
 
 log = logging.getLogger("igcli")
@@ -34,12 +35,12 @@ LOG_FORMAT = "igcli: %(levelname)s: %(message)s"  # as the parent's handler (cli
 def parse_devices(text: str) -> list[str] | None:
     """``cuda:all`` or a comma list (``cuda:0,cuda:2``, ``cpu,cpu``) as one device per entry; None
     for a single device, which stays in the config. Raises UsageError on a malformed list and
-    ModelError where CUDA is named and not here (as ``--device cuda`` does)."""
+    where a device named is not here (as ``--device cuda`` does)."""
     text = text.strip()
     if text != "cuda:all" and "," not in text:
         return None
     if text == "cuda:all":
-        _need_cuda(text)
+        require_device("cuda", f"--device {text}")
         return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
     devices = [part.strip() for part in text.split(",")]
     for device in devices:
@@ -47,20 +48,9 @@ def parse_devices(text: str) -> list[str] | None:
         if head not in ("cpu", "cuda") or (index and not index.isdigit()) or (head == "cpu" and index):
             raise UsageError(f"--device {text}: '{device}' is not cpu, cuda or cuda:N; "
                              "give e.g. cuda:0,cuda:2 or cuda:all")
-    if any(device.startswith("cuda") for device in devices):
-        _need_cuda(text)
-        count = torch.cuda.device_count()
-        for device in devices:
-            if device.partition(":")[2] and int(device.partition(":")[2]) >= count:
-                raise ModelError(f"--device {text}: {device} is not here (only {count} CUDA device(s)); "
-                                 "see igcli env")
+    for device in devices:
+        require_device(device, f"--device {text}")
     return devices
-
-
-def _need_cuda(text: str) -> None:
-    if not torch.cuda.is_available():
-        raise ModelError(f"--device {text}: no CUDA device is available here; use --device cpu "
-                         "(with --workers N for N processes)")
 
 
 @dataclass(frozen=True)

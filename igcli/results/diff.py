@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from igcli.errors import UsageError
+from igcli.results.jsonl import run_results
 from igcli.results.report import read_records
 
 SAVE_MAPS = "explain with --set output.attributions=npy to save them"
@@ -39,10 +40,7 @@ class Run:
 
 def load_run(folder: Path) -> Run:
     """A finished run's records; UsageError when ``folder`` holds none, or image maps were not saved."""
-    results = folder / "results.jsonl"
-    if not results.is_file():
-        raise UsageError(f"{folder}: no results.jsonl here; give the -o folder of an igcli explain run")
-    records = [record for record in read_records(results) if record.get("error") is None]
+    records = [record for record in read_records(run_results(folder)) if record.get("error") is None]
     images = [record for record in records if "tokens" not in record]
     if any("attributions" not in (record.get("outputs") or {}) for record in images):
         raise UsageError(f"{folder}: the run did not save its attribution maps (.npy), which diff compares; "

@@ -43,6 +43,8 @@ class StoreError(IgcliError):
 def output_target(text: str) -> Path | OutputStore:
     """``-o``: a local folder (a path, or a ``file://`` URL), or a folder in another fsspec store.
     An unknown scheme, or one whose package is missing, is a UsageError naming the pip fix."""
+    if not text.strip():  # Path("") is the current folder: outputs would land among the user's files
+        raise UsageError(f"-o {text!r}: an empty folder name; give -o a folder, e.g. -o out/")
     if not is_url(text):
         return Path(text)
     fs, path = url_filesystem(text)
@@ -68,6 +70,8 @@ def run_folder(text: str, only: tuple[str, ...] = ("",), write_back: bool = Fals
         except Exception as error:  # noqa: BLE001 - each filesystem has its own errors
             raise UsageError(f"{text}: cannot read the run ({first_line(error)}); check the URL and its "
                              "credentials") from None
+        if "results.jsonl" not in fetched:
+            raise UsageError(f"{text}: no results.jsonl there; give the -o of an igcli explain run")
         before = {relative: _signature(folder / relative) for relative in fetched}
         yield folder
         if write_back:
