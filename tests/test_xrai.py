@@ -238,12 +238,34 @@ def test_cli_hostile_names_keep_region_files_apart_and_inside_out(tmp_path):
     result, rows, out = explain(tmp_path, "out", images, "regions=xrai", "steps=8")
     assert result.exit_code == 0, result.output
     assert len(rows) == 5 and all(row["error"] is None for row in rows)
-    assert any("is taken by" in warning for row in rows for warning in row["warnings"])  # a.overlay.png's mask
+    assert not any("is taken by" in warning for row in rows for warning in row["warnings"])
     written = [row["outputs"][key] for row in rows for key in ("regions_mask", "regions_overlay")]
     assert len({name_key(path) for path in written}) == len(written)
     for path in written:
         assert (out / path).resolve().is_relative_to(out.resolve()) and (out / path).is_file()
         assert "\u202e" not in path
+
+
+@pytest.mark.parametrize("target", [(), ("target={top_k: 2}",)])
+def test_cli_regions_never_rename_an_input(tmp_path, target):
+    # a.png's overlay and a.overlay.png's mask, or a.png's top-1 and a.top1.png, must not meet:
+    # a run with regions and one without name every input alike, so `igcli diff` can match them.
+    images = copy_digits(tmp_path / "images", {"a.png": "zero_1437", "a.overlay.png": "one_1449",
+                                               "a.top1.png": "three_1442"})
+    relpaths = {}
+    for regions in ((), ("regions=xrai",)):
+        result, rows, out = explain(tmp_path, f"out{len(regions)}", images, "steps=8", *target, *regions)
+        assert result.exit_code == 0, result.output
+        assert not any(row["warnings"] for row in rows)
+        relpaths[regions] = sorted((row["input"], row["relpath"]) for row in rows)
+        written = [row["outputs"][key] for row in rows for key in row["outputs"]]
+        assert len({name_key(path) for path in written}) == len(written)
+        for row in rows if regions else []:
+            name = row["outputs"]["record"].removeprefix("records/").removesuffix(".json")
+            assert row["outputs"]["regions_mask"] == f"regions/ranks/{name}.png"
+            assert row["outputs"]["regions_overlay"] == f"regions/overlays/{name}.png"
+    assert relpaths[()] == relpaths[("regions=xrai",)]
+    assert sorted({relpath for _, relpath in relpaths[()]}) == ["a.overlay.png", "a.png", "a.top1.png"]
 
 
 @settings(max_examples=60, deadline=None)
