@@ -268,6 +268,24 @@ def test_cli_regions_never_rename_an_input(tmp_path, target):
     assert sorted({relpath for _, relpath in relpaths[()]}) == ["a.overlay.png", "a.png", "a.top1.png"]
 
 
+def test_cli_a_zero_map_ranks_no_regions_and_says_so(tmp_path):
+    # An all-black image with the black baseline: the input is the baseline, so the map is exactly 0.
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("L", (32, 32)).save(images / "black.png")
+    result, rows, out = explain(tmp_path, "out", images, "regions=xrai", "steps=8")
+    assert result.exit_code == 0, result.output
+    (row,) = rows
+    assert not np.load(out / row["outputs"]["attributions"]).any()
+    regions = row["regions"]
+    assert regions["count"] == regions["listed"] == 0 and regions["ranked"] == []
+    assert [(band["regions"], band["area"]) for band in regions["bands"]] == [(0, 0.0)] * 3
+    assert any("map is zero" in warning and "not ranked" in warning for warning in row["warnings"])
+    assert not read_png(out / row["outputs"]["regions_mask"]).any()  # no pixel has a rank
+    overlay = read_png(out / row["outputs"]["regions_overlay"])
+    assert (overlay == overlay[..., :1]).all()  # grey only: no band tinted
+
+
 @settings(max_examples=60, deadline=None)
 @given(paths=PATHS)
 def test_claimed_names_cover_the_region_files(paths):
