@@ -165,7 +165,7 @@ def test_cli_writes_the_rank_mask_overlay_and_record(tmp_path, method):
         assert [r["rank"] for r in ranked] == list(range(1, regions["count"] + 1))
         assert sum(r["area"] for r in ranked) == pytest.approx(1.0)
         assert sum(r["attribution"] for r in ranked) == pytest.approx(row["attribution_sum"], rel=1e-5)
-        # The mask: the input's size, one grey level per rank from 255 down, each level the rank's area.
+        # The mask: the model's input size, one grey level per rank from 255 down, each level the rank's area.
         mask = read_png(out / row["outputs"]["regions_mask"])
         assert mask.shape == (32, 32, 3)
         levels, counts = np.unique(mask[..., 0], return_counts=True)
@@ -284,6 +284,24 @@ def test_cli_a_zero_map_ranks_no_regions_and_says_so(tmp_path):
     assert not read_png(out / row["outputs"]["regions_mask"]).any()  # no pixel has a rank
     overlay = read_png(out / row["outputs"]["regions_overlay"])
     assert (overlay == overlay[..., :1]).all()  # grey only: no band tinted
+
+
+def test_cli_region_images_are_sized_as_heatmaps_whatever_the_input_size(tmp_path):
+    # docs/methods.md: the ranks at the size of the image the model saw, the overlay as large as the heatmap.
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (20, 3000), dtype=np.uint8)).save(images / "wide.png")
+    Image.fromarray(np.array([[200]], dtype=np.uint8)).save(images / "dot.png")
+    result, rows, out = explain(tmp_path, "out", images, "regions=xrai", "steps=8")
+    assert result.exit_code == 0, result.output
+    assert len(rows) == 2
+    for row in rows:
+        heatmap = read_png(out / row["outputs"]["heatmap"])
+        assert read_png(out / row["outputs"]["regions_mask"]).shape == (32, 32, 3)  # configs/digits.yaml's input
+        assert read_png(out / row["outputs"]["regions_overlay"]).shape == heatmap.shape == (256, 256, 3)
+    methods = " ".join((REPO / "docs" / "methods.md").read_text().split())
+    assert "the ranks at the size of the image the model saw" in methods
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,10 +1,10 @@
 """XRAI regions as images (docs/methods.md): the rank mask, and the top bands over the image.
 
-The mask is the input's size, one grey level per rank: rank 1 of N at 255, then evenly darker to
-the last at 40 (distinct levels for up to 216 regions); rank 0, a pixel no region ranks (a zero
-map), is black. The overlay greys the image and tints the regions of each band: the top-ranked
-regions covering 10% of the image red, the next up to 20% orange, up to 30% yellow; the rest is
-dimmed.
+The mask is the size of the image the model saw (not enlarged), one grey level per rank: rank 1
+of N at 255, then evenly darker to the last at 40 (distinct levels for up to 216 regions); rank 0,
+a pixel no region ranks (a zero map), is black. The overlay greys the image and tints the regions
+of each band: the top-ranked regions covering 10% of the image red, the next up to 20% orange, up
+to 30% yellow; the rest is dimmed. It is enlarged as heatmaps are.
 """
 from __future__ import annotations
 
