@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from igcli.attribution.xrai import (DILATION_RADIUS, MIN_NEW_PIXELS, RankedRegions, channel_max, dilated_masks,
-                                   rank_regions)
+from igcli.attribution.xrai import DILATION_RADIUS, MIN_NEW_PIXELS, channel_max, dilated_masks, rank_regions
 from igcli.config import Config
 from igcli.data.segments import felzenszwalb_segmentations, require_skimage, segmentation_settings
 from igcli.results.records import Attribution, Sample
@@ -39,7 +38,7 @@ class RecordRegions:
         ranked = rank_regions(channel_max(attributions), self._candidates(record.sample), MIN_NEW_PIXELS)
         warnings = []
         if not ranked.gains.any():  # no attribution: any order of the regions would be made up
-            ranked = RankedRegions(np.zeros_like(ranked.ranks), np.zeros(0), np.zeros(0))
+            ranked = dataclasses.replace(ranked, ranks=np.zeros_like(ranked.ranks), gains=np.zeros(0), areas=np.zeros(0))
             warnings.append("regions: the map is zero (every region's gain is 0), so regions are not ranked")
         # Per rank, the map's own sum (over channels) within the region: the ranks' sums add up to attribution_sum.
         held = np.bincount(ranked.ranks.ravel(), weights=attributions.sum(0).ravel(), minlength=ranked.count + 1)[1:]
