@@ -312,7 +312,7 @@ class Config(Section):
     layer: str | None = Field(None, description="torch models: IG at this module's output (a name from "
                               "named_modules); the heatmap sums channels, upsampled")
     regions: Literal["xrai"] | None = Field(None, description="images: xrai ranks regions of each map (XRAI) and "
-                                           "writes regions/<name>.png and .overlay.png; needs igcli[regions] "
+                                           "writes regions/ranks/<name>.png and regions/overlays/<name>.png; needs igcli[regions] "
                                            "(docs/methods.md)")
     metrics: tuple[MetricName, ...] = Field((), description="faithfulness metrics per record: deletion, "
                                             "insertion, infidelity, sensitivity (docs/nightly.md)")

@@ -165,7 +165,7 @@ def test_cli_writes_the_rank_mask_overlay_and_record(tmp_path, method):
         assert [r["rank"] for r in ranked] == list(range(1, regions["count"] + 1))
         assert sum(r["area"] for r in ranked) == pytest.approx(1.0)
         assert sum(r["attribution"] for r in ranked) == pytest.approx(row["attribution_sum"], rel=1e-5)
-        # The mask: the input's size, one grey level per rank from 255 down, each level the rank's area.
+        # The mask: the model's input size, one grey level per rank from 255 down, each level the rank's area.
         mask = read_png(out / row["outputs"]["regions_mask"])
         assert mask.shape == (32, 32, 3)
         levels, counts = np.unique(mask[..., 0], return_counts=True)
@@ -238,12 +238,70 @@ def test_cli_hostile_names_keep_region_files_apart_and_inside_out(tmp_path):
     result, rows, out = explain(tmp_path, "out", images, "regions=xrai", "steps=8")
     assert result.exit_code == 0, result.output
     assert len(rows) == 5 and all(row["error"] is None for row in rows)
-    assert any("is taken by" in warning for row in rows for warning in row["warnings"])  # a.overlay.png's mask
+    assert not any("is taken by" in warning for row in rows for warning in row["warnings"])
     written = [row["outputs"][key] for row in rows for key in ("regions_mask", "regions_overlay")]
     assert len({name_key(path) for path in written}) == len(written)
     for path in written:
         assert (out / path).resolve().is_relative_to(out.resolve()) and (out / path).is_file()
         assert "\u202e" not in path
+
+
+@pytest.mark.parametrize("target", [(), ("target={top_k: 2}",)])
+def test_cli_regions_never_rename_an_input(tmp_path, target):
+    # a.png's overlay and a.overlay.png's mask, or a.png's top-1 and a.top1.png, must not meet:
+    # a run with regions and one without name every input alike, so `igcli diff` can match them.
+    images = copy_digits(tmp_path / "images", {"a.png": "zero_1437", "a.overlay.png": "one_1449",
+                                               "a.top1.png": "three_1442"})
+    relpaths = {}
+    for regions in ((), ("regions=xrai",)):
+        result, rows, out = explain(tmp_path, f"out{len(regions)}", images, "steps=8", *target, *regions)
+        assert result.exit_code == 0, result.output
+        assert not any(row["warnings"] for row in rows)
+        relpaths[regions] = sorted((row["input"], row["relpath"]) for row in rows)
+        written = [row["outputs"][key] for row in rows for key in row["outputs"]]
+        assert len({name_key(path) for path in written}) == len(written)
+        for row in rows if regions else []:
+            name = row["outputs"]["record"].removeprefix("records/").removesuffix(".json")
+            assert row["outputs"]["regions_mask"] == f"regions/ranks/{name}.png"
+            assert row["outputs"]["regions_overlay"] == f"regions/overlays/{name}.png"
+    assert relpaths[()] == relpaths[("regions=xrai",)]
+    assert sorted({relpath for _, relpath in relpaths[()]}) == ["a.overlay.png", "a.png", "a.top1.png"]
+
+
+def test_cli_a_zero_map_ranks_no_regions_and_says_so(tmp_path):
+    # An all-black image with the black baseline: the input is the baseline, so the map is exactly 0.
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("L", (32, 32)).save(images / "black.png")
+    result, rows, out = explain(tmp_path, "out", images, "regions=xrai", "steps=8")
+    assert result.exit_code == 0, result.output
+    (row,) = rows
+    assert not np.load(out / row["outputs"]["attributions"]).any()
+    regions = row["regions"]
+    assert regions["count"] == regions["listed"] == 0 and regions["ranked"] == []
+    assert [(band["regions"], band["area"]) for band in regions["bands"]] == [(0, 0.0)] * 3
+    assert any("map is zero" in warning and "not ranked" in warning for warning in row["warnings"])
+    assert not read_png(out / row["outputs"]["regions_mask"]).any()  # no pixel has a rank
+    overlay = read_png(out / row["outputs"]["regions_overlay"])
+    assert (overlay == overlay[..., :1]).all()  # grey only: no band tinted
+
+
+def test_cli_region_images_are_sized_as_heatmaps_whatever_the_input_size(tmp_path):
+    # docs/methods.md: the ranks at the size of the image the model saw, the overlay as large as the heatmap.
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (20, 3000), dtype=np.uint8)).save(images / "wide.png")
+    Image.fromarray(np.array([[200]], dtype=np.uint8)).save(images / "dot.png")
+    result, rows, out = explain(tmp_path, "out", images, "regions=xrai", "steps=8")
+    assert result.exit_code == 0, result.output
+    assert len(rows) == 2
+    for row in rows:
+        heatmap = read_png(out / row["outputs"]["heatmap"])
+        assert read_png(out / row["outputs"]["regions_mask"]).shape == (32, 32, 3)  # configs/digits.yaml's input
+        assert read_png(out / row["outputs"]["regions_overlay"]).shape == heatmap.shape == (256, 256, 3)
+    methods = " ".join((REPO / "docs" / "methods.md").read_text().split())
+    assert "the ranks at the size of the image the model saw" in methods
 
 
 @settings(max_examples=60, deadline=None)

@@ -36,6 +36,10 @@ class RecordRegions:
     def annotate(self, record: Attribution) -> Attribution:
         attributions = record.attributions.numpy()
         ranked = rank_regions(channel_max(attributions), self._candidates(record.sample), MIN_NEW_PIXELS)
+        warnings = []
+        if not ranked.gains.any():  # no attribution: any order of the regions would be made up
+            ranked = dataclasses.replace(ranked, ranks=np.zeros_like(ranked.ranks), gains=np.zeros(0), areas=np.zeros(0))
+            warnings.append("regions: the map is zero (every region's gain is 0), so regions are not ranked")
         # Per rank, the map's own sum (over channels) within the region: the ranks' sums add up to attribution_sum.
         held = np.bincount(ranked.ranks.ravel(), weights=attributions.sum(0).ravel(), minlength=ranked.count + 1)[1:]
         listed = [{"rank": rank, "area": float(ranked.areas[rank - 1]), "gain": float(ranked.gains[rank - 1]),
@@ -47,4 +51,4 @@ class RecordRegions:
             "min_new_pixels": MIN_NEW_PIXELS, "channels": "max", "count": ranked.count, "listed": len(listed),
             "bands": bands, "ranked": listed}
         return dataclasses.replace(record, details=record.details | {"regions": summary},
-                                   region_ranks=ranked.ranks)
+                                   region_ranks=ranked.ranks, warnings=record.warnings + warnings)

@@ -1,9 +1,10 @@
 """XRAI regions as images (docs/methods.md): the rank mask, and the top bands over the image.
 
-The mask is the input's size, one grey level per rank: rank 1 of N at 255, then evenly darker to
-the last at 40 (distinct levels for up to 216 regions). The overlay greys the image and tints the
-regions of each band: the top-ranked regions covering 10% of the image red, the next up to 20%
-orange, up to 30% yellow; the rest is dimmed.
+The mask is the size of the image the model saw (not enlarged), one grey level per rank: rank 1
+of N at 255, then evenly darker to the last at 40 (distinct levels for up to 216 regions); rank 0,
+a pixel no region ranks (a zero map), is black. The overlay greys the image and tints the regions
+of each band: the top-ranked regions covering 10% of the image red, the next up to 20% orange, up
+to 30% yellow; the rest is dimmed. It is enlarged as heatmaps are.
 """
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ FIRST_LEVEL, LAST_LEVEL = 255, 40
 
 
 def rank_mask(ranks: np.ndarray) -> np.ndarray:
-    """[H, W, 3] uint8: the grey level of each pixel's rank."""
+    """[H, W, 3] uint8: the grey level of each pixel's rank; rank 0 (not ranked) black."""
     count = int(ranks.max())
     step = (FIRST_LEVEL - LAST_LEVEL) / max(1, count - 1)
-    grey = np.rint(FIRST_LEVEL - (ranks.astype(np.float64) - 1) * step).astype(np.uint8)
+    grey = np.where(ranks > 0, np.rint(FIRST_LEVEL - (ranks.astype(np.float64) - 1) * step), 0).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=2)
 
 
@@ -40,7 +41,7 @@ def band_overlay(pixels: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     image = grey * 0.5  # outside every band
     band = np.full(ranks.shape, -1)
     for index, count in reversed(list(enumerate(counts))):
-        band[ranks <= count] = index
+        band[(ranks >= 1) & (ranks <= count)] = index
     for index in range(len(counts)):
         inside = band == index
         image[inside] = grey[inside] * (1 - BAND_OPACITY) + BAND_COLOURS[index] * BAND_OPACITY

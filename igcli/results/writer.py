@@ -199,7 +199,7 @@ class RunWriter:
         if attribution.region_ranks is not None:
             pixels = attribution.sample.pixels.numpy()
             for key, image in region_images(pixels, attribution.region_ranks).items():
-                relative = f"regions/{attribution.name}{REGION_SUFFIXES[key]}"
+                relative = f"{REGION_FOLDERS[key]}/{attribution.name}.png"
                 write_bytes_atomic(self.out_dir / relative, png_bytes(image))
                 written[key] = relative
         sample = attribution.sample
@@ -303,7 +303,9 @@ def _check_writable(out_dir: Path) -> None:
                          "choose another with -o") from None
 
 
-REGION_SUFFIXES = {"regions_mask": ".png", "regions_overlay": ".overlay.png"}  # under regions/ (regions: xrai)
+# regions: xrai. One folder per image kind, each name the input's own (as heatmaps/): no input's
+# region file can take the name of another's, so turning regions on renames no input.
+REGION_FOLDERS = {"regions_mask": "regions/ranks", "regions_overlay": "regions/overlays"}
 
 
 def output_files(name: str, text: bool, options: OutputSection, regions: bool = False) -> list[str]:
@@ -315,7 +317,7 @@ def output_files(name: str, text: bool, options: OutputSection, regions: bool = 
         style = options.heatmap.style
         files = [] if style == "none" else [f"heatmaps/{name}.png"]
         files += [f"heatmaps/{name}.bare.png"] if style == "both" else []
-    files += [f"regions/{name}{suffix}" for suffix in REGION_SUFFIXES.values()] if regions and not text else []
+    files += [f"{folder}/{name}.png" for folder in REGION_FOLDERS.values()] if regions and not text else []
     files += [f"attributions/{name}.npy"] if options.attributions == "npy" else []
     files += [f"records/{name}.json"] if options.records else []
     return files
