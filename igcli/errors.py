@@ -31,6 +31,13 @@ class ModelError(IgcliError):
     exit_code = 3
 
 
+class ReaderGone(IgcliError):
+    """Every output was a stream whose reader closed it (``--jsonl - | head``): the run stops at
+    once and quietly, 128 + SIGPIPE as a Unix tool killed by the broken pipe (docs/runs.md)."""
+
+    exit_code = 141
+
+
 class InputError(IgcliError):
     """One input cannot be read or used; the run goes on with the others."""
 

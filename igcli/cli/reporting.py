@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import click
 
-from igcli.errors import IgcliError, UsageError
+from igcli.errors import IgcliError, ReaderGone, UsageError
 
 
 class CliError(click.ClickException):
@@ -25,6 +25,8 @@ def reporting_errors(command: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except ReaderGone as error:  # stdout's reader has all it wants: no error line (docs/runs.md)
+            raise click.exceptions.Exit(error.exit_code) from None
         except IgcliError as error:
             raise CliError(error) from None
     return wrapper

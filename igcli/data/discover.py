@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
 from igcli.data.refs import GLOB_CHARS, InputRef  # noqa: F401 - named here too
-from igcli.data.urls import OUTPUT_MARKERS, is_url, url_inputs
+from igcli.data.urls import OUTPUT_MARKERS, is_output_marker, is_url, output_root_error, url_inputs
 from igcli.errors import InputError, UsageError
 from igcli.names import safe_relpath
 
@@ -189,8 +189,8 @@ class _OutputFolders:
     def is_output(self, folder: Path | str) -> bool:
         folder = str(folder)
         if folder not in self._known:
-            self._known[folder] = (self.exclude is not None and os.path.realpath(folder) == self.exclude) or any(
-                os.path.isfile(os.path.join(folder, marker)) for marker in OUTPUT_MARKERS)
+            self._known[folder] = (self.exclude is not None and os.path.realpath(folder) == self.exclude) or \
+                _marker(folder) is not None
         return self._known[folder]
 
     def refuse_as_input(self, root: Path | str, spec: str) -> None:
@@ -199,6 +199,9 @@ class _OutputFolders:
         if self.exclude is not None and os.path.realpath(root) == self.exclude:
             raise UsageError(f"{spec}: the inputs' folder is also the output folder (-o), so a rerun would read "
                              f"its heatmaps as inputs; give -o a folder of its own, e.g. {Path(root) / 'explained'}")
+        marker = _marker(str(root))
+        if marker is not None:
+            raise output_root_error(spec, str(root), marker)
 
     def holds(self, path: str, root: str) -> bool:
         """Whether a folder above ``path`` and below ``root`` (both absolute) is an output folder."""
@@ -208,6 +211,20 @@ class _OutputFolders:
                 return True
             folder = os.path.dirname(folder)
         return False
+
+
+def _marker(folder: str) -> str | None:
+    """The igcli output marker ``folder`` holds (data/urls.py is_output_marker), or None."""
+    for marker in OUTPUT_MARKERS:
+        path = os.path.join(folder, marker)
+        if os.path.isfile(path) and is_output_marker(marker, lambda n, path=path: _read_head(path, n)):
+            return marker
+    return None
+
+
+def _read_head(path: str, limit: int) -> bytes:
+    with open(path, "rb") as stream:
+        return stream.read(limit)
 
 
 def _static_prefix(pattern: str) -> str:

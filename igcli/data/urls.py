@@ -7,10 +7,11 @@ package is not installed (s3fs, gcsfs) is one line naming the package. docs/scal
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from igcli.data.refs import GLOB_CHARS, InputRef
 from igcli.errors import InputError, UsageError
@@ -18,6 +19,30 @@ from igcli.names import safe_relpath
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 OUTPUT_MARKERS = (".igcli.lock", "manifest.json")  # a folder holding one is an igcli output, not inputs
+MANIFEST_MAX_BYTES = 8 * 1024 * 1024  # a larger manifest.json is a dataset's own file, not igcli's
+
+
+def is_output_marker(name: str, read: Callable[[int], bytes]) -> bool:
+    """Whether the file ``name`` marks an igcli output folder: ``.igcli.lock``, or a
+    ``manifest.json`` that igcli wrote (a JSON object with ``igcli`` and ``state``), not a
+    dataset's own file of that name. ``read(n)`` gives at most ``n`` of the file's bytes."""
+    if name == ".igcli.lock":
+        return True
+    if name != "manifest.json":
+        return False
+    try:
+        data = read(MANIFEST_MAX_BYTES + 1)
+        manifest = json.loads(data) if len(data) <= MANIFEST_MAX_BYTES else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and isinstance(manifest.get("igcli"), str) and "state" in manifest
+
+
+def output_root_error(spec: str, folder: str, marker: str) -> UsageError:
+    """The one line for an input folder (or a glob's folder) that is itself an igcli run's output."""
+    return UsageError(f"{spec}: {folder} is an igcli run's output folder ({marker} there), so its heatmaps and "
+                      "summaries would be read as inputs; name the inputs' own folder or files inside it "
+                      "instead, or move them out of it")
 
 
 def is_url(spec: str) -> bool:
@@ -83,10 +108,12 @@ def url_inputs(spec: str, suffixes: set[str]) -> Iterator[UrlRef]:
     scheme = spec[: spec.index("://") + 3]
     if GLOB_CHARS & set(path):
         root = _static_prefix(path)
+        _refuse_output_root(fs, root, spec)
         found = sorted(p for p in fs.glob(path) if fs.isfile(p))
     elif fs.isdir(path):
         root = path.rstrip("/")
-        found = _outside_outputs(sorted(fs.find(path)), root)
+        _refuse_output_root(fs, root, spec)
+        found = _outside_outputs(fs, sorted(fs.find(path)), root)
     else:
         yield _ref(fs, scheme, path, PurePosixPath(path).name)
         return
@@ -96,10 +123,19 @@ def url_inputs(spec: str, suffixes: set[str]) -> Iterator[UrlRef]:
                        PurePosixPath(name).name)
 
 
-def _outside_outputs(paths: list[str], root: str) -> list[str]:
+def _refuse_output_root(fs: Any, root: str, spec: str) -> None:
+    """UsageError where the folder named as inputs is itself an igcli output (docs/hostile-inputs.md)."""
+    for marker in OUTPUT_MARKERS:
+        name = f"{root}/{marker}" if root else marker
+        if fs.isfile(name) and is_output_marker(marker, lambda n, name=name: fs.cat_file(name, start=0, end=n)):
+            raise output_root_error(spec, root or '.', marker)
+
+
+def _outside_outputs(fs: Any, paths: list[str], root: str) -> list[str]:
     """``paths`` but those in an igcli output folder below ``root`` (an earlier run's heatmaps
     are not inputs, as in a local folder: data/discover.py)."""
-    outputs = {name.rsplit("/", 1)[0] for name in paths if PurePosixPath(name).name in OUTPUT_MARKERS}
+    outputs = {name.rsplit("/", 1)[0] for name in paths if PurePosixPath(name).name in OUTPUT_MARKERS
+               and is_output_marker(PurePosixPath(name).name, lambda n, name=name: fs.cat_file(name, start=0, end=n))}
     outputs.discard(root)
     if not outputs:
         return paths

@@ -21,11 +21,12 @@ from typing import Any, Callable, TextIO
 import numpy as np
 
 from igcli.config import OutputSection
-from igcli.errors import IgcliError, UsageError
+from igcli.errors import IgcliError, ReaderGone, UsageError
 from igcli.names import printable
 from igcli.results.atomic_files import write_bytes_atomic
 from igcli.results.heatmap import outline_region, render_bare, render_overlay, signed_map
 from igcli.results.parquet import PARQUET_DIR, ParquetParts, remove_parts
+from igcli.results.pipes import drop_closed_stream
 from igcli.results.png import png_bytes
 from igcli.results.records import Attribution, Failure, TextSample
 from igcli.results.regions_view import region_images
@@ -167,8 +168,11 @@ class RunWriter:
     def _show(self, record: dict[str, Any]) -> None:
         if self.show is not None and "words" in record:
             color = self.show.isatty() and not os.environ.get("NO_COLOR")
-            self.show.write(render_ansi(record, color) + "\n")
-            self.show.flush()
+            try:
+                self.show.write(render_ansi(record, color) + "\n")
+                self.show.flush()
+            except BrokenPipeError:
+                self._reader_gone(self.show)
 
     def _write_files(self, attribution: Attribution) -> dict[str, str]:
         written: dict[str, str] = {}
@@ -221,13 +225,28 @@ class RunWriter:
     def _emit(self, lines: list[str]) -> None:
         # One write per input: a reader (or --resume after a kill) sees all its records or none.
         text = "".join(line + "\n" for line in lines)
-        for stream in self.streams:
+        for stream in list(self.streams):
             try:
                 stream.write(text)
                 stream.flush()
+            except BrokenPipeError:  # `--jsonl - | head`: the reader has all it wants
+                self._reader_gone(stream)
             except OSError as error:
                 raise OutputError(f"{getattr(stream, 'name', 'output')}: cannot write records "
                                   f"({error.strerror or error})") from None
+
+    def _reader_gone(self, stream: TextIO) -> None:
+        """Drop a stream whose reader closed it; the run goes on while another output is left,
+        else it stops at once (ReaderGone, exit 141)."""
+        if stream is self.show:
+            self.show = None
+        else:
+            self.streams.remove(stream)
+            if stream in self._owned:
+                self._owned.remove(stream)
+        drop_closed_stream(stream)
+        if self.out_dir is None and not self.streams and self.show is None:
+            raise ReaderGone("every output's reader closed it")
 
     def start(self, manifest: dict[str, Any]) -> None:
         """Mark the folder as this run's at once: ``manifest.json`` says running (an earlier run's
