@@ -368,3 +368,27 @@ def test_summary_and_diff_of_a_store_folder_without_a_run_say_so_in_one_line(tmp
         assert result.exit_code == 2
         assert result.output.strip().splitlines() == [
             "igcli: error: memory://igcli-out/not-a-run: no results.jsonl there; give the -o of an igcli explain run"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    """A complete local run of two images, with its maps (diff reads them)."""
+    folder = tmp_path_factory.mktemp("small-run") / "run"
+    assert run("explain", "-c", DIGITS_CONFIG, *IMAGES[:2], "-o", folder, *FAST).exit_code == 0
+    return folder
+
+
+def test_diff_writes_to_a_store_through_a_local_folder_and_nothing_else(small_run, tmp_path, clean_stores, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    local = run("diff", small_run, small_run, "-o", cwd / "local-diff")
+    assert local.exit_code == 0, local.output
+    result = run("diff", small_run, small_run, "-o", "memory://w/diff/")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == "igcli: 2 matched, 0 in one run only; wrote memory://w/diff/diff.html"
+    fs = fsspec.filesystem("memory")
+    assert tree(fs, "/w/diff") == local_tree(cwd / "local-diff")
+    assert [p.name for p in cwd.iterdir()] == ["local-diff"] and list(clean_stores.iterdir()) == []
+    same = run("diff", "memory://w/diff", small_run, "-o", "memory://w/diff")
+    assert same.exit_code == 2 and "-o is one of the runs compared" in same.output

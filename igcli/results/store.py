@@ -88,6 +88,28 @@ def run_folder(text: str, only: tuple[str, ...] = ("",), write_back: bool = Fals
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextmanager
+def output_folder(target: Path | OutputStore) -> Iterator[Path]:
+    """A folder to write a command's outputs in: ``target`` when local; for a store, a temp folder
+    whose files are put there (those in subfolders first, so a page never names a missing
+    picture) when the block ends without an error, then removed."""
+    if isinstance(target, Path):
+        yield target
+        return
+    folder = Path(tempfile.mkdtemp(prefix="igcli-out-"))
+    try:
+        yield folder
+        files = [p.relative_to(folder) for p in folder.rglob("*") if p.is_file()]
+        for relative in sorted(files, key=lambda path: (len(path.parts) == 1, path.as_posix())):
+            try:
+                target.put_file(folder / relative, relative.as_posix())
+            except Exception as error:  # noqa: BLE001 - each filesystem has its own errors
+                raise StoreError(f"{target.url}/{relative.as_posix()}: cannot write to the store "
+                                 f"({first_line(error)})") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _signature(path: Path) -> tuple[int, int]:
     stat = path.stat()
     return stat.st_size, stat.st_mtime_ns
