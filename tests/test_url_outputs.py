@@ -392,3 +392,29 @@ def test_diff_writes_to_a_store_through_a_local_folder_and_nothing_else(small_ru
     assert [p.name for p in cwd.iterdir()] == ["local-diff"] and list(clean_stores.iterdir()) == []
     same = run("diff", "memory://w/diff", small_run, "-o", "memory://w/diff")
     assert same.exit_code == 2 and "-o is one of the runs compared" in same.output
+
+
+@pytest.mark.parametrize("command", ["explain", "diff"])
+def test_an_output_folder_like_a_url_missing_a_slash_is_refused_and_nothing_is_written(command, small_run, tmp_path,
+                                                                                     monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    runs = ["explain", "-c", DIGITS_CONFIG, IMAGES[0], *FAST] if command == "explain" else \
+        ["diff", small_run, small_run]
+    result = run(*runs, "-o", "s3:/bkt/x")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["igcli: error: -o s3:/bkt/x: looks like a URL missing a slash; "
+                                                  "write s3://bkt/x (or ./s3:/bkt/x for a local folder)"]
+    assert list(cwd.iterdir()) == []
+
+
+def test_a_local_folder_named_like_a_scheme_is_kept_when_asked_for_plainly(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run("explain", "-c", DIGITS_CONFIG, IMAGES[0], "-o", "./s3:/x", *FAST).exit_code == 0
+    assert (tmp_path / "s3:" / "x" / "results.jsonl").is_file()
+    assert output_target("notafsspecscheme:/x") == Path("notafsspecscheme:/x")
+    probe = ("import sys; from igcli.results.store import output_target; "
+             "output_target('out/x'); output_target('./s3:/x'); print('fsspec' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr

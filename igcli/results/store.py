@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -34,6 +35,7 @@ ATOMIC_PUT = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", 
 LOCK_KEY = ".igcli.lock"
 STALE_SECONDS = 300.0  # a lock not refreshed for this long belongs to a run that died
 _serial = itertools.count()
+_SCHEME_COMPONENT = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]+):(?:/|$)")  # "s3:" as a path's first component
 
 
 class StoreError(IgcliError):
@@ -46,12 +48,29 @@ def output_target(text: str) -> Path | OutputStore:
     if not text.strip():  # Path("") is the current folder: outputs would land among the user's files
         raise UsageError(f"-o {text!r}: an empty folder name; give -o a folder, e.g. -o out/")
     if not is_url(text):
+        _refuse_missing_slash(text)
         return Path(text)
     fs, path = url_filesystem(text)
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     if "file" in protocols or "local" in protocols:
         return Path(path)
     return OutputStore(text.rstrip("/"), fs, path.rstrip("/"))
+
+
+def _refuse_missing_slash(text: str) -> None:
+    """``s3:/bkt/x`` would be a local folder ``s3:``: a UsageError where the first component is
+    a scheme fsspec knows. fsspec is imported only for such a text."""
+    match = _SCHEME_COMPONENT.match(text)
+    if match is None:
+        return
+    try:
+        import fsspec
+    except ImportError:
+        return
+    scheme = match.group(1)
+    if scheme.lower() in fsspec.available_protocols():
+        raise UsageError(f"-o {text}: looks like a URL missing a slash; write {scheme}:/{text[len(scheme) + 1:]} "
+                         f"(or ./{text} for a local folder)")
 
 
 @contextmanager
