@@ -418,3 +418,26 @@ def test_a_local_folder_named_like_a_scheme_is_kept_when_asked_for_plainly(tmp_p
              "output_target('out/x'); output_target('./s3:/x'); print('fsspec' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_report_rebuilds_the_page_of_a_run_in_a_store_and_puts_it_back(small_run, tmp_path, clean_stores, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    fs = fsspec.filesystem("memory")
+    for name, data in local_tree(small_run).items():
+        if name != "report.html":
+            fs.pipe_file(f"/w/a/{name}", data)
+    result = run("report", "memory://w/a")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines() == ["igcli: wrote memory://w/a/report.html"]
+    local = tmp_path / "local"
+    shutil.copytree(small_run, local)
+    (local / "report.html").unlink()
+    assert run("report", local).exit_code == 0
+    assert fs.cat_file("/w/a/report.html") == (local / "report.html").read_bytes()
+    assert sorted(tree(fs, "/w/a")) == sorted(local_tree(local))
+    assert list(cwd.iterdir()) == [] and list(clean_stores.iterdir()) == []
+    missing = run("report", "memory://w/nothing-here")
+    assert missing.exit_code == 2 and missing.output.strip().splitlines() == [
+        "igcli: error: memory://w/nothing-here: no results.jsonl there; give the -o of an igcli explain run"]
