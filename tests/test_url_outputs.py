@@ -368,3 +368,76 @@ def test_summary_and_diff_of_a_store_folder_without_a_run_say_so_in_one_line(tmp
         assert result.exit_code == 2
         assert result.output.strip().splitlines() == [
             "igcli: error: memory://igcli-out/not-a-run: no results.jsonl there; give the -o of an igcli explain run"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    """A complete local run of two images, with its maps (diff reads them)."""
+    folder = tmp_path_factory.mktemp("small-run") / "run"
+    assert run("explain", "-c", DIGITS_CONFIG, *IMAGES[:2], "-o", folder, *FAST).exit_code == 0
+    return folder
+
+
+def test_diff_writes_to_a_store_through_a_local_folder_and_nothing_else(small_run, tmp_path, clean_stores, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    local = run("diff", small_run, small_run, "-o", cwd / "local-diff")
+    assert local.exit_code == 0, local.output
+    result = run("diff", small_run, small_run, "-o", "memory://w/diff/")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == "igcli: 2 matched, 0 in one run only; wrote memory://w/diff/diff.html"
+    fs = fsspec.filesystem("memory")
+    assert tree(fs, "/w/diff") == local_tree(cwd / "local-diff")
+    assert [p.name for p in cwd.iterdir()] == ["local-diff"] and list(clean_stores.iterdir()) == []
+    same = run("diff", "memory://w/diff", small_run, "-o", "memory://w/diff")
+    assert same.exit_code == 2 and "-o is one of the runs compared" in same.output
+
+
+@pytest.mark.parametrize("command", ["explain", "diff"])
+def test_an_output_folder_like_a_url_missing_a_slash_is_refused_and_nothing_is_written(command, small_run, tmp_path,
+                                                                                     monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    runs = ["explain", "-c", DIGITS_CONFIG, IMAGES[0], *FAST] if command == "explain" else \
+        ["diff", small_run, small_run]
+    result = run(*runs, "-o", "s3:/bkt/x")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["igcli: error: -o s3:/bkt/x: looks like a URL missing a slash; "
+                                                  "write s3://bkt/x (or ./s3:/bkt/x for a local folder)"]
+    assert list(cwd.iterdir()) == []
+
+
+def test_a_local_folder_named_like_a_scheme_is_kept_when_asked_for_plainly(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run("explain", "-c", DIGITS_CONFIG, IMAGES[0], "-o", "./s3:/x", *FAST).exit_code == 0
+    assert (tmp_path / "s3:" / "x" / "results.jsonl").is_file()
+    assert output_target("notafsspecscheme:/x") == Path("notafsspecscheme:/x")
+    probe = ("import sys; from igcli.results.store import output_target; "
+             "output_target('out/x'); output_target('./s3:/x'); print('fsspec' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_report_rebuilds_the_page_of_a_run_in_a_store_and_puts_it_back(small_run, tmp_path, clean_stores, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    fs = fsspec.filesystem("memory")
+    for name, data in local_tree(small_run).items():
+        if name != "report.html":
+            fs.pipe_file(f"/w/a/{name}", data)
+    result = run("report", "memory://w/a")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines() == ["igcli: wrote memory://w/a/report.html"]
+    local = tmp_path / "local"
+    shutil.copytree(small_run, local)
+    (local / "report.html").unlink()
+    assert run("report", local).exit_code == 0
+    assert fs.cat_file("/w/a/report.html") == (local / "report.html").read_bytes()
+    assert sorted(tree(fs, "/w/a")) == sorted(local_tree(local))
+    assert list(cwd.iterdir()) == [] and list(clean_stores.iterdir()) == []
+    missing = run("report", "memory://w/nothing-here")
+    assert missing.exit_code == 2 and missing.output.strip().splitlines() == [
+        "igcli: error: memory://w/nothing-here: no results.jsonl there; give the -o of an igcli explain run"]

@@ -172,20 +172,24 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
 
 
 @main.command(epilog=EXIT_CODES)
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir")
 @reporting_errors
-def report(out_dir: Path) -> None:
-    """Rebuild OUT_DIR/report.html from OUT_DIR/results.jsonl (one offline page, sortable)."""
+def report(out_dir: str) -> None:
+    """Rebuild OUT_DIR/report.html from OUT_DIR/results.jsonl (one offline page, sortable).
+    OUT_DIR may be a URL (s3://...): the run is read from the store and report.html put back."""
     from igcli.errors import UsageError
     from igcli.results.jsonl import run_results
     from igcli.results.report import write_report
+    from igcli.results.store import run_folder
 
-    run_results(out_dir)
-    try:
-        path = write_report(out_dir)
-    except OSError as error:
-        raise UsageError(f"{out_dir}: cannot write report.html ({error.strerror or error})") from None
-    click.echo(f"igcli: wrote {path}", err=True)
+    with run_folder(out_dir, write_back=True) as folder:
+        run_results(folder)
+        try:
+            path = write_report(folder)
+        except OSError as error:
+            raise UsageError(f"{out_dir}: cannot write report.html ({error.strerror or error})") from None
+    written = f"{out_dir.rstrip('/')}/{path.name}" if folder != Path(out_dir) else path
+    click.echo(f"igcli: wrote {written}", err=True)
 
 
 @main.command("validate-config", epilog=EXIT_CODES)

@@ -16,39 +16,44 @@ DIFF_EXIT_CODES = ("Exit codes: 0 every --fail-on rule within its threshold; 1 a
 @click.command("diff", epilog=DIFF_EXIT_CODES)
 @click.argument("old")
 @click.argument("new")
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Folder for diff.jsonl, diff.html and its pictures.")
+@click.option("-o", "--out", "out_dir", required=True,
+              help="Folder (or URL, e.g. s3://bucket/diff) for diff.jsonl, diff.html and its pictures.")
 @click.option("--fail-on", "rules", multiple=True, metavar="EXPR",
               help="Exit 1 when EXPR holds, e.g. 'rank_corr<0.7' (any input) or 'mean(top_overlap)<0.5'. Repeatable.")
 @click.option("--top", "top_percent", type=click.FloatRange(0, 100, min_open=True), default=10.0, show_default=True,
               help="Percent of pixels/tokens, highest attribution first, whose overlap (IoU) top_overlap measures.")
 @reporting_errors
-def diff(old: str, new: str, out_dir: Path, rules: tuple[str, ...], top_percent: float) -> None:
+def diff(old: str, new: str, out_dir: str, rules: tuple[str, ...], top_percent: float) -> None:
     """Compare the attributions of run OLD with run NEW (both -o folders of igcli explain, or their URLs)."""
     from igcli.errors import UsageError
     from igcli.results.diff import compare, load_run
     from igcli.results.diff_view import write_diff
     from igcli.results.drift_rules import parse_rule
-    from igcli.results.store import run_folder
+    from igcli.results.store import output_folder, output_target, run_folder
 
     parsed = [parse_rule(text) for text in rules]
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"{out_dir}: -o names a file; give a folder")
-    if any(out_dir.resolve() == Path(run).resolve() for run in (old, new)):
-        raise UsageError(f"{out_dir}: -o is one of the runs compared; give a folder of its own")
+    target = output_target(out_dir)
+    if isinstance(target, Path):
+        if target.exists() and not target.is_dir():
+            raise UsageError(f"{target}: -o names a file; give a folder")
+        if any(target.resolve() == Path(run).resolve() for run in (old, new)):
+            raise UsageError(f"{target}: -o is one of the runs compared; give a folder of its own")
+    elif target.url in (old.rstrip("/"), new.rstrip("/")):
+        raise UsageError(f"{target.url}: -o is one of the runs compared; give a folder of its own")
     needed = ("results.jsonl", "attributions/")  # a run in a store: only what diff reads is fetched
     with run_folder(old, needed) as old_folder, run_folder(new, needed) as new_folder:
         before, after = load_run(old_folder), load_run(new_folder)
         rows = compare(before, after, top_percent)
         breaches = [line for line in (rule.breaches(rows) for rule in parsed) if line is not None]
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_diff(rows, before, after, out_dir, breaches)
-        except OSError as error:
-            raise UsageError(f"{out_dir}: cannot write the diff ({error.strerror or error})") from None
+        with output_folder(target) as folder:  # a store's diff is written locally, then put there
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_diff(rows, before, after, folder, breaches)
+            except OSError as error:
+                raise UsageError(f"{out_dir}: cannot write the diff ({error.strerror or error})") from None
     matched = sum(row["match"] == "both" for row in rows)
-    click.echo(f"igcli: {matched} matched, {len(rows) - matched} in one run only; wrote {out_dir / 'diff.html'}",
-               err=True)
+    written = target / "diff.html" if isinstance(target, Path) else f"{target.url}/diff.html"
+    click.echo(f"igcli: {matched} matched, {len(rows) - matched} in one run only; wrote {written}", err=True)
     for line in breaches:
         click.echo(f"igcli: drift: {line}", err=True)
     if breaches:

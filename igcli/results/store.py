@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -34,6 +35,7 @@ ATOMIC_PUT = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", 
 LOCK_KEY = ".igcli.lock"
 STALE_SECONDS = 300.0  # a lock not refreshed for this long belongs to a run that died
 _serial = itertools.count()
+_SCHEME_COMPONENT = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]+):(?:/|$)")  # "s3:" as a path's first component
 
 
 class StoreError(IgcliError):
@@ -46,12 +48,29 @@ def output_target(text: str) -> Path | OutputStore:
     if not text.strip():  # Path("") is the current folder: outputs would land among the user's files
         raise UsageError(f"-o {text!r}: an empty folder name; give -o a folder, e.g. -o out/")
     if not is_url(text):
+        _refuse_missing_slash(text)
         return Path(text)
     fs, path = url_filesystem(text)
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     if "file" in protocols or "local" in protocols:
         return Path(path)
     return OutputStore(text.rstrip("/"), fs, path.rstrip("/"))
+
+
+def _refuse_missing_slash(text: str) -> None:
+    """``s3:/bkt/x`` would be a local folder ``s3:``: a UsageError where the first component is
+    a scheme fsspec knows. fsspec is imported only for such a text."""
+    match = _SCHEME_COMPONENT.match(text)
+    if match is None:
+        return
+    try:
+        import fsspec
+    except ImportError:
+        return
+    scheme = match.group(1)
+    if scheme.lower() in fsspec.available_protocols():
+        raise UsageError(f"-o {text}: looks like a URL missing a slash; write {scheme}:/{text[len(scheme) + 1:]} "
+                         f"(or ./{text} for a local folder)")
 
 
 @contextmanager
@@ -84,6 +103,28 @@ def run_folder(text: str, only: tuple[str, ...] = ("",), write_back: bool = Fals
                 except Exception as error:  # noqa: BLE001 - each filesystem has its own errors
                     raise StoreError(f"{target.url}/{relative}: cannot write to the store "
                                      f"({first_line(error)})") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def output_folder(target: Path | OutputStore) -> Iterator[Path]:
+    """A folder to write a command's outputs in: ``target`` when local; for a store, a temp folder
+    whose files are put there (those in subfolders first, so a page never names a missing
+    picture) when the block ends without an error, then removed."""
+    if isinstance(target, Path):
+        yield target
+        return
+    folder = Path(tempfile.mkdtemp(prefix="igcli-out-"))
+    try:
+        yield folder
+        files = [p.relative_to(folder) for p in folder.rglob("*") if p.is_file()]
+        for relative in sorted(files, key=lambda path: (len(path.parts) == 1, path.as_posix())):
+            try:
+                target.put_file(folder / relative, relative.as_posix())
+            except Exception as error:  # noqa: BLE001 - each filesystem has its own errors
+                raise StoreError(f"{target.url}/{relative.as_posix()}: cannot write to the store "
+                                 f"({first_line(error)})") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
