@@ -414,6 +414,7 @@ def test_a_local_folder_named_like_a_scheme_is_kept_when_asked_for_plainly(tmp_p
     assert run("explain", "-c", DIGITS_CONFIG, IMAGES[0], "-o", "./s3:/x", *FAST).exit_code == 0
     assert (tmp_path / "s3:" / "x" / "results.jsonl").is_file()
     assert output_target("notafsspecscheme:/x") == Path("notafsspecscheme:/x")
+    assert output_target(f"file:{tmp_path}/y") == output_target(f"file://{tmp_path}/y") == tmp_path / "y"
     probe = ("import sys; from igcli.results.store import output_target; "
              "output_target('out/x'); output_target('./s3:/x'); print('fsspec' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)

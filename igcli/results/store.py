@@ -48,6 +48,8 @@ def output_target(text: str) -> Path | OutputStore:
     if not text.strip():  # Path("") is the current folder: outputs would land among the user's files
         raise UsageError(f"-o {text!r}: an empty folder name; give -o a folder, e.g. -o out/")
     if not is_url(text):
+        if text.startswith("file:/"):  # RFC 8089's short form: file:/tmp/x is /tmp/x
+            return Path(text[len("file:"):])
         _refuse_missing_slash(text)
         return Path(text)
     fs, path = url_filesystem(text)
