@@ -45,7 +45,8 @@ def test_an_earlier_runs_output_folder_as_inputs_is_one_line_and_exit_2(earlier_
     result = run("explain", "-c", DIGITS_CONFIG, spec.format(loc=earlier_output), "-o", tmp_path / "loc2", *FAST)
     assert result.exit_code == 2, result.output
     [line] = error_lines(result)
-    assert f"{earlier_output} is an igcli run's output folder (manifest.json there)" in line
+    assert "an igcli run's output folder (manifest.json there)" in line
+    assert line.count(str(earlier_output)) == (1 if spec == "{loc}" else 2)  # a folder is named once
     assert "name the inputs' own folder" in line
     assert not (tmp_path / "loc2" / "results.jsonl").exists()
     # The inputs beside the output are still explained when named; a rerun into loc/ is unchanged.
@@ -98,3 +99,13 @@ def test_a_memory_url_output_folder_as_inputs_is_one_line_and_exit_2(tmp_path):
         assert len(records(tmp_path / "p")) == len(IMAGES)
     finally:
         fs.rm(root, recursive=True)
+
+
+def test_an_earlier_runs_output_below_an_input_folder_is_skipped_with_a_warning_naming_it(earlier_output, tmp_path):
+    parent = earlier_output.parent
+    shutil.copy(IMAGES[0], parent / IMAGES[0].name)
+    result = run("explain", "-c", DIGITS_CONFIG, parent, "-o", tmp_path / "out2", "--device", "cpu", "--steps", "8")
+    assert result.exit_code == 0, result.output
+    assert f"{earlier_output}: skipped, an igcli run's output folder (manifest.json there)" in result.output
+    records = [json.loads(line) for line in (tmp_path / "out2" / "results.jsonl").read_text().splitlines()]
+    assert [record["relpath"] for record in records] == [IMAGES[0].name]

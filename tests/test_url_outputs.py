@@ -404,8 +404,12 @@ def test_an_output_folder_like_a_url_missing_a_slash_is_refused_and_nothing_is_w
         ["diff", small_run, small_run]
     result = run(*runs, "-o", "s3:/bkt/x")
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == ["igcli: error: -o s3:/bkt/x: looks like a URL missing a slash; "
+    assert result.output.strip().splitlines() == ["igcli: error: -o s3:/bkt/x: looks like a URL without its '//'; "
                                                   "write s3://bkt/x (or ./s3:/bkt/x for a local folder)"]
+    result = run(*runs, "-o", "s3:bkt/x")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["igcli: error: -o s3:bkt/x: looks like a URL without its '//'; "
+                                                  "write s3://bkt/x (or ./s3:bkt/x for a local folder)"]
     assert list(cwd.iterdir()) == []
 
 

@@ -189,8 +189,12 @@ class _OutputFolders:
     def is_output(self, folder: Path | str) -> bool:
         folder = str(folder)
         if folder not in self._known:
-            self._known[folder] = (self.exclude is not None and os.path.realpath(folder) == self.exclude) or \
-                _marker(folder) is not None
+            own = self.exclude is not None and os.path.realpath(folder) == self.exclude
+            marker = None if own else _marker(folder)
+            if marker is not None:
+                log.warning("%s: skipped, an igcli run's output folder (%s there); its files are not read as inputs",
+                            folder, marker)
+            self._known[folder] = own or marker is not None
         return self._known[folder]
 
     def refuse_as_input(self, root: Path | str, spec: str) -> None:

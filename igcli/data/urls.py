@@ -40,7 +40,9 @@ def is_output_marker(name: str, read: Callable[[int], bytes]) -> bool:
 
 def output_root_error(spec: str, folder: str, marker: str) -> UsageError:
     """The one line for an input folder (or a glob's folder) that is itself an igcli run's output."""
-    return UsageError(f"{spec}: {folder} is an igcli run's output folder ({marker} there), so its heatmaps and "
+    subject = "an igcli run's output folder" if spec.rstrip("/") == folder.rstrip("/") else \
+        f"{folder} is an igcli run's output folder"
+    return UsageError(f"{spec}: {subject} ({marker} there), so its heatmaps and "
                       "summaries would be read as inputs; name the inputs' own folder or files inside it "
                       "instead, or move them out of it")
 

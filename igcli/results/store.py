@@ -35,7 +35,7 @@ ATOMIC_PUT = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", 
 LOCK_KEY = ".igcli.lock"
 STALE_SECONDS = 300.0  # a lock not refreshed for this long belongs to a run that died
 _serial = itertools.count()
-_SCHEME_COMPONENT = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]+):(?:/|$)")  # "s3:" as a path's first component
+_SCHEME_COMPONENT = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]+):")  # "s3:" as a path's first component
 
 
 class StoreError(IgcliError):
@@ -71,8 +71,8 @@ def _refuse_missing_slash(text: str) -> None:
         return
     scheme = match.group(1)
     if scheme.lower() in fsspec.available_protocols():
-        raise UsageError(f"-o {text}: looks like a URL missing a slash; write {scheme}:/{text[len(scheme) + 1:]} "
-                         f"(or ./{text} for a local folder)")
+        url = f"{scheme}://{text[len(scheme) + 1:].lstrip('/')}"
+        raise UsageError(f"-o {text}: looks like a URL without its '//'; write {url} (or ./{text} for a local folder)")
 
 
 @contextmanager
