@@ -246,8 +246,8 @@ class SmoothGradSection(Section):
 def _pixel_noise(sigma: float) -> float:
     """A noise std over 1 (the whole [0, 1] pixel range) is a unit mistake: 0-255 units, most likely."""
     if sigma > 1:
-        raise ValueError(f"noise std is in pixel units [0, 1]; {sigma:g} looks like 0-255 units: "
-                         f"use {sigma / 255:.3g} ({sigma:g}/255)")
+        units = f"; {sigma:g}/255 = {sigma / 255:.3g}" if sigma >= 2 else ""
+        raise ValueError(f"the noise std is a fraction of the pixel range [0, 1] (0.1 to 0.2 is usual){units}")
     return sigma
 
 
@@ -275,8 +275,8 @@ class Config(Section):
     # index | label | "predicted" | {top_k: k} | {above: t} | {class: k, region: predicted|mask file}
     target: Union[int, TopK, Above, Region, str] = Field("predicted", description="class index, label name, "
                                                          "predicted, or one of the forms below (docs/targets.md)")
-    steps: Union[int, Literal["auto"]] = Field("auto", description="m: a fixed number of steps (intervals for "
-                                               "adaptive); auto: refine each input until it meets the tolerances")
+    steps: Union[int, Literal["auto"]] = Field("auto", description="m: a fixed number of steps, at most "
+                                               "65536 (intervals for adaptive); auto: refine each input until it meets the tolerances")
     method: Rule = Field(DEFAULT_RULE, description="the quadrature rule (docs/method.md)")
     tolerance: float = Field(0.01, gt=0, description="steps: auto: the relative completeness error that stops "
                              "refinement")
@@ -285,7 +285,7 @@ class Config(Section):
                                         "map's estimated relative L2 error is within this (null: completeness only)")
     min_steps: int = Field(8, ge=1, description="steps: auto: where the fixed rules start (adaptive starts at 4 "
                            "intervals)")
-    max_steps: int = Field(512, ge=1, description="steps: auto: the cap; a record that reaches it says "
+    max_steps: int = Field(512, ge=1, description="steps: auto: the cap (at most 65536); a record that reaches it says "
                            "converged: false, stopped_by: max_steps")
     # Path points (inputs x baselines x steps) per backward; on a CPU, shared by the chunks in
     # flight (two on several cores: batches of half each, pipeline/overlap.py).
@@ -376,10 +376,11 @@ class Config(Section):
         if self.regions is None:
             return self
         if self.input.kind != "image" or isinstance(self.target, Region):
-            raise ValueError("regions applies to image inputs with a class target; remove it")
+            raise RuleError("regions applies to image inputs with a class target; remove it", "regions",
+                            "input.kind", "target")
         if self.layer is not None:
-            raise ValueError("regions ranks regions of a map shaped like the input; layer IG's map is the layer's; "
-                             "remove regions or layer")
+            raise RuleError("regions ranks regions of a map shaped like the input; layer IG's map is the layer's; "
+                            "remove regions or layer", "regions", "layer")
         return self
 
     @field_validator("steps", "chunk_inputs", "batch_size")
@@ -387,6 +388,15 @@ class Config(Section):
     def _positive_or_auto(cls, value: int | str, info: ValidationInfo) -> int | str:
         if isinstance(value, int) and value < 1:
             raise ValueError(f"{info.field_name} must be a positive integer or 'auto'")
+        return value
+
+    @field_validator("steps", "max_steps")
+    @classmethod
+    def _steps_cap(cls, value: int | str, info: ValidationInfo) -> int | str:
+        # Beyond this a run takes hours per input and gains nothing measurable over the reference rule.
+        if isinstance(value, int) and value > MAX_STEPS:
+            raise ValueError(f"at most {MAX_STEPS}; gausslegendre with 1024 steps is a reference map already "
+                             "(docs/accuracy.md)")
         return value
 
     @field_validator("device")
@@ -398,6 +408,7 @@ class Config(Section):
         return device
 
 
+MAX_STEPS = 65536
 METHOD_KEYS = ("path", "smoothgrad", "layer")  # absent from resolved() at their defaults: run keys stay as they were
 
 PATH_KEYS: tuple[KeyPath, ...] = (("model", "path"), ("model", "labels"), ("model", "tokenizer"),
@@ -479,7 +490,31 @@ def describe_error(detail: dict[str, Any], source: ConfigSource) -> str:
         return f"{_rule_origin(rule.keys, source)}: {_short(message)}"
     if not loc:  # a rule across keys: its message names them, and the whole config is no help to show
         return f"{where}: {_short(message)}"
-    return f"{where}: '{dotted}': {_short(message)} (got {_short(repr(detail.get('input')))})"
+    if detail["type"] == "model_type":  # a scalar where a section is due (`--set model=x.pt`)
+        keys = ", ".join(f"{dotted}.{name}" for name in list(_section_keys(loc))[:3])
+        off = _off_hint(loc, detail.get("input"))
+        return f"{where}: '{dotted}' is a section: give its keys ({keys}, ...), not a value{off}"
+    got = detail.get("input")
+    return f"{where}: '{dotted}': {_short(message)} (got {_short(repr(got))}){_off_hint(loc, got)}"
+
+
+def _section_keys(loc: KeyPath) -> dict[str, Any]:
+    """The fields of the section at ``loc``, or none where ``loc`` is not one."""
+    section: Any = Config
+    for part in loc:
+        field = section.model_fields.get(part) if isinstance(section, type) and issubclass(section, BaseModel) else None
+        members = [m for m in typing.get_args(field.annotation) or (field.annotation,)] if field else []
+        section = next((m for m in members if isinstance(m, type) and issubclass(m, BaseModel)), None)
+    return dict(section.model_fields) if section is not None else {}
+
+
+def _off_hint(loc: KeyPath, value: Any) -> str:
+    """A key that null turns off, given a word for off: say so."""
+    words = ("none", "off", "no", "false", "disabled")
+    field = Config.model_fields.get(loc[0]) if len(loc) == 1 else None
+    nullable = field is not None and type(None) in typing.get_args(field.annotation)
+    said_off = value is False or isinstance(value, str) and value.strip().lower() in words
+    return f"; null (or leaving the key out) turns {loc[0]} off" if nullable and said_off else ""
 
 
 def _rule_origin(keys: tuple[str, ...], source: ConfigSource) -> str:

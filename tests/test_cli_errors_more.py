@@ -68,13 +68,15 @@ def test_a_cuda_index_past_the_last_device_is_a_usage_error(tmp_path):
 
 
 @pytest.mark.parametrize("sets,key,fix", [
-    (["smoothgrad={samples: 4, sigma: 25}"], "smoothgrad.sigma", "use 0.098 (25/255)"),
-    (["baseline.kind=gaussian", "baseline.sigma=51"], "baseline.sigma", "use 0.2 (51/255)"),
+    (["smoothgrad={samples: 4, sigma: 25}"], "smoothgrad.sigma", "; 25/255 = 0.098 (got 25)"),
+    (["baseline.kind=gaussian", "baseline.sigma=51"], "baseline.sigma", "; 51/255 = 0.2 (got 51)"),
+    (["smoothgrad={samples: 4, sigma: 1.5}"], "smoothgrad.sigma", "(0.1 to 0.2 is usual) (got 1.5)"),  # no 0-255 guess
 ])
-def test_a_noise_sigma_over_the_pixel_range_is_refused_as_a_unit_mistake(sets, key, fix):
+def test_a_noise_sigma_over_the_pixel_range_is_refused_with_the_unit_it_takes(sets, key, fix):
     result = igcli("validate-config", DIGITS_CONFIG, *[arg for text in sets for arg in ("--set", text)])
     line = one_error_line(result)
-    assert result.exit_code == 2 and f"--set: '{key}': noise std is in pixel units [0, 1]" in line and fix in line
+    assert result.exit_code == 2 and line.endswith(fix)
+    assert f"--set: '{key}': the noise std is a fraction of the pixel range [0, 1]" in line
 
 
 def test_noise_sigmas_within_the_pixel_range_and_blur_sigmas_in_pixels_pass():
@@ -213,3 +215,44 @@ def test_an_empty_output_folder_name_is_refused_not_the_current_folder(tmp_path,
 def test_a_target_form_error_names_its_key_not_a_key_of_another_form(target, line):
     result = igcli("validate-config", DIGITS_CONFIG, "--set", f"target={target}")
     assert result.exit_code == 2 and one_error_line(result) == f"igcli: error: {line}"
+
+
+@pytest.mark.parametrize("text,line", [
+    ("regions=none", "'regions': Input should be 'xrai' (got 'none'); null (or leaving the key out) turns regions off"),
+    ("regions=off", "(got False); null (or leaving the key out) turns regions off"),  # YAML's off is false
+    ("smoothgrad=none", "'smoothgrad' is a section: give its keys (smoothgrad.samples, smoothgrad.sigma, "
+                        "smoothgrad.seed, ...), not a value; null (or leaving the key out) turns smoothgrad off"),
+    ("map_tolerance=off", "(got False); null (or leaving the key out) turns map_tolerance off"),
+    ("model=", "'model' is a section: give its keys (model.path, model.factory, model.score, ...), not a value"),
+    ("input=gray", "'input' is a section: give its keys (input.kind, "),
+    ("steps=99999999999", "'steps': at most 65536; gausslegendre with 1024 steps is a reference map already"),
+    ("max_steps=65537", "'max_steps': at most 65536;"),
+])
+def test_a_word_for_off_a_value_for_a_section_and_endless_steps_get_the_fix(text, line):
+    result = igcli("validate-config", DIGITS_CONFIG, "--set", text)
+    assert result.exit_code == 2 and line in one_error_line(result)
+    assert "ModelSection" not in result.stderr
+
+
+def test_the_steps_cap_itself_and_null_regions_pass():
+    assert igcli("validate-config", DIGITS_CONFIG, "--set", "steps=65536", "--set", "regions=null").exit_code == 0
+
+
+def test_the_regions_rules_name_the_set_that_broke_them(tmp_path):
+    config = digits_config_with(tmp_path, "regions: xrai\n")
+    for sets, says in ((["--set", "layer=conv1"], "regions ranks regions of a map shaped like the input"),
+                       (["--set", "target.class=1", "--set", "target.region=predicted"], "regions applies to image")):
+        result = igcli("validate-config", config, *sets)
+        assert result.exit_code == 2 and one_error_line(result).startswith(f"igcli: error: --set: {says}"), sets
+
+
+@pytest.mark.parametrize("url,says", [
+    ("S3://bucket/x", "S3://bucket/x: URL schemes are lower case here; did you mean s3://?"),
+    ("Memory://x", "did you mean memory://?"),
+    ("s4://bucket/x", "fsspec knows no 's4' filesystem; known: s3, gs, "),
+])
+def test_an_output_url_with_a_mistyped_scheme_gets_the_likely_one(tmp_path, url, says, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = igcli("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", url)
+    assert result.exit_code == 2 and says in one_error_line(result)
+    assert list(tmp_path.iterdir()) == []

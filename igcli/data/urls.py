@@ -7,6 +7,7 @@ package is not installed (s3fs, gcsfs) is one line naming the package. docs/scal
 """
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -67,8 +68,13 @@ def url_filesystem(url: str) -> tuple[Any, str]:
         raise UsageError(f"{url}: the {scheme}:// filesystem needs a package that is not installed ({error}); "
                          f"pip install it (s3fs for s3://, gcsfs for gs://)") from None
     except ValueError:
-        known = ", ".join(sorted(fsspec.available_protocols())[:12])
-        raise UsageError(f"{url}: fsspec knows no '{scheme}' filesystem (known: {known}, ...)") from None
+        protocols = fsspec.available_protocols()
+        if scheme.lower() in protocols:
+            raise UsageError(f"{url}: URL schemes are lower case here; did you mean {scheme.lower()}://?") from None
+        close = difflib.get_close_matches(scheme, protocols, n=1)
+        common = [name for name in ("s3", "gs", "az", "memory", "file", "http", "https") if name in protocols]
+        hint = f"did you mean {close[0]}://?" if close else f"known: {', '.join(common)} and {len(protocols) - len(common)} more"
+        raise UsageError(f"{url}: fsspec knows no '{scheme}' filesystem; {hint}") from None
 
 
 @dataclass(frozen=True)
