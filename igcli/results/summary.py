@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from igcli.results.report import read_records
 
 log = logging.getLogger("igcli")
 WORST = 5  # inputs listed per weakness
+CLASS_MAP = re.compile(r"class_\d+\.(npy|png)")
 TOP_TOKENS = 10  # tokens and words listed per class
 # Per metric, whether a larger value is worse (deletion: the score stays up as evidence goes).
 WORSE_WHEN_LARGER = {"deletion": True, "insertion": False, "infidelity": True, "sensitivity": True}
@@ -110,9 +112,11 @@ class SummaryBuilder:
     def write(self) -> Path:
         """Write summary.json and the mean maps; returns summary.json's path."""
         summary = self.to_json()
+        written = set()
         for index, totals in self.classes.items():
             if totals.map_sum is None or totals.mixed_shapes:
                 continue
+            written |= {f"class_{index}.npy", f"class_{index}.png"}
             mean = totals.map_sum / totals.map_count
             buffer = io.BytesIO()
             np.save(buffer, mean)
@@ -121,7 +125,18 @@ class SummaryBuilder:
             write_bytes_atomic(self.out_dir / f"summary/class_{index}.png", png_bytes(np.asarray(picture)))
         path = self.out_dir / "summary.json"
         write_bytes_atomic(path, (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
+        _remove_other_class_maps(self.out_dir / "summary", written)
         return path
+
+
+def _remove_other_class_maps(folder: Path, written: set[str]) -> None:
+    """An earlier run's mean maps of classes this summary does not list: summary.json no longer names them."""
+    for path in folder.glob("class_*.*") if folder.is_dir() and not folder.is_symlink() else ():
+        if path.name not in written and CLASS_MAP.fullmatch(path.name) and not path.is_symlink():
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as error:
+                log.warning("%s: cannot remove an earlier run's mean map (%s)", path, error.strerror or error)
 
 
 def rebuild_summary(out_dir: Path) -> Path:
