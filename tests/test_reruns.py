@@ -3,6 +3,7 @@ files the earlier records named and the new ones do not are gone, and so are the
 classes the new summary lacks; a user's own file, a name that leaves the folder, a link, an
 unfinished run and --resume keep what they keep."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from igcli.cli.commands import main
+from igcli.results.earlier_run import RUN_FILES
 
 from .conftest import DIGITS_CONFIG, SAMPLE_DATA
 
@@ -51,15 +53,42 @@ def test_a_complete_rerun_leaves_only_the_files_its_records_name(tmp_path):
     assert summary_files == {"class_0.npy", "class_0.png", "class_1.npy", "class_1.png", "notes.txt"}
 
 
-def test_an_unfinished_rerun_keeps_the_earlier_files(tmp_path):
+def test_an_unfinished_rerun_keeps_the_earlier_files_and_the_next_complete_run_removes_them(tmp_path):
     out = tmp_path / "out"
     assert explain(out, ZERO, ONE, SEVEN).exit_code == 0
+    earlier = own_files(out) | {f"summary/{name}" for name in os.listdir(out / "summary")}
     broken = tmp_path / "in" / "broken.png"
     broken.parent.mkdir()
     broken.write_bytes(b"not a png")
     result = explain(out, broken, ZERO, options=("--max-errors", "0"))
     assert result.exit_code == 1 and json.loads((out / "manifest.json").read_text())["state"] == "stopped"
-    assert (out / "heatmaps" / "seven_1443.png").is_file() and (out / "records" / "one_1449.json").is_file()
+    assert own_files(out) | {f"summary/{name}" for name in os.listdir(out / "summary")} == earlier
+
+    assert explain(out, ZERO).exit_code == 0  # its results.jsonl no longer names seven's files; still removed
+    assert own_files(out) == named_files(out) == {"heatmaps/zero_1437.png", "attributions/zero_1437.npy",
+                                                  "records/zero_1437.json"}
+    assert sorted(os.listdir(out / "summary")) == ["class_0.npy", "class_0.png"]
+    assert not [name for name in os.listdir(out) if name.startswith(".igcli")]
+
+
+@pytest.mark.parametrize("files", [{"results.jsonl": '{"outputs": {"h": "heatmaps/important.png"}}\n'},
+                                   {"report.html": "<p>mine</p>", "manifest.json": '{"dataset": "mine"}'}])
+def test_a_folder_holding_files_named_as_a_runs_but_no_igcli_manifest_is_not_written_into(tmp_path, files):
+    out = tmp_path / "proj"
+    (out / "heatmaps").mkdir(parents=True)
+    (out / "heatmaps" / "important.png").write_bytes(b"mine")
+    for name, text in files.items():
+        (out / name).write_text(text)
+    result = explain(out, ZERO)
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"igcli: error: {out}: holds {', '.join(sorted(files, key=RUN_FILES.index))} "
+                                     "but no manifest.json of an igcli run, so a run would overwrite them; give "
+                                     "another -o, or move those files")
+    assert sorted(path.name for path in out.rglob("*")) == sorted([*files, "heatmaps", "important.png"])
+    assert all((out / name).read_text() == text for name, text in files.items())
+    (out / next(iter(files))).write_text("")  # an empty file holds nothing to lose
+    if len(files) == 1:
+        assert explain(out, ZERO).exit_code == 0 and (out / "heatmaps" / "important.png").read_bytes() == b"mine"
 
 
 def test_resume_keeps_the_files_of_the_records_it_reuses(tmp_path):

@@ -26,6 +26,7 @@ from igcli.pipeline.resume import ChunkReuse, PreviousRun, record_key, run_key
 from igcli.pipeline.stop import StopNow, StopRequest, stop_on_signals
 from igcli.pipeline.summary import RunSummary, manifest
 from igcli.results.atomic_files import remove_leftovers
+from igcli.results.earlier_run import check_output_folder
 from igcli.results.naming import OutputNames
 from igcli.results.parquet import require_parquet
 from igcli.results.publish import staged_output
@@ -64,6 +65,8 @@ def explain_inputs(
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     job = job or make_job(config, options)
     refs = _input_refs(config, specs, shard, out_dir if isinstance(out_dir, Path) else None)
+    if isinstance(out_dir, Path):
+        check_output_folder(out_dir)
     with staged_output(out_dir, resume) as out_dir, \
             OutputLock(out_dir) if out_dir is not None else nullcontext(), \
             workers.start(config, job) if workers is not None else nullcontext() as pool:

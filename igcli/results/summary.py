@@ -109,8 +109,9 @@ class SummaryBuilder:
             | {name: distribution([r["metrics"].get(name) for r in self.rows]) for name in metric_names},
         }
 
-    def write(self) -> Path:
-        """Write summary.json and the mean maps; returns summary.json's path."""
+    def write(self, prune: bool = False) -> Path:
+        """Write summary.json and the mean maps; returns summary.json's path. ``prune``: also remove
+        the mean maps of classes summary.json does not list (an earlier run's)."""
         summary = self.to_json()
         written = set()
         for index, totals in self.classes.items():
@@ -125,7 +126,8 @@ class SummaryBuilder:
             write_bytes_atomic(self.out_dir / f"summary/class_{index}.png", png_bytes(np.asarray(picture)))
         path = self.out_dir / "summary.json"
         write_bytes_atomic(path, (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
-        _remove_other_class_maps(self.out_dir / "summary", written)
+        if prune:
+            _remove_other_class_maps(self.out_dir / "summary", written)
         return path
 
 

@@ -24,8 +24,8 @@ from igcli.config import OutputSection
 from igcli.errors import IgcliError, ReaderGone, UsageError
 from igcli.names import printable
 from igcli.results.atomic_files import write_bytes_atomic
+from igcli.results.earlier_run import earlier_outputs, named_outputs, settle_unnamed
 from igcli.results.heatmap import outline_region, render_bare, render_overlay, signed_map
-from igcli.results.leftovers import earlier_outputs, named_outputs, remove_leftovers
 from igcli.results.parquet import PARQUET_DIR, ParquetParts, remove_parts
 from igcli.results.pipes import drop_closed_stream
 from igcli.results.png import png_bytes
@@ -76,10 +76,10 @@ class RunWriter:
         self._parquet = ParquetParts(out_dir / PARQUET_DIR) if out_dir is not None and options.format == "parquet" \
             else None
         # The earlier run's files that no record of this run names yet: removed if this run completes.
-        self._leftovers: set[str] = set()
+        self._unnamed: set[str] = set()
         if out_dir is not None:
             _check_writable(out_dir)
-            self._leftovers = earlier_outputs(out_dir)
+            self._unnamed = earlier_outputs(out_dir)
             self._open_stream(out_dir / "results.jsonl")
         if jsonl == "-":
             self.streams.append(sys.stdout)
@@ -154,8 +154,8 @@ class RunWriter:
                 continue
             lines, records = outcome
             self._emit(lines)
-            if self._leftovers:
-                self._leftovers -= named_outputs(records)
+            if self._unnamed:
+                self._unnamed -= named_outputs(records)
             if self._parquet is not None:
                 self._parquet.add(lines)
             for record in records:
@@ -302,11 +302,11 @@ class RunWriter:
                 log.error("%s: %s", stream.name, error.strerror or error)
         if self.out_dir is None:
             return
-        if manifest.get("state") == "complete":
-            remove_leftovers(self.out_dir, self._leftovers)
+        complete = manifest.get("state") == "complete"
+        settle_unnamed(self.out_dir, self._unnamed, complete)
         try:
             write_bytes_atomic(self.out_dir / "manifest.json", _dumps(manifest, indent=2).encode())
-            self._summary.write()
+            self._summary.write(prune=complete)
             write_report(self.out_dir, self._thumbnails)
         except OSError as error:
             log.error("%s: cannot write manifest.json or report.html (%s)", self.out_dir, error.strerror or error)
