@@ -76,6 +76,7 @@ def explain_inputs(
             log.info("removed %d temporary file(s) left by an interrupted run", removed)
         writer = RunWriter(out_dir, config.output, jsonl, show, options.writer_threads, options.manifest_every)
         summary = RunSummary()
+        writer.on_failed_late = summary.failed_late
         status = functools.partial(manifest, config, job, summary, started)
         _run(job, config, refs, ChunkReuse(previous, run_key(config)), writer, summary, status, progress,
              max_errors, clock, options, pool)

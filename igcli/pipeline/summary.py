@@ -35,6 +35,11 @@ class RunSummary:
     signal: int | None = None  # the signal that stopped it (exit code 128 + signal)
     metrics: MetricTotals = field(default_factory=MetricTotals)  # the records' metrics, when configured
 
+    def failed_late(self, records: int) -> None:
+        """One input's ``records``, counted as written, failed as their files were written."""
+        self.failed += 1
+        self.records -= records
+
     def add(self, record: dict[str, Any]) -> None:
         """Count one written record; an input's first record counts the input."""
         if record.get("error") is not None:

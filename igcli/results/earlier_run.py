@@ -25,6 +25,12 @@ log = logging.getLogger("igcli")
 OWN_FOLDERS = frozenset({"heatmaps", "attributions", "records", "html", "regions"})
 RUN_FILES = ("results.jsonl", "manifest.json", "report.html", "summary.json")
 PENDING = ".igcli-unnamed"  # an unfinished run's list of earlier files no record names
+TOP_LEVEL_OUTPUTS = frozenset({"summary", "results.parquet", "results.jsonl", "report.html", "summary.json"})
+
+
+def inside(path: Path, out_dir: Path) -> bool:
+    """Whether ``path`` (existing or not) stays inside ``out_dir`` once links on the way are followed."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(out_dir))
 
 
 def is_run_folder(out_dir: Path) -> bool:
@@ -35,8 +41,15 @@ def is_run_folder(out_dir: Path) -> bool:
 
 def check_output_folder(out_dir: Path) -> None:
     """UsageError where ``out_dir`` holds files named as a run's (results.jsonl, ...) but is no igcli
-    run's folder: a run would overwrite someone's files."""
-    if not out_dir.is_dir() or is_run_folder(out_dir):
+    run's folder (a run would overwrite someone's files), or where one of its outputs is a link that
+    leads out of it (a run would write there)."""
+    if not out_dir.is_dir():
+        return
+    for name in sorted(OWN_FOLDERS | TOP_LEVEL_OUTPUTS):
+        if not inside(out_dir / name, out_dir):
+            raise UsageError(f"{out_dir / name}: a link to {os.path.realpath(out_dir / name)}, outside the output "
+                             "folder; igcli writes only inside -o: remove the link, or give another -o")
+    if is_run_folder(out_dir):
         return
     taken = [name for name in RUN_FILES if (out_dir / name).is_file() and (out_dir / name).stat().st_size > 0]
     if taken:

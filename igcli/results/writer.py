@@ -15,7 +15,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, TextIO
 
 import numpy as np
@@ -24,7 +24,7 @@ from igcli.config import OutputSection
 from igcli.errors import IgcliError, ReaderGone, UsageError
 from igcli.names import printable
 from igcli.results.atomic_files import write_bytes_atomic
-from igcli.results.earlier_run import earlier_outputs, named_outputs, settle_unnamed
+from igcli.results.earlier_run import earlier_outputs, inside, named_outputs, settle_unnamed
 from igcli.results.heatmap import outline_region, render_bare, render_overlay, signed_map
 from igcli.results.parquet import PARQUET_DIR, ParquetParts, remove_parts
 from igcli.results.pipes import drop_closed_stream
@@ -39,7 +39,7 @@ log = logging.getLogger("igcli")
 MAX_PENDING = 64  # inputs whose files may be in the writers' hands at once: bounds memory
 # Errors that an output's name causes (too long, bytes the file system refuses), not the disk.
 NAME_ERRORS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
-CHUNK_END = ([], [])  # queued after a chunk's groups (RunWriter.end_chunk): no lines of its own
+CHUNK_END = ([], [], 0)  # queued after a chunk's groups (RunWriter.end_chunk): no lines of its own
 
 
 def writer_threads(asked: int | None = None) -> int:
@@ -60,6 +60,7 @@ class RunWriter:
     def __init__(self, out_dir: Path | None, options: OutputSection, jsonl: str | None = None,
                  show: TextIO | None = None, threads: int | None = None, manifest_every: float = 1.0):
         self.out_dir, self.options, self.show = out_dir, options, show
+        self.on_failed_late: Callable[[int], None] | None = None  # records that failed as their files were written
         self.streams: list[TextIO] = []
         self._owned: list[TextIO] = []
         self._manifest_written = time.monotonic()
@@ -77,6 +78,7 @@ class RunWriter:
             else None
         # The earlier run's files that no record of this run names yet: removed if this run completes.
         self._unnamed: set[str] = set()
+        self._folders_inside: set[PurePosixPath] = set()  # output subfolders found to stay inside out_dir
         if out_dir is not None:
             _check_writable(out_dir)
             self._unnamed = earlier_outputs(out_dir)
@@ -97,7 +99,9 @@ class RunWriter:
 
     def write_group(self, results: list[Attribution | Failure]) -> list[dict[str, Any]]:
         """Queue one input's files; its record lines follow together, in input order, once the
-        files are written. Returns the records (without ``outputs``) for the run's totals."""
+        files are written. Returns the records (without ``outputs``) for the run's totals; a record
+        that fails only as its files are written is told to ``on_failed_late`` (the count) later."""
+        results = [self._unless_led_out(result) for result in results]
         if self._pool is not None:
             self._pending.append(self._pool.submit(self._write_files_and_lines, results))
         else:
@@ -115,12 +119,12 @@ class RunWriter:
         if self._summary is not None:
             for record in records:
                 self._summary.add(record)
-        self._pending.append(_done((lines, records)))
+        self._pending.append(_done((lines, records, 0)))
         self._flush(keep=MAX_PENDING)
         return records
 
-    def _write_files_and_lines(self, results: list[Attribution | Failure]) -> tuple[list[str], list[dict[str, Any]]]:
-        records = []
+    def _write_files_and_lines(self, results: list[Attribution | Failure]) -> tuple[list[str], list[dict], int]:
+        records, failed_late = [], 0
         for result in results:
             if isinstance(result, Attribution) and self.out_dir is not None:
                 try:
@@ -133,8 +137,23 @@ class RunWriter:
                     result = Failure(result.sample.source, result.sample.relpath, "OutputError",
                                      f"{result.sample.source}: cannot write its outputs under this name "
                                      f"({error.strerror or error}); rename the file")
+                    failed_late += 1
             records.append(result.to_json())
-        return [_dumps(record) for record in records], records
+        return [_dumps(record) for record in records], records, failed_late
+
+    def _unless_led_out(self, result: Attribution | Failure) -> Attribution | Failure:
+        """``result``, or its Failure where a folder its files go to is a link out of ``out_dir``."""
+        if self.out_dir is None or not isinstance(result, Attribution):
+            return result
+        folder = PurePosixPath(result.name).parent
+        if folder not in self._folders_inside:
+            for top in ("heatmaps", "attributions", "records", "html", *REGION_FOLDERS.values()):
+                if not inside(self.out_dir / top / folder, self.out_dir):
+                    return Failure(result.sample.source, result.sample.relpath, "OutputError",
+                                   f"{result.sample.source}: its output folder {top}/{folder} leads out of "
+                                   f"{self.out_dir} through a link; remove the link")
+            self._folders_inside.add(folder)
+        return result
 
     def end_chunk(self) -> None:
         """The groups written since the last call are a chunk: with output.format parquet, one part."""
@@ -152,7 +171,9 @@ class RunWriter:
             if outcome is CHUNK_END:
                 self._write_part()
                 continue
-            lines, records = outcome
+            lines, records, failed_late = outcome
+            if failed_late and self.on_failed_late is not None:
+                self.on_failed_late(failed_late)
             self._emit(lines)
             if self._unnamed:
                 self._unnamed -= named_outputs(records)
