@@ -256,3 +256,14 @@ def test_an_output_url_with_a_mistyped_scheme_gets_the_likely_one(tmp_path, url,
     result = igcli("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", url)
     assert result.exit_code == 2 and says in one_error_line(result)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_label_target_not_in_the_labels_file_is_caught_by_validate_config_with_the_nearest_label(tmp_path):
+    result = igcli("validate-config", DIGITS_CONFIG, "--set", "target=sevn")
+    assert result.exit_code == 2
+    assert one_error_line(result) == ("igcli: error: target 'sevn': not among the 10 labels in the labels file (did "
+                                      "you mean 'seven'?); a label name, a class index, predicted, or {top_k: k}")
+    explained = igcli("explain", "-c", DIGITS_CONFIG, SAMPLE_DATA / "images", "-o", tmp_path / "out", "--set",
+                      "target=sevn")
+    assert explained.exit_code == 2 and one_error_line(explained) == one_error_line(result)
+    assert igcli("validate-config", DIGITS_CONFIG, "--set", "target=seven").exit_code == 0

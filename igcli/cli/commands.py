@@ -204,6 +204,11 @@ def validate_config(config_file: Path | None, sets: tuple[str, ...]) -> None:
     from igcli.config import resolved
 
     config = build_config(config_file, sets, {})
+    if isinstance(config.target, str) and config.target != "predicted" and config.model.labels is not None \
+            and config.model.labels.is_file():
+        from igcli.pipeline.common import read_labels, resolve_target
+
+        resolve_target(config.target, read_labels(config.model.labels))  # explain refuses a name not listed
     if config.layer is not None:  # only then torch: the name is checked against the model's modules
         from igcli.pipeline.methods import layer_check_line
 

@@ -1,6 +1,7 @@
 """What image and text jobs share: the job base class, targets, labels, and turning Explanations into records."""
 from __future__ import annotations
 
+import difflib
 import math
 import time
 from pathlib import Path
@@ -155,7 +156,10 @@ def resolve_target(target: int | TopK | Above | Region | str, labels: list[str] 
     if labels is None:
         raise ConfigError(f"target '{target}': a label name needs model.labels (a file, one label per line)")
     if target not in labels:
-        raise ConfigError(f"target '{target}': not among the {len(labels)} labels in the labels file")
+        close = difflib.get_close_matches(target, labels, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"labels: {', '.join(labels[:8])}{', ...' if len(labels) > 8 else ''}"
+        raise ConfigError(f"target '{target}': not among the {len(labels)} labels in the labels file ({hint}); "
+                          "a label name, a class index, predicted, or {top_k: k}")
     return TargetSpec("index", labels.index(target))
 
 
