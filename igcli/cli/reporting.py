@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import sys
 from typing import Any, Callable
 
 import click
@@ -30,6 +32,15 @@ def reporting_errors(command: Callable) -> Callable:
         except IgcliError as error:
             raise CliError(error) from None
     return wrapper
+
+
+def warnings_on_stderr() -> None:
+    """Show igcli's warnings as explain does ("igcli: WARNING: ..."), for a command without -q/-v."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("igcli: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("igcli")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
 
 
 class OneLineUsage(click.Group):
