@@ -94,7 +94,7 @@ def main() -> None:
 @click.option("--steps", help="Integer m, or 'auto'; overrides steps.")
 @click.option("--method", type=click.Choice([r.value for r in Rule]), help="Quadrature rule; overrides method.")
 @click.option("--batch-size", type=int, help="Path points per forward/backward (on a CPU, shared by the chunks in flight); overrides batch_size.")
-@click.option("--files-from", type=click.File("r", encoding="utf-8"), metavar="FILE",
+@click.option("--files-from", type=click.File("rb"), metavar="FILE",
               help="Read more input paths from FILE, one per line ('-' for stdin). An input '-' does the same.")
 @click.option("--shard", metavar="I/N", help="Explain only shard I of N (0-based): a stable slice by input name.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first input that fails.")
@@ -132,7 +132,9 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
     from igcli.pipeline.workers import parse_devices, worker_plan
 
     if files_from is not None:  # one list: its files keep their tree below their common folder
-        inputs = inputs + (PathList(read_path_list(files_from)),)
+        name = getattr(files_from, "name", None)  # stdin's buffer is '<stdin>', or unnamed under a test runner
+        origin = f"--files-from {click.format_filename(name) if isinstance(name, str) and name != '<stdin>' else '-'}"
+        inputs = inputs + (PathList(read_path_list(files_from, origin)),)
     if not inputs:
         raise click.UsageError("give at least one input file, folder or glob (or --files-from, or - for stdin)")
     if show and jsonl == "-":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from igcli.cli.reporting import reporting_errors
+from igcli.cli.reporting import reporting_errors, warnings_on_stderr
 
 DIFF_EXIT_CODES = ("Exit codes: 0 every --fail-on rule within its threshold; 1 a rule breached (drift); "
                    "2 usage error (a bad rule, a missing run folder, runs without saved maps).")
@@ -72,6 +72,7 @@ def summary(run: str) -> None:
     from igcli.results.store import run_folder
     from igcli.results.summary import rebuild_summary
 
+    warnings_on_stderr()
     with run_folder(run, write_back=True) as folder:
         run_results(folder)
         try:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import sys
 from typing import Any, Callable
 
 import click
@@ -32,6 +34,16 @@ def reporting_errors(command: Callable) -> Callable:
     return wrapper
 
 
+def warnings_on_stderr() -> None:
+    """Show igcli's warnings as explain does ("igcli: WARNING: ..."), for a command without -q/-v."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("igcli: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("igcli")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+
+
 class OneLineUsage(click.Group):
     """A group whose commands report click's usage errors (a bad option value, an unknown option,
     a missing argument) as one ``igcli: error:`` line, exit 2, like every other igcli error."""
@@ -42,12 +54,23 @@ class OneLineUsage(click.Group):
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as error:
             raise _one_line(error) from None
+        except KeyboardInterrupt as error:
+            raise interrupted(error) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except click.UsageError as error:
             raise _one_line(error) from None
+        except KeyboardInterrupt as error:  # before a run's own handler (importing torch, loading the model): not "Aborted!"
+            raise interrupted(error) from None
+
+
+def interrupted(error: KeyboardInterrupt) -> click.exceptions.Exit:
+    """The exit of a signal that lands where no handler of igcli's stops the run: one line and
+    128 + the signal (130 for SIGINT; a StopNow carries its own)."""
+    click.echo("igcli: interrupted", err=True)
+    return click.exceptions.Exit(128 + getattr(error, "signum", 2))
 
 
 def _one_line(error: click.UsageError) -> CliError:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import errno
 import glob
+import itertools
 import logging
 import os
 import stat
 import sys
 import zlib
 from pathlib import Path
-from typing import Iterable, Iterator, TextIO
+from typing import BinaryIO, Iterable, Iterator
 
 from igcli.data.refs import GLOB_CHARS, InputRef  # noqa: F401 - named here too
 from igcli.data.urls import OUTPUT_MARKERS, is_output_marker, is_url, output_root_error, url_inputs
@@ -23,6 +24,7 @@ from igcli.names import safe_relpath
 
 log = logging.getLogger("igcli")
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # config input.max_bytes: the most igcli reads of one input file
+MAX_PATH_LINE = 4096  # PATH_MAX: the longest line of a path list (stdin, --files-from) read as a path
 
 
 class PathList(tuple):
@@ -118,7 +120,7 @@ def _expand(specs: Iterable[str], suffixes: set[str], skip: _OutputFolders) -> I
             yield from _path_list(spec, suffixes, skip)
             continue
         if spec == "-":  # newline-separated paths on stdin, for pipelines
-            yield from _path_list(PathList(read_path_list(sys.stdin)), suffixes, skip)
+            yield from _path_list(PathList(read_path_list(sys.stdin.buffer, "stdin")), suffixes, skip)
             continue
         if "://" in spec:
             if is_url(spec):
@@ -241,11 +243,25 @@ def _static_prefix(pattern: str) -> str:
     return str(Path(*static)) if static else "."
 
 
-def read_path_list(stream: TextIO) -> Iterator[str]:
-    """Paths, one per line; blank lines are skipped, surrounding whitespace kept out."""
-    for line in stream:
-        if line.strip():
-            yield line.rstrip("\r\n").strip()
+def read_path_list(stream: BinaryIO, origin: str) -> Iterator[str]:
+    """Paths, one per line, from a byte stream (a file, a pipe, stdin's buffer); blank lines are
+    skipped, surrounding whitespace kept out. Bytes that are not UTF-8 stay as surrogateescape
+    decodes them, as in a file name read from the disk. A line over PATH_MAX bytes (``/dev/zero``)
+    or holding a NUL is a UsageError naming ``origin`` and the line: nothing is read without end."""
+    for number in itertools.count(1):
+        line = stream.readline(MAX_PATH_LINE + 2)
+        if not line:
+            return
+        path = line.rstrip(b"\r\n")
+        if len(path) > MAX_PATH_LINE:
+            raise UsageError(f"{origin}: line {number} is over {MAX_PATH_LINE} bytes (PATH_MAX), so not a path; "
+                             "give one path per line")
+        if b"\0" in path:
+            raise UsageError(f"{origin}: line {number} holds a NUL byte, which no path can; give one path per "
+                             "line (find -print, not -print0)")
+        text = os.fsdecode(path).strip()
+        if text:
+            yield text
 
 
 def in_shard(ref: InputRef, index: int, count: int) -> bool:

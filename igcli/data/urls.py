@@ -15,12 +15,13 @@ from pathlib import PurePosixPath
 from typing import Any, Callable, Iterator
 
 from igcli.data.refs import GLOB_CHARS, InputRef
-from igcli.errors import InputError, UsageError
+from igcli.errors import IgcliError, InputError, UsageError, first_line
 from igcli.names import safe_relpath
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 OUTPUT_MARKERS = (".igcli.lock", "manifest.json")  # a folder holding one is an igcli output, not inputs
 MANIFEST_MAX_BYTES = 8 * 1024 * 1024  # a larger manifest.json is a dataset's own file, not igcli's
+ARCHIVES = ("zip", "tar", "libarchive")  # filesystems over one file, named after '::'
 
 
 def is_output_marker(name: str, read: Callable[[int], bytes]) -> bool:
@@ -64,6 +65,10 @@ def url_filesystem(url: str) -> tuple[Any, str]:
     scheme = _SCHEME.match(url).group(1)
     try:
         return url_to_fs(url)
+    except OSError as error:  # zip://x with no archive opens the current folder; a chained target is missing
+        hint = f"; name the archive after '::' ({scheme}://path::archive.{scheme})" \
+            if scheme in ARCHIVES and "::" not in url else ""
+        raise UsageError(f"{url}: cannot open its filesystem ({error.strerror or first_line(error)}){hint}") from None
     except ImportError as error:
         raise UsageError(f"{url}: the {scheme}:// filesystem needs a package that is not installed ({error}); "
                          f"pip install it (s3fs for s3://, gcsfs for gs://)") from None
@@ -82,6 +87,7 @@ class UrlRef(InputRef):
     """An input read through fsspec; ``path`` is its path in the filesystem (for its suffix)."""
 
     url: str = ""
+    failure: str = ""  # why the URL could not be listed: reading it fails with this line
 
     @property
     def source(self) -> str:
@@ -89,7 +95,12 @@ class UrlRef(InputRef):
 
     def read(self, kind: str, max_bytes: int) -> bytes:
         """The input's bytes; any failure is one InputError line naming the URL."""
-        fs, path = url_filesystem(self.url)
+        if self.failure:
+            raise InputError(self.failure)
+        try:
+            fs, path = url_filesystem(self.url)
+        except UsageError as error:
+            raise InputError(str(error)) from None
         try:
             info = fs.info(path)
             if info.get("type") == "directory":
@@ -102,8 +113,10 @@ class UrlRef(InputRef):
                 data = stream.read(max_bytes + 1)
         except FileNotFoundError:
             raise InputError(f"{self.url}: file not found") from None
-        except (OSError, ValueError) as error:
-            raise InputError(f"{self.url}: cannot read ({error})") from None
+        except IgcliError:
+            raise
+        except Exception as error:  # noqa: BLE001 - each filesystem has its own errors (aiohttp's, botocore's)
+            raise InputError(f"{self.url}: cannot read ({first_line(error)})") from None
         if len(data) > max_bytes:
             raise InputError(f"{self.url}: over input.max_bytes ({max_bytes:,}); raise it with --set input.max_bytes=N")
         return data
@@ -114,21 +127,35 @@ def url_inputs(spec: str, suffixes: set[str]) -> Iterator[UrlRef]:
     folder's files with one of ``suffixes`` sorted by path, or a glob's matches."""
     fs, path = url_filesystem(spec)
     scheme = spec[: spec.index("://") + 3]
-    if GLOB_CHARS & set(path):
-        root = _static_prefix(path)
-        _refuse_output_root(fs, root, spec)
-        found = sorted(p for p in fs.glob(path) if fs.isfile(p))
-    elif fs.isdir(path):
-        root = path.rstrip("/")
-        _refuse_output_root(fs, root, spec)
-        found = _outside_outputs(fs, sorted(fs.find(path)), root)
-    else:
-        yield _ref(fs, scheme, path, PurePosixPath(path).name)
+    chain = spec[spec.index("::"):] if "::" in spec else ""  # zip://a.png::data.zip: refs keep the archive
+    try:
+        root, found = _listing(fs, path, spec)
+    except IgcliError:
+        raise
+    except Exception as error:  # noqa: BLE001 - each filesystem has its own errors: the input fails alone
+        name = PurePosixPath(path).name or "input"
+        yield UrlRef(PurePosixPath(path), safe_relpath(name), spec, f"{spec}: cannot list ({first_line(error)})")
+        return
+    if found is None:
+        yield _ref(fs, scheme, path, PurePosixPath(path).name, chain)
         return
     for name in found:
         if PurePosixPath(name).suffix.lower() in suffixes:
             yield _ref(fs, scheme, name, name[len(root):].lstrip("/") if name.startswith(root) else
-                       PurePosixPath(name).name)
+                       PurePosixPath(name).name, chain)
+
+
+def _listing(fs: Any, path: str, spec: str) -> tuple[str, list[str] | None]:
+    """(the root, the files) a glob or a folder URL names; None for the files of a single file."""
+    if GLOB_CHARS & set(path):
+        root = _static_prefix(path)
+        _refuse_output_root(fs, root, spec)
+        return root, sorted(p for p in fs.glob(path) if fs.isfile(p))
+    if fs.isdir(path):
+        root = path.rstrip("/")
+        _refuse_output_root(fs, root, spec)
+        return root, _outside_outputs(fs, sorted(fs.find(path)), root)
+    return path, None
 
 
 def _refuse_output_root(fs: Any, root: str, spec: str) -> None:
@@ -157,9 +184,9 @@ def _parents(path: str, root: str) -> Iterator[str]:
         folder = folder.rsplit("/", 1)[0]
 
 
-def _ref(fs: Any, scheme: str, path: str, relpath: str) -> UrlRef:
+def _ref(fs: Any, scheme: str, path: str, relpath: str, chain: str = "") -> UrlRef:
     url = fs.unstrip_protocol(path) if hasattr(fs, "unstrip_protocol") else scheme + path
-    return UrlRef(PurePosixPath(path), safe_relpath(relpath), url)
+    return UrlRef(PurePosixPath(path), safe_relpath(relpath), url + chain)
 
 
 def _static_prefix(pattern: str) -> str:

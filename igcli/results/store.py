@@ -42,9 +42,10 @@ class StoreError(IgcliError):
     """The store failed mid-run; the staged outputs are kept and the message says where."""
 
 
-def output_target(text: str) -> Path | OutputStore:
+def output_target(text: str, writable: bool = True) -> Path | OutputStore:
     """``-o``: a local folder (a path, or a ``file://`` URL), or a folder in another fsspec store.
-    An unknown scheme, or one whose package is missing, is a UsageError naming the pip fix."""
+    An unknown scheme, or one whose package is missing, is a UsageError naming the pip fix; so is
+    a store that cannot take writes (zip://, http://) unless only read (``writable`` False)."""
     if not text.strip():  # Path("") is the current folder: outputs would land among the user's files
         raise UsageError(f"-o {text!r}: an empty folder name; give -o a folder, e.g. -o out/")
     if not is_url(text):
@@ -56,7 +57,19 @@ def output_target(text: str) -> Path | OutputStore:
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     if "file" in protocols or "local" in protocols:
         return Path(path)
+    if writable and _read_only(fs):
+        raise UsageError(f"{text}: the {protocols[0]}:// filesystem here is read-only, so igcli cannot write there; "
+                         "give a local folder or a store that takes writes (s3://, gs://, memory://...)")
     return OutputStore(text.rstrip("/"), fs, path.rstrip("/"))
+
+
+def _read_only(fs: Any) -> bool:
+    """An archive opened for reading (zip://, tar://) or plain HTTP: fsspec can read them, not write."""
+    from fsspec.archive import AbstractArchiveFileSystem
+
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    archive = isinstance(fs, AbstractArchiveFileSystem) and getattr(fs, "mode", "r") == "r"
+    return archive or bool(protocols & {"http", "https"})
 
 
 def _refuse_missing_slash(text: str) -> None:
@@ -80,7 +93,7 @@ def run_folder(text: str, only: tuple[str, ...] = ("",), write_back: bool = Fals
     """An explain run's folder, named by path or URL, as a local folder: a store's run (its files
     starting with one of ``only``) is brought into a temp folder, removed after; ``write_back``
     puts the files made or changed there back in the store (``igcli summary``)."""
-    target = output_target(text)
+    target = output_target(text, writable=write_back)
     if isinstance(target, Path):
         yield target
         return

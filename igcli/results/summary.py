@@ -51,11 +51,15 @@ class SummaryBuilder:
         self.rows: list[dict[str, Any]] = []  # per record: the few numbers the weakest lists need
         self.failed = 0
         self.maps_missing = 0
+        self.unusable = 0  # records lacking fields the summary needs (edited by hand, foreign lines): skipped
 
     def add(self, record: dict[str, Any], attributions: np.ndarray | None = None) -> None:
         """Count one record; ``attributions`` its map, else read from its saved .npy if any."""
         if record.get("error") is not None:
             self.failed += 1
+            return
+        if not _usable(record):
+            self.unusable += 1
             return
         target = record["target"]
         totals = self.classes.setdefault(target["index"], _ClassTotals(target.get("label")))
@@ -146,7 +150,33 @@ def rebuild_summary(out_dir: Path) -> Path:
     builder = SummaryBuilder(out_dir)
     for record in read_records(out_dir / "results.jsonl"):
         builder.add(record)
+    if builder.unusable:
+        log.warning("%d records in results.jsonl lack fields summary needs; skipped", builder.unusable)
     return builder.write()
+
+
+def _usable(record: dict[str, Any]) -> bool:
+    """Whether a record that did not fail holds what add() reads, with the types it needs: igcli's
+    own records do; a line edited by hand or written by another tool may not."""
+    target, completeness, metrics = record.get("target"), record.get("completeness"), record.get("metrics")
+    if not (isinstance(target, dict) and _is_int(target.get("index")) and isinstance(completeness, dict)
+            and isinstance(record.get("relpath"), str) and _is_number(record.get("f_input"))
+            and _is_number(completeness.get("rel_error"), or_none=True)):
+        return False
+    if metrics is not None and not (isinstance(metrics, dict) and all(_is_number(v, or_none=True)
+                                                                      for v in metrics.values())):
+        return False
+    return all(isinstance(entries, list) and all(isinstance(e, dict) and {"special", key} <= e.keys()
+                                                 and _is_number(e.get("score")) for e in entries)
+               for entries, key in ((record.get("tokens", []), "token"), (record.get("words", []), "word")))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any, or_none: bool = False) -> bool:
+    return (value is None and or_none) or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def _add_map(totals: _ClassTotals, attributions: np.ndarray) -> None:
