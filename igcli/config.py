@@ -7,11 +7,21 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from igcli.attribution.kinds import DEFAULT_MAP_TOLERANCE, DEFAULT_RULE, TEXT_BASELINES, BaselineKind, Rule
 from igcli.backends.kinds import Precision, ScoreKind
@@ -30,7 +40,8 @@ class RuleError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+    # allow_inf_nan: an inf or nan validates against every bound and crashes the run (JSON has no inf).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -43,7 +54,21 @@ class Section(BaseModel):
                              "quote text)")
         if value == "" and Path in kinds:
             raise ValueError("an empty path; give a file or folder, or leave the key out")
+        if isinstance(value, str) and int in kinds and not kinds & {str, float} and SCIENTIFIC.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e8 as text; YAML 1.2 and people read a number
         return value
+
+
+SCIENTIFIC = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+")
+# Copies a run makes of each input (baselines, noisy copies, perturbations), each a whole IG run or
+# model pass: an average of N settles as 1/sqrt(N), to 3% of one copy's spread at 1024.
+MAX_SAMPLES = 1024
+
+
+def _samples_cap(samples: int, cost: str) -> int:
+    if samples > MAX_SAMPLES:
+        raise ValueError(f"at most {MAX_SAMPLES}: {cost}")
+    return samples
 
 
 def _member_types(annotation: Any) -> set[Any]:
@@ -150,6 +175,20 @@ class InputSection(Section):
             raise ValueError("sizes are positive pixel counts: N, or [H, W]")
         return size
 
+    @field_validator("resize", "crop")
+    @classmethod
+    def _within_bomb_limit(cls, size: Size | None) -> Size | None:
+        # The images would be refused one by one (data/images.py), after the model probe asked for the memory.
+        from PIL import Image
+
+        limit = Image.MAX_IMAGE_PIXELS
+        height, width = (size, size) if isinstance(size, int) else size or (0, 0)
+        if limit is not None and height * width > limit:
+            least = "at least " if isinstance(size, int) else ""
+            raise ValueError(f"{least}{height}x{width} pixels, over Pillow's decompression-bomb limit of {limit:,}; "
+                             "models take e.g. [224, 224]")
+        return size
+
     @field_validator("std")
     @classmethod
     def _positive_std(cls, std: tuple[float, ...]) -> tuple[float, ...]:
@@ -161,7 +200,8 @@ class InputSection(Section):
 class BaselineSection(Section):
     kind: BaselineKind = Field(BaselineKind.black, description="x', the input the path starts from; text inputs "
                                "default to zeros and take zeros, pad or token (docs/method.md)")
-    samples: int = Field(1, ge=1, description="average IG over this many baselines (expected-gradients style)")
+    samples: int = Field(1, ge=1, description="average IG over this many baselines (expected-gradients style), at "
+                         "most 1024")
     seed: int = Field(0, description="seeds random baselines, with the input's path")
     value: float = Field(0.5, ge=0.0, le=1.0, description="pixel value for kind: constant")
     sigma: float | None = Field(None, gt=0, description="gaussian: noise std in [0, 1] units (over 1 refused); blur: pixels "
@@ -182,6 +222,11 @@ class BaselineSection(Section):
         if self.kind is BaselineKind.token and self.token is None:
             raise RuleError("baseline.kind 'token' needs baseline.token (a token id or string)", "baseline.kind")
         return self
+
+    @field_validator("samples")
+    @classmethod
+    def _few_baselines(cls, samples: int) -> int:
+        return _samples_cap(samples, "each baseline is a whole IG run per input")
 
     @field_validator("sigma")
     @classmethod
@@ -232,7 +277,8 @@ class OutputSection(Section):
 class SmoothGradSection(Section):
     """IG averaged over noisy copies of each input (docs/methods.md)."""
 
-    samples: int = Field(ge=1, description="noisy copies of each input; their IG maps are averaged")
+    samples: int = Field(ge=1, description="noisy copies of each input, at most 1024 (SmoothGrad's paper saw little "
+                         "change past 50); their IG maps are averaged")
     sigma: float = Field(gt=0, description="the noise's std in pixel units ([0, 1], before input.mean/std); "
                          "over 1 is refused")
     seed: int = Field(0, description="seeds the noise, with each input's name (the same maps in any chunk)")
@@ -241,6 +287,12 @@ class SmoothGradSection(Section):
     @classmethod
     def _pixel_units(cls, sigma: float) -> float:
         return _pixel_noise(sigma)
+
+    @field_validator("samples")
+    @classmethod
+    def _few_copies(cls, samples: int) -> int:
+        return _samples_cap(samples, "each copy is a whole IG run per input; SmoothGrad's paper saw little change "
+                            "past 50")
 
 
 def _pixel_noise(sigma: float) -> float:
@@ -261,11 +313,18 @@ class FaithfulnessSection(Section):
     fill: Literal["blur", "baseline"] = Field("blur", description="images: what replaces a pixel; text always "
                                               "uses the baseline")
     blur_sigma: float = Field(5.0, gt=0, description="fill blur: the Gaussian's sigma in pixels")
-    samples: int = Field(10, ge=1, description="infidelity and sensitivity: perturbations per record")
+    samples: int = Field(10, ge=1, description="infidelity and sensitivity: perturbations per record, at most 1024 "
+                         "(captum's default: 10)")
     noise: float = Field(0.1, gt=0, description="infidelity: the perturbations' std, in model-input units")
     radius: float = Field(0.02, gt=0, description="sensitivity: the perturbations' L-infinity radius (captum's "
                           "default)")
     seed: int = Field(0, description="seeds the perturbations, with each input's name and target")
+
+    @field_validator("samples")
+    @classmethod
+    def _few_perturbations(cls, samples: int) -> int:
+        return _samples_cap(samples, "each is a model pass per record (an IG run for sensitivity); captum's "
+                            "default is 10")
 
 
 class Config(Section):
@@ -317,6 +376,11 @@ class Config(Section):
     metrics: tuple[MetricName, ...] = Field((), description="faithfulness metrics per record: deletion, "
                                             "insertion, infidelity, sensitivity (docs/nightly.md)")
     faithfulness: FaithfulnessSection = FaithfulnessSection()
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)  # LATE_CHECKED keys: where each was set
+
+    def origin(self, key: str) -> str:
+        """Where top-level ``key`` was set (``file:line``, ``--set``, a flag), for checks after validation."""
+        return self._origins.get(key, "config")
 
     @model_validator(mode="before")
     @classmethod
@@ -409,6 +473,7 @@ class Config(Section):
 
 
 MAX_STEPS = 65536
+LATE_CHECKED = ("layer",)  # keys checked against the model: Config.origin names where they were set
 METHOD_KEYS = ("path", "smoothgrad", "layer")  # absent from resolved() at their defaults: run keys stay as they were
 
 PATH_KEYS: tuple[KeyPath, ...] = (("model", "path"), ("model", "labels"), ("model", "tokenizer"),
@@ -458,14 +523,24 @@ def _anchored(folder: Path, value: str) -> Path:
 def validate(source: ConfigSource) -> Config:
     """Validate raw data into a Config; the first problem becomes one ConfigError line."""
     try:
-        return Config.model_validate(source.data)
+        config = Config.model_validate(source.data)
+        config._origins = {key: source.origin((key,)) for key in LATE_CHECKED}
+        return config
     except ValidationError as error:
         # Union fields report one error per member; the deepest location is the informative one.
         details = error.errors()
         # An unknown key in one member is no news where another member has it: its error is the one to show.
         known = {_key_of(d) for d in details if d["type"] != "extra_forbidden"}
-        worst = max(details, key=lambda d: (len(d["loc"]), d["type"] == "extra_forbidden" and _key_of(d) not in known))
+        # A bad value given beats a key that another member misses (target: {above: .nan} is no missing top_k).
+        worst = max(details, key=lambda d: (len(d["loc"]), d["type"] == "extra_forbidden" and _key_of(d) not in known,
+                                             d["type"] not in ("missing", "extra_forbidden")))
         raise ConfigError(describe_error(worst, source)) from None
+
+
+def late_error(config: Config, key: str, message: str) -> ConfigError:
+    """A ConfigError for top-level ``key`` found wrong after validation (a layer the model lacks): one
+    line naming where it was set, and null's hint where the value was a word for off."""
+    return ConfigError(f"{config.origin(key)}: {message}{_off_hint((key,), getattr(config, key))}")
 
 
 def _key_of(detail: dict[str, Any]) -> KeyPath:

@@ -146,7 +146,7 @@ def test_validate_config_checks_a_layer_name_against_the_model_where_it_is_here(
     assert one_error_line(found) == "igcli: layer '3': found in the model (Conv2d)"
     wrong = igcli("validate-config", DIGITS_CONFIG, "--set", "layer=features.3")
     assert wrong.exit_code == 2 and wrong.stdout == ""
-    assert one_error_line(wrong).startswith("igcli: error: layer 'features.3': no such module in the model;")
+    assert one_error_line(wrong).startswith("igcli: error: --set: layer 'features.3': no such module in the model;")
     elsewhere = igcli("validate-config", DIGITS_CONFIG, "--set", "layer=3", "--set", f"model.path={tmp_path / 'm.pt'}")
     assert elsewhere.exit_code == 0 and "layer: '3'" in elsewhere.stdout
     assert one_error_line(elsewhere) == (f"igcli: layer '3': not checked, {tmp_path / 'm.pt'} is not here; "

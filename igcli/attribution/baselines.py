@@ -102,23 +102,47 @@ def _pixel_baselines(plan: BaselinePlan, pixels: Tensor, key: str) -> list[Tenso
 
 
 def gaussian_blur(pixels: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of [C, H, W] with reflect padding; sigma in pixels."""
+    """Separable Gaussian blur of [C, H, W] with reflect padding; sigma in pixels. Along an axis
+    the kernel (cut at 3 sigma) would overrun, the exact Gaussian of the endlessly mirrored image
+    applies instead (_mirrored_gaussian): memory like the image's for any sigma."""
     if sigma <= 0:
         return pixels.clone()
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=pixels.dtype)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
+    kernel = None
     channels = pixels.shape[0]
     image = pixels.unsqueeze(0)
     for dim in (-1, -2):
         size = image.shape[dim]
-        pad = min(radius, size - 1)
-        weight = kernel[radius - pad : radius + pad + 1]
+        if size == 1:  # nothing to blur along
+            continue
+        if 3 * sigma > size - 1:
+            image = _mirrored_gaussian(image, sigma, dim)
+            continue
+        if kernel is None:
+            radius = max(1, math.ceil(3 * sigma))
+            offsets = torch.arange(-radius, radius + 1, dtype=pixels.dtype)
+            kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+            kernel = kernel / kernel.sum()
         shape = (1, 1, 1, -1) if dim == -1 else (1, 1, -1, 1)
-        padding = (pad, pad, 0, 0) if dim == -1 else (0, 0, pad, pad)
-        if pad > 0:
-            image = torch.nn.functional.pad(image, padding, mode="reflect")
-        weights = (weight / weight.sum()).view(shape).repeat(channels, 1, 1, 1)
+        padding = (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius)
+        image = torch.nn.functional.pad(image, padding, mode="reflect")
+        weights = (kernel / kernel.sum()).view(shape).repeat(channels, 1, 1, 1)
         image = torch.nn.functional.conv2d(image, weights, groups=channels)
     return image.squeeze(0)
+
+
+def _mirrored_gaussian(image: Tensor, sigma: float, dim: int) -> Tensor:
+    """``image`` blurred along ``dim`` by the sampled Gaussian (normalised, uncut) over the image
+    mirrored endlessly as reflect padding mirrors it: a circular convolution over one mirror period,
+    by FFT. The period's spectrum of the Gaussian (Poisson summation) underflows to the mean's alone
+    as sigma grows, so sigma 1e9 gives the period's mean, where the edge rows count half."""
+    size = image.shape[dim]
+    period = 2 * (size - 1)
+    line = image.movedim(dim, -1).double()
+    mirrored = torch.cat([line, line[..., 1:-1].flip(-1)], dim=-1)
+    frequency = torch.fft.rfftfreq(period, dtype=torch.float64)
+    aliases = torch.arange(-6, 7, dtype=torch.float64)[:, None]  # sampling's images of the spectrum
+    # (sigma * f)^2 overflows to inf for huge sigma, and exp(-inf) = 0: only f = 0 keeps its weight.
+    gain = torch.exp(-2 * math.pi ** 2 * (sigma * (frequency + aliases)) ** 2).sum(0)
+    gain = gain / torch.exp(-2 * math.pi ** 2 * (sigma * aliases[:, 0]) ** 2).sum()
+    blurred = torch.fft.irfft(torch.fft.rfft(mirrored) * gain, n=period)[..., :size]
+    return blurred.to(image.dtype).movedim(-1, dim).contiguous()

@@ -132,8 +132,8 @@ def probe_module(module: nn.Module, shape: tuple[int, ...], interface: InputInte
     for candidate in layouts:
         trial = replace(interface, layout=candidate)
         for batch in (2, 1):
-            x = trial.to_model(torch.zeros((batch,) + tuple(shape), dtype=dtype, device=device))
-            try:
+            try:  # the zeros too: an input too large for memory is this model's failure to take it
+                x = trial.to_model(torch.zeros((batch,) + tuple(shape), dtype=dtype, device=device))
                 with torch.no_grad():
                     outputs = module(x)
                 chosen = select_output(outputs, output, batch)

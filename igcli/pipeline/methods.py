@@ -20,7 +20,7 @@ from igcli.backends.batching import BatchSize
 from igcli.backends.layer import LayerBackend, find_layer
 from igcli.backends.loading import load_module
 from igcli.backends.sources import image_source
-from igcli.config import Config
+from igcli.config import Config, late_error
 from igcli.errors import ConfigError
 from igcli.results.records import Attribution, Sample
 from igcli.runtime.buffers import MapBuffers
@@ -45,8 +45,16 @@ def layer_module(config: Config, module: nn.Module | None) -> nn.Module:
     if isinstance(module, torch.jit.ScriptModule):
         raise ConfigError("layer: a TorchScript model takes no hooks at a layer; give an eager model "
                           "(model.factory) or remove layer")
-    find_layer(module, config.layer)  # a wrong name fails here
+    configured_layer(config, module)  # a wrong name fails here
     return module
+
+
+def configured_layer(config: Config, module: nn.Module) -> nn.Module:
+    """The module ``config.layer`` names; a ConfigError naming where layer was set otherwise."""
+    try:
+        return find_layer(module, config.layer or "")
+    except ConfigError as error:
+        raise late_error(config, "layer", str(error)) from None
 
 
 def layer_check_line(config: Config) -> str:
@@ -56,7 +64,7 @@ def layer_check_line(config: Config) -> str:
     if section.path is not None and not section.path.exists():
         return f"layer '{config.layer}': not checked, {section.path} is not here; explain checks it before any work"
     module, _ = image_source(section.path, section.timm, section.torchvision)
-    layer = find_layer(layer_module(config, module), config.layer)
+    layer = configured_layer(config, layer_module(config, module))
     return f"layer '{config.layer}': found in the model ({type(layer).__name__})"
 
 
