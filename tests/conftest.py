@@ -19,6 +19,22 @@ needs_maxpool_export = pytest.mark.skipif(
     reason="torch < 2.13 cannot export max-pool backward to ONNX")
 
 
+def invoke(*args: object):
+    """igcli's CLI on ``args`` in this process, exceptions left to fail the test."""
+    from click.testing import CliRunner
+
+    from igcli.cli.commands import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_error_line(result) -> str:
+    """The one line a refused command writes to stderr (the test fails on more)."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
 @pytest.fixture
 def sample_tree(tmp_path: Path) -> Path:
     """A private copy of sample_data/images and configs, so tests can add bad files."""

@@ -6,23 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from igcli.cli.commands import main
-
-from .conftest import DIGITS_CONFIG, SAMPLE_DATA
+from .conftest import DIGITS_CONFIG, SAMPLE_DATA, one_error_line
+from .conftest import invoke as igcli
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is missing")
-
-
-def igcli(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_error_line(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def digits_config_with(tmp_path: Path, extra: str) -> Path:

@@ -11,16 +11,15 @@ import typing
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 from pydantic import BaseModel
 from scipy import ndimage
 
 from igcli.attribution.baselines import BaselineKind, BaselinePlan, Normalization, gaussian_blur, make_baselines
-from igcli.cli.commands import main
 from igcli.config import Config
 
-from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA
+from .conftest import DIGITS_CONFIG, REPO, SAMPLE_DATA, one_error_line
+from .conftest import invoke as igcli
 
 EIGHT = SAMPLE_DATA / "images" / "eight_1438.png"
 FAST = ("--steps", "8", "--device", "cpu", "-q")
@@ -42,16 +41,6 @@ FLOAT_KEYS = {
     "faithfulness.noise": "faithfulness.noise={}",
     "faithfulness.radius": "faithfulness.radius={}",
 }
-
-
-def igcli(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_error_line(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def float_keys(section: type[BaseModel] = Config, prefix: str = "") -> set[str]:
