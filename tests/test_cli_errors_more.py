@@ -255,3 +255,17 @@ def test_a_label_target_not_in_the_labels_file_is_caught_by_validate_config_with
                       "target=sevn")
     assert explained.exit_code == 2 and one_error_line(explained) == one_error_line(result)
     assert igcli("validate-config", DIGITS_CONFIG, "--set", "target=seven").exit_code == 0
+
+
+def test_quiet_runs_that_exit_1_say_why_in_one_line(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "zero.png").write_bytes((SAMPLE_DATA / "images" / "zero_1437.png").read_bytes())
+    (folder / "bad.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    result = igcli("explain", "-c", DIGITS_CONFIG, folder, "-o", out, "--steps", "8", "-q", "--strict")
+    assert result.exit_code == 1
+    assert one_error_line(result) == (f"igcli: error: 1 of 2 inputs failed (their error records are in "
+                                      f"{out}/results.jsonl); 1 records did not converge (--strict)")
+    clean = igcli("explain", "-c", DIGITS_CONFIG, folder / "zero.png", "-o", tmp_path / "ok", "--steps", "8", "-q")
+    assert clean.exit_code == 0 and clean.stderr == ""

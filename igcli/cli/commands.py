@@ -140,6 +140,7 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
     if show and jsonl == "-":
         raise click.UsageError("--show and --jsonl - both write to stdout; choose one")
     _setup_logging(quiet, verbose)
+    out_spec = out_dir
     if out_dir is not None:
         from igcli.results.store import output_target
 
@@ -167,6 +168,8 @@ def explain_command(inputs: tuple[str, ...], config_path: Path | None, sets: tup
         os._exit(128 + getattr(error, "signum", 2))
     if not quiet:
         click.echo(_summary_line(summary), err=True)
+    elif not summary.signal and (summary.failed or strict and summary.not_converged):
+        click.echo(_quiet_failure_line(summary, strict, out_spec), err=True)  # -q: the exit code's reason
     if summary.signal:
         sys.exit(128 + summary.signal)
     if summary.failed or strict and summary.not_converged:
@@ -346,6 +349,15 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
+
+
+def _quiet_failure_line(summary: Any, strict: bool, out_dir: str | None) -> str:
+    where = f"{out_dir.rstrip('/')}/results.jsonl" if out_dir is not None else "the --jsonl records"
+    reasons = [f"{summary.failed} of {summary.inputs} inputs failed (their error records are in {where})"] \
+        if summary.failed else []
+    if strict and summary.not_converged:
+        reasons.append(f"{summary.not_converged} records did not converge (--strict)")
+    return f"igcli: error: {'; '.join(reasons)}"
 
 
 def _summary_line(summary: Any) -> str:

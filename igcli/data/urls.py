@@ -66,9 +66,10 @@ def url_filesystem(url: str) -> tuple[Any, str]:
     try:
         return url_to_fs(url)
     except OSError as error:  # zip://x with no archive opens the current folder; a chained target is missing
-        hint = f"; name the archive after '::' ({scheme}://path::archive.{scheme})" \
-            if scheme in ARCHIVES and "::" not in url else ""
-        raise UsageError(f"{url}: cannot open its filesystem ({error.strerror or first_line(error)}){hint}") from None
+        if scheme in ARCHIVES and "::" not in url:
+            raise UsageError(f"{url}: no archive named; a {scheme}:// URL names the archive after '::' "
+                             f"({scheme}://path::archive.{scheme})") from None
+        raise UsageError(f"{url}: cannot open its filesystem ({error.strerror or first_line(error)})") from None
     except ImportError as error:
         raise UsageError(f"{url}: the {scheme}:// filesystem needs a package that is not installed ({error}); "
                          f"pip install it (s3fs for s3://, gcsfs for gs://)") from None
