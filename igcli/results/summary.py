@@ -51,15 +51,11 @@ class SummaryBuilder:
         self.rows: list[dict[str, Any]] = []  # per record: the few numbers the weakest lists need
         self.failed = 0
         self.maps_missing = 0
-        self.unusable = 0  # records lacking fields the summary needs (edited by hand, foreign lines): skipped
 
     def add(self, record: dict[str, Any], attributions: np.ndarray | None = None) -> None:
         """Count one record; ``attributions`` its map, else read from its saved .npy if any."""
         if record.get("error") is not None:
             self.failed += 1
-            return
-        if not _usable(record):
-            self.unusable += 1
             return
         target = record["target"]
         totals = self.classes.setdefault(target["index"], _ClassTotals(target.get("label")))
@@ -147,11 +143,15 @@ def _remove_other_class_maps(folder: Path, written: set[str]) -> None:
 
 def rebuild_summary(out_dir: Path) -> Path:
     """summary.json (and the mean maps) from ``out_dir``'s results.jsonl and saved maps."""
-    builder = SummaryBuilder(out_dir)
+    builder, unusable = SummaryBuilder(out_dir), 0
     for record in read_records(out_dir / "results.jsonl"):
+        # A run's own records are whole; a file may hold lines edited by hand or written by another tool.
+        if record.get("error") is None and not _usable(record):
+            unusable += 1
+            continue
         builder.add(record)
-    if builder.unusable:
-        log.warning("%d records in results.jsonl lack fields summary needs; skipped", builder.unusable)
+    if unusable:
+        log.warning("%d records in results.jsonl lack fields summary needs; skipped", unusable)
     return builder.write()
 
 
